@@ -1,0 +1,66 @@
+"""The model runner's entrypoint: ``python -m containers --spec SPEC --broker HOST:PORT``.
+
+The same command runs a model as a local process and as a container's entrypoint.
+Every option can also be given as a RENDEZVOUS_* environment variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from containers.runner import ModelRunner, RunnerError
+from containers.spec import ModelLoadError, load_model, load_spec
+from rendezvous.cli.options import (
+    broker_option, fetch_wait_option, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+)
+from rendezvous.documents import DocumentError
+from rendezvous.lifecycle import configure_logging, stop_on_signals
+from rendezvous.status import StatusServer
+
+
+@click.command()
+@click.option("--spec", "spec_path", envvar="RENDEZVOUS_SPEC", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The model spec (YAML).")
+@broker_option(required=True)
+@topic_prefix_option
+@fetch_wait_option
+@click.option("--http-host", envvar="RENDEZVOUS_HTTP_HOST", default="127.0.0.1", show_default=True,
+              help="Address of the status endpoint (/healthz, /ready, /metrics).")
+@click.option("--http-port", envvar="RENDEZVOUS_HTTP_PORT", type=int, default=0, show_default=True,
+              help="Port of the status endpoint; 0 picks a free one, -1 disables it.")
+@click.option("--max-batch", envvar="RENDEZVOUS_MAX_BATCH", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Most requests read and scored in one go.")
+@click.option("--linger-ms", envvar="RENDEZVOUS_LINGER_MS", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Longest a finished score waits for others to share its record.")
+@log_level_option
+def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, http_host: str, http_port: int,
+         max_batch: int, linger_ms: float, log_level: str) -> None:
+    """Run one replica of the model SPEC against the broker."""
+    configure_logging(log_level)
+    stop = stop_on_signals()
+    try:
+        spec = load_spec(spec_path)
+        model, identity = load_model(spec)
+    except (DocumentError, ModelLoadError) as exc:
+        raise click.ClickException(str(exc)) from None
+    runner = ModelRunner(model, identity, kafka_settings(broker, fetch_wait_ms), topics_for(topic_prefix),
+                         max_batch=max_batch, linger_ms=linger_ms)
+    status = None
+    if http_port >= 0:
+        status = StatusServer(runner.registry, lambda: runner.ready, runner.info, http_host, http_port).start()
+        logging.getLogger("rendezvous.runner").info("status endpoint on http://%s:%d", http_host, status.port)
+    try:
+        runner.run(stop)
+    except RunnerError as exc:
+        logging.getLogger("rendezvous.runner").error("%s", exc)
+        sys.exit(1)
+    finally:
+        if status:
+            status.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Model specs: what a model is and how to load it.
+
+A spec names a model and its version, the Python callable that builds it, and
+the artifact it loads. Paths are relative to the spec file. The model a spec
+builds only needs ``predict_one(features) -> float``; ``predict_many`` is used
+when present, to score a whole batch at once.
+
+>>> spec = load_spec(EXAMPLES / "baseline.yaml")
+>>> spec.name, spec.entry
+('baseline', 'containers.examples.phishing:load_artifact')
+>>> model, identity = load_model(spec)
+>>> identity.name, len(identity.artifact_sha256 or "")
+('baseline', 64)
+>>> 0.0 <= model.predict_one({"https": 1.0, "long_url": 0.0}) <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rendezvous.documents import DocumentError, Problem, load_document
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+
+
+@runtime_checkable
+class Model(Protocol):
+    def predict_one(self, features: dict[str, Any]) -> float: ...
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    #: ``module:callable``; called as ``callable(artifact_path_or_None, **options)``.
+    entry: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    artifact: str | None = None
+    #: When set, the artifact must hash to this (hex sha256) or the model refuses to load.
+    artifact_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    options: dict[str, Any] = {}
+    description: str = ""
+
+    #: Set by :func:`load_spec`: the directory relative paths are resolved against.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    def artifact_path(self) -> Path | None:
+        return (self.base_dir / self.artifact).resolve() if self.artifact else None
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who answered: written on every score record."""
+
+    name: str
+    version: str
+    host: str
+    instance: str
+    artifact_sha256: str | None
+
+
+class ModelLoadError(RuntimeError):
+    """A spec's model could not be built."""
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    spec = load_document(path, ModelSpec)
+    return spec.model_copy(update={"base_dir": path.resolve().parent})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(spec: ModelSpec, instance: str | None = None) -> tuple[Model, ModelIdentity]:
+    """Build the model a spec describes, after checking its artifact."""
+    artifact = spec.artifact_path()
+    digest = None
+    if artifact is not None:
+        if not artifact.is_file():
+            raise ModelLoadError(f"model {spec.name}: artifact {artifact} does not exist")
+        digest = sha256_file(artifact)
+        if spec.artifact_sha256 and digest != spec.artifact_sha256:
+            raise ModelLoadError(
+                f"model {spec.name}: artifact {artifact} has sha256 {digest}, but the spec requires "
+                f"{spec.artifact_sha256}; refusing to serve a different artifact"
+            )
+    module_name, _, attr = spec.entry.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DocumentError(str(spec.base_dir), [Problem("entry", None, f"cannot import {spec.entry}: {exc}")]) from None
+    try:
+        model = factory(artifact, **spec.options)
+    except TypeError as exc:
+        raise ModelLoadError(f"model {spec.name}: {spec.entry} rejected its options {spec.options}: {exc}") from exc
+    if not isinstance(model, Model):
+        raise ModelLoadError(f"model {spec.name}: {spec.entry} returned {type(model).__name__}, which has no predict_one")
+    host = socket.gethostname()
+    return model, ModelIdentity(spec.name, spec.version, host, instance or f"{host}/{os.getpid()}", digest)

@@ -1,0 +1,22 @@
+"""The ``rendezvous`` command line. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from rendezvous.cli.demo import demo
+from rendezvous.cli.infra import broker, topics
+from rendezvous.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rendezvous")
+def main() -> None:
+    """rendezvous: route streaming model scores by policy, within an SLA.
+
+    Start with `rendezvous demo`, which runs everything on this machine.
+    """
+
+
+for command in (demo, broker, topics, serve):
+    main.add_command(command)

@@ -1,0 +1,84 @@
+"""``rendezvous demo``: everything embedded, driven by the Phishing data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from policies import EXAMPLE
+from rendezvous.admin import TopicError
+from rendezvous.broker import BrokerError
+from rendezvous.cli.options import broker_option, topic_prefix_option
+from rendezvous.demo import DemoError, DemoOptions, run_demo
+from rendezvous.documents import DocumentError
+
+
+@click.command()
+@click.option("--requests", "n_requests", type=click.IntRange(1), default=2000, show_default=True,
+              help="How many requests to send (the 1,250 Phishing rows, cycled).")
+@click.option("--rate", type=click.FloatRange(0), default=100.0, show_default=True,
+              help="Requests per second (0: as fast as possible).")
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=EXAMPLE, show_default="policies/example.yaml", help="Policy whose deploy section says what to run.")
+@broker_option()
+@topic_prefix_option
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep logs and the decoy's archive here (default: a temporary directory, removed after).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
+def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, topic_prefix: str,
+         workdir: Path | None, as_json: bool) -> None:
+    """Run broker, three models, decoy and rendezvous on this machine; send requests; summarize.
+
+    Without --broker everything is embedded; nothing needs installing.
+    """
+    console = Console(stderr=True)
+    bars = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def progress(kind: str, data: dict[str, Any]) -> None:
+        if kind == "status":
+            console.log(data["text"])
+        elif kind == "start":
+            bars.start()
+            tasks["sent"] = bars.add_task("sent", total=data["total"])
+            tasks["answered"] = bars.add_task("answered", total=data["total"])
+        elif kind == "tick" and tasks:
+            bars.update(tasks["sent"], completed=data["sent"])
+            bars.update(tasks["answered"], completed=min(data["answered"], data["sent"]))
+
+    options = DemoOptions(requests=n_requests, rate=rate, policy_path=policy_path, broker=broker,
+                          topic_prefix=topic_prefix, workdir=workdir)
+    try:
+        summary = run_demo(options, progress)
+    except (BrokerError, DemoError, DocumentError, TopicError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bars.stop()
+    console.print(_table(summary))
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+def _table(s: dict[str, Any]) -> Table:
+    table = Table(title=f"rendezvous demo — policy {s['policy']}, SLA {s['sla_ms']:g} ms", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("sent", str(s["sent"]))
+    table.add_row("answered", f"{s['answered']}  (lost {s['lost']}, duplicated {s['duplicated']})")
+    table.add_row("within SLA", f"{s['within_sla']} of {s['answered']}")
+    table.add_row("answered by", ", ".join(f"{m} {n}" for m, n in s["by_model"].items()))
+    table.add_row("reasons", ", ".join(f"{r} {n}" for r, n in s["by_reason"].items()))
+    lat = s["latency_ms"]
+    table.add_row("latency (end to end)", f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+    if "accuracy" in s:
+        table.add_row("accuracy of answers", f"{s['accuracy']:.1%}")
+    if "decoy_archived" in s:
+        table.add_row("decoy archived", f"{s['decoy_archived']} requests")
+    return table

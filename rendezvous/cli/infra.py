@@ -1,0 +1,59 @@
+"""``rendezvous broker`` and ``rendezvous topics``: the streams themselves."""
+
+from __future__ import annotations
+
+import click
+
+from rendezvous.admin import TopicError, ensure_topics
+from rendezvous.broker import BrokerError, EmbeddedBroker, forget_running, record_running, resolve_broker
+from rendezvous.cli.options import broker_option, kafka_settings, topic_prefix_option, topics_for
+from rendezvous.lifecycle import stop_on_signals
+from rendezvous.topics import DEFAULT_PARTITIONS
+
+
+@click.command()
+@click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on (loopback only).")
+@click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True,
+              help="Partition count of the system's topics, created at start.")
+@topic_prefix_option
+def broker(port: int, partitions: int, topic_prefix: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1:PORT until SIGTERM.
+
+    Other rendezvous commands on this machine find it without --broker.
+    """
+    stop = stop_on_signals()
+    embedded = EmbeddedBroker(port=port)
+    try:
+        bootstrap = embedded.start()
+        ensure_topics(kafka_settings(bootstrap), topics_for(topic_prefix), partitions)
+    except (BrokerError, TopicError) as exc:
+        embedded.stop()
+        raise click.ClickException(str(exc)) from None
+    record_running(embedded)
+    click.echo(f"broker listening on {bootstrap} (Tansu, in memory); stop with Ctrl-C or SIGTERM")
+    try:
+        while not stop.wait(0.5):
+            if embedded._process is not None and embedded._process.poll() is not None:
+                raise click.ClickException(f"Tansu exited with code {embedded._process.returncode}")
+    finally:
+        forget_running()
+        embedded.stop()
+
+
+@click.group()
+def topics() -> None:
+    """Manage the system's topics."""
+
+
+@topics.command("create")
+@broker_option()
+@topic_prefix_option
+@click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True)
+def topics_create(broker: str | None, topic_prefix: str, partitions: int) -> None:
+    """Create the system's topics (co-partitioned) where they are missing."""
+    try:
+        counts = ensure_topics(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), partitions)
+    except (BrokerError, TopicError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, count in counts.items():
+        click.echo(f"{name}\t{count} partitions")

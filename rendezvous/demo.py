@@ -1,0 +1,177 @@
+"""``rendezvous demo``: the whole architecture on this machine, driven by a data set.
+
+An embedded broker, the policy's models as local processes, the decoy and a
+rendezvous worker; then the Phishing rows are sent as requests at a steady rate
+and every result is collected and checked: answered, within SLA, lost,
+duplicated, which model answered and why, and end-to-end latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from containers.examples.phishing import dataset
+from decoy.archive import ArchiveReader
+from policies import EXAMPLE, load_policy
+from policies.schema import Policy
+from rendezvous.admin import ensure_topics
+from rendezvous.broker import EmbeddedBroker
+from rendezvous.client import RequestSender, ResultCollector
+from rendezvous.config import KafkaSettings
+from rendezvous.consume import poll_batch
+from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.summary import summarize
+from rendezvous.topics import DEFAULT_PARTITIONS, Topics
+from rendezvous.wire import decode_score_batch
+
+
+class DemoError(RuntimeError):
+    """The demo's system could not be brought up."""
+
+
+@dataclass
+class DemoOptions:
+    requests: int = 2000
+    rate: float = 100.0
+    policy_path: Path = EXAMPLE
+    broker: str | None = None
+    topic_prefix: str = "rendezvous"
+    partitions: int = DEFAULT_PARTITIONS
+    workdir: Path | None = None
+    startup_timeout_s: float = 90.0
+
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@contextlib.contextmanager
+def running_system(options: DemoOptions, policy: Policy, workdir: Path, progress: Progress) -> Iterator[tuple[KafkaSettings, Topics, ProcessRuntime]]:
+    """Broker, topics, models, decoy and rendezvous, stopped in reverse order on exit."""
+    broker = None
+    if options.broker is None:
+        broker = EmbeddedBroker(log_path=workdir / "tansu.log")
+        progress("status", {"text": "starting the embedded broker (Tansu)"})
+        bootstrap = broker.start()
+    else:
+        bootstrap = options.broker
+    runtime = None
+    try:
+        kafka, topics = KafkaSettings(bootstrap), Topics.with_prefix(options.topic_prefix)
+        ensure_topics(kafka, topics, options.partitions)
+        runtime = ProcessRuntime(bootstrap, workdir / "logs", options.topic_prefix, kafka.fetch_wait_ms)
+        deploy = policy.deploy
+        if deploy is None or not deploy.models:
+            raise DemoError(f"{options.policy_path} has no deploy.models section: the demo does not know what to start")
+        names = []
+        for model in deploy.models:
+            names += runtime.start_model((options.policy_path.parent / model.spec).resolve(), model.replicas)
+        if deploy.decoy.enabled:
+            names.append(runtime.start_decoy(workdir / "archive"))
+        workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers)
+        progress("status", {"text": f"starting {len(names)} model/decoy processes and {len(workers)} rendezvous worker(s)"})
+        not_ready = runtime.wait_ready(names + workers, options.startup_timeout_s)
+        if not_ready:
+            raise DemoError(f"not ready after {options.startup_timeout_s:.0f}s: {', '.join(not_ready)}; "
+                            f"logs in {workdir / 'logs'}")
+        yield kafka, topics, runtime
+    finally:
+        if runtime is not None:
+            progress("status", {"text": "stopping (rendezvous first, so in-flight requests are answered)"})
+            runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
+            runtime.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collector: ResultCollector,
+             models: set[str], timeout: float) -> None:
+    """Send requests until every model has scored one and the rendezvous has answered one.
+
+    Also warms ``sender``: a new idempotent producer holds its first records until it
+    has a producer id, and they would look late by that much.
+    """
+    scores = Consumer(kafka.consumer(f"rendezvous-demo-warmup-{time.time_ns()}", **{"enable.auto.commit": False}))
+    scores.subscribe([topics.scores])
+    features = dataset()[0][0]
+    scored: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        for i in itertools.count():
+            rid = f"warmup-{i}"
+            sender.send([(rid, features)], rate=0)
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until and not models.issubset(scored):
+                for message in poll_batch(scores, 100, 0.05):
+                    if not message.error():
+                        scored.add(decode_score_batch(message.value()).model)
+            if models.issubset(scored) and collector.wait_for([rid], 2.0):
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"no complete answer within {timeout:.0f}s: models that scored: {sorted(scored)} "
+                                f"of {sorted(models)}")
+    finally:
+        scores.close()
+
+
+def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
+    policy = load_policy(options.policy_path)
+    rows = dataset()
+    workdir_ctx = contextlib.nullcontext(options.workdir) if options.workdir else tempfile.TemporaryDirectory(prefix="rendezvous-demo-")
+    with workdir_ctx as wd:
+        workdir = Path(wd)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with running_system(options, policy, workdir, progress) as (kafka, topics, runtime):
+            collector = ResultCollector(kafka, topics, options.partitions).start()
+            try:
+                chain = {e.model for e in policy.routing.chain}
+                progress("status", {"text": "warming up: until every model has scored and the rendezvous answered"})
+                sender = RequestSender(kafka, topics)
+                _warm_up(kafka, topics, sender, collector, chain, options.startup_timeout_s)
+                sender.sent_ms.clear()
+                labels = {f"demo-{i}": rows[i % len(rows)][1] for i in range(options.requests)}
+                requests = ((f"demo-{i}", rows[i % len(rows)][0]) for i in range(options.requests))
+                stop_progress = threading.Event()
+
+                def report() -> None:
+                    while not stop_progress.wait(0.25):
+                        progress("tick", {"sent": len(sender.sent_ms), "answered": collector.count()})
+
+                reporter = threading.Thread(target=report, daemon=True)
+                reporter.start()
+                progress("start", {"total": options.requests, "rate": options.rate})
+                sender.send(requests, options.rate)
+                collector.wait_for(labels, timeout=policy.sla_ms / 1000.0 + 10.0)
+                time.sleep(0.5)  # a duplicate would come soon after the first answer
+                stop_progress.set()
+                reporter.join()
+                progress("tick", {"sent": len(sender.sent_ms), "answered": collector.count()})
+                received = {rid: [(r.result, r.at_ms) for r in got] for rid, got in collector.results.items()
+                            if rid in sender.sent_ms}
+                summary = summarize(sender.sent_ms, received, policy.sla_ms, labels)
+                summary["policy"] = f"{policy.name} v{policy.version}"
+                if policy.deploy and policy.deploy.decoy.enabled:
+                    summary["decoy_archived"] = _archived(workdir / "archive", expected=options.requests)
+                summary["workdir"] = str(workdir) if options.workdir else None
+            finally:
+                collector.stop()
+    return summary
+
+
+def _archived(directory: Path, expected: int, timeout: float = 5.0) -> int:
+    """Records the decoy archived (warm-up requests excluded), once it has caught up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = sum(1 for _, r in ArchiveReader(directory).read() if (r.key or b"").startswith(b"demo-"))
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)

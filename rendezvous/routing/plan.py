@@ -1,0 +1,115 @@
+"""A request's fallback plan, and the rule that picks an answer from the scores so far.
+
+A plan is an ordered chain of models, each acceptable from some time after the
+request: "use m3; after 40 ms use m2 if it has answered; after 30 ms more, m1".
+At any moment the answer is the first model in the chain that is acceptable and
+has answered. A model that reported an error will never answer, so the models
+after it become acceptable at once instead of waiting out its budget. At the SLA,
+if no model in the chain has answered, the plan's default is the answer.
+
+Times are milliseconds since the request's timestamp; nothing here reads a clock.
+
+>>> plan = Plan.chain([("m3", 40), ("m2", 30), ("m1", None)], sla_ms=100)
+>>> [(s.model, s.opens_at_ms) for s in plan.stages]
+[('m3', 0.0), ('m2', 40.0), ('m1', 70.0)]
+>>> choose(plan, answered={"m2"}, failed=set(), elapsed_ms=10) is None   # only m3 acceptable yet
+True
+>>> choose(plan, answered={"m2"}, failed=set(), elapsed_ms=40)
+Choice(model='m2', reason='fallback', stage=1)
+>>> choose(plan, answered={"m2"}, failed={"m3"}, elapsed_ms=1)           # m3 failed: no need to wait
+Choice(model='m2', reason='fallback', stage=1)
+>>> choose(plan, answered=set(), failed=set(), elapsed_ms=100)
+Choice(model=None, reason='default', stage=-1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from rendezvous.wire import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """From ``opens_at_ms`` on, an answer from ``model`` is acceptable."""
+
+    model: str
+    opens_at_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How one request is to be answered. Built by a routing strategy, then fixed."""
+
+    stages: tuple[Stage, ...]
+    sla_ms: float
+    default_score: float | None = None
+    policy: str = ""
+    policy_version: int = 0
+    #: Why the plan is as it is (sampled values, exploration); copied into the result.
+    audit: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def chain(
+        cls,
+        models_and_waits: Iterable[tuple[str, float | None]],
+        sla_ms: float,
+        default_score: float | None = None,
+        **kwargs: Any,
+    ) -> Plan:
+        """Build a plan from ``(model, wait_ms)`` pairs: each model is tried alone for
+        its wait before the next one becomes acceptable too. The last wait may be None."""
+        stages, opens = [], 0.0
+        for model, wait_ms in models_and_waits:
+            stages.append(Stage(model, min(opens, sla_ms)))
+            opens += wait_ms if wait_ms is not None else sla_ms
+        return cls(tuple(stages), float(sla_ms), default_score, **kwargs)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(s.model for s in self.stages)
+
+
+class Choice(NamedTuple):
+    model: str | None  # None: the default answer
+    reason: Reason
+    stage: int  # index in the chain, -1 for the default
+
+
+def choose(plan: Plan, answered: Collection[str], failed: Collection[str], elapsed_ms: float) -> Choice | None:
+    """The answer to give ``elapsed_ms`` after the request, or None to keep waiting."""
+    all_before_failed = True
+    for index, stage in enumerate(plan.stages):
+        if not (all_before_failed or elapsed_ms >= stage.opens_at_ms):
+            break
+        if stage.model in answered:
+            return Choice(stage.model, "preferred" if index == 0 else "fallback", index)
+        if stage.model not in failed:
+            all_before_failed = False
+    if elapsed_ms >= plan.sla_ms or all_before_failed:
+        return Choice(None, "default", -1)
+    return None
+
+
+def next_change_ms(plan: Plan, elapsed_ms: float) -> float:
+    """When, with no new scores, :func:`choose` could next give a different answer."""
+    for stage in plan.stages:
+        if stage.opens_at_ms > elapsed_ms:
+            return stage.opens_at_ms
+    return plan.sla_ms
+
+
+def describe(choice: Choice, plan: Plan, elapsed_ms: float, failed: Collection[str]) -> str:
+    """A one-line explanation of a choice, for the result's ``detail`` field."""
+    if choice.reason == "preferred":
+        return f"preferred model {choice.model} answered after {elapsed_ms:.1f} ms"
+    if choice.reason == "fallback":
+        skipped = ", ".join(
+            f"{s.model} {'failed' if s.model in failed else 'had not answered'}" for s in plan.stages[: choice.stage]
+        )
+        return f"fallback to {choice.model} after {elapsed_ms:.1f} ms ({skipped})"
+    if failed and all(s.model in failed for s in plan.stages):
+        return f"default after {elapsed_ms:.1f} ms: every model in the chain failed"
+    return f"default at the SLA ({plan.sla_ms:.0f} ms): no model in the chain had answered"

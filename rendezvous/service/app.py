@@ -1,0 +1,87 @@
+"""The Faust application of the rendezvous service, tuned for low-latency hops.
+
+Faust builds its aiokafka consumer with a fixed ``fetch_max_wait_ms=1500``. On a
+broker that holds an empty fetch for its full wait (Tansu does), that is up to
+1.5 s per hop at low load, so :class:`RendezvousApp` builds its consumer with the
+configured wait instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiokafka
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from rendezvous.config import DEFAULT_FETCH_WAIT_MS
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its Fetcher (aiokafka 0.14, pinned).
+        consumer._fetch_max_wait_ms = self.app.fetch_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class RendezvousApp(faust.App):
+    """A Faust app whose consumer fetches with a short, configurable wait, with two hooks:
+
+    - ``rebalance_start_callbacks`` run (on the app's loop) when a rebalance begins;
+    - ``before_stop_callbacks`` are awaited before Faust pauses and drains the consumer.
+    """
+
+    fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS
+
+    def __init__(self, *args: Any, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS, **kwargs: Any) -> None:
+        self.fetch_wait_ms = fetch_wait_ms
+        self.rebalance_start_callbacks: list[Callable[[], None]] = []
+        self.before_stop_callbacks: list[Callable[[], Awaitable[None]]] = []
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> _Transport:
+        return _Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        for callback in self.rebalance_start_callbacks:  # called from the consumer's thread
+            self.loop.call_soon_threadsafe(callback)
+
+    async def on_stop(self) -> None:
+        for callback in self.before_stop_callbacks:
+            await callback()
+        await super().on_stop()
+
+
+def create_app(app_id: str, bootstrap: str, web_host: str, web_port: int, fetch_wait_ms: int, **conf: Any) -> RendezvousApp:
+    """The app every rendezvous worker of one deployment runs (``app_id`` is its consumer group)."""
+    return RendezvousApp(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        fetch_wait_ms=fetch_wait_ms,
+        web_host=web_host,
+        web_port=web_port,
+        web_in_thread=False,
+        broker_session_timeout=6.0,  # Tansu holds a group join for about half of it
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,  # less to re-read after a crash
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,  # topics are created with explicit partition counts, not by Faust
+        topic_disable_leader=True,
+        producer_linger=0.0,
+        key_serializer="raw",
+        value_serializer="raw",
+        stream_wait_empty=True,  # a revoked partition's in-flight requests are answered before it goes
+        **conf,
+    )

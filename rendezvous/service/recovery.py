@@ -1,0 +1,100 @@
+"""What a worker must know before it takes over a requests partition.
+
+A request is acknowledged only once its result is durable, so a new owner of
+partition *p* re-reads from the committed offset every request whose answer was
+not yet confirmed. Some of those were answered before the previous owner died:
+their results are in the results topic. We read the results written since the
+oldest re-read request (minus a margin for clock skew) and treat those ids as
+answered, so no request is answered twice.
+
+We also note how far the scores partition reaches, so that re-read requests are
+decided only once their re-read scores are in (see ``Router.hold``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+
+from rendezvous.config import KafkaSettings
+from rendezvous.consume import poll_batch
+from rendezvous.topics import Topics
+
+
+@dataclass
+class PartitionRecovery:
+    partition: int
+    replay_from: int  # first request offset that will be re-read
+    replay_to: int  # requests high watermark at takeover
+    answered: set[str] = field(default_factory=set)  # ids already answered among the re-read requests
+    scores_target: int = 0  # scores high watermark at takeover: held until consumed up to here
+    scores_from: int = 0
+
+    @property
+    def needs_catch_up(self) -> bool:
+        return self.scores_target > self.scores_from
+
+
+def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> int | None:
+    committed = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
+    return None if committed == OFFSET_INVALID or committed < 0 else committed
+
+
+def recover_partitions(
+    kafka: KafkaSettings, topics: Topics, group: str, partitions: set[int],
+    lookback_ms: int = 60_000, timeout: float = 10.0,
+) -> dict[int, PartitionRecovery]:
+    """Blocking: run it in an executor. Reads offsets and results for ``partitions``."""
+    consumer = Consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
+    try:
+        out = {}
+        for p in sorted(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topics.requests, p), timeout=timeout)
+            start = _committed(consumer, topics.requests, p, timeout)
+            start = low if start is None else max(start, low)
+            s_low, s_high = consumer.get_watermark_offsets(TopicPartition(topics.scores, p), timeout=timeout)
+            s_start = _committed(consumer, topics.scores, p, timeout)
+            rec = PartitionRecovery(p, start, high, scores_target=s_high,
+                                    scores_from=s_low if s_start is None else max(s_start, s_low))
+            if start < high:
+                first_ms = _timestamp_at(consumer, topics.requests, p, start, timeout)
+                if first_ms is not None:
+                    rec.answered = _result_ids_since(consumer, topics.results, p, first_ms - lookback_ms, timeout)
+            out[p] = rec
+        return out
+    finally:
+        consumer.close()
+
+
+def _timestamp_at(consumer: Consumer, topic: str, partition: int, offset: int, timeout: float) -> int | None:
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.1)
+        if message is not None and not message.error():
+            return message.timestamp()[1]
+    return None
+
+
+def _result_ids_since(consumer: Consumer, topic: str, partition: int, since_ms: int, timeout: float) -> set[str]:
+    """Keys of the results in ``partition`` written at or after ``since_ms``."""
+    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+    start = consumer.offsets_for_times([TopicPartition(topic, partition, max(since_ms, 0))], timeout=timeout)[0].offset
+    if start < 0 or start >= high:
+        return set()
+    consumer.assign([TopicPartition(topic, partition, start)])
+    ids: set[str] = set()
+    deadline = time.monotonic() + timeout
+    position = start
+    while position < high:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}[{partition}] for recovery took longer than {timeout:.0f}s")
+        for message in poll_batch(consumer, 10_000, timeout=0.2):
+            if message.error():
+                continue
+            position = message.offset() + 1
+            if message.key() is not None:
+                ids.add(message.key().decode(errors="replace"))
+    return ids

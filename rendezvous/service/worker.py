@@ -1,0 +1,233 @@
+"""The rendezvous worker: Faust adapters around the pure :class:`~rendezvous.routing.router.Router`.
+
+- an agent reads the requests topic; bad records go to the dead-letter topic;
+- an agent reads the scores topic (batched records);
+- a timer fires at the router's next deadline; a housekeeping task serves
+  delivery reports and expires old state every few milliseconds;
+- on partition assignment, recovery tells the router what was already answered.
+
+Records are acknowledged (hence committed) only when their work is durable: see
+:mod:`rendezvous.service.writer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+
+from rendezvous.config import KafkaSettings
+from rendezvous.routing.router import Router, RouterLimits, RoutingPolicy, Step
+from rendezvous.service.app import create_app
+from rendezvous.service.recovery import recover_partitions
+from rendezvous.service.writer import Ack, ResultWriter
+from rendezvous.topics import Topics
+from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES, WireError, decode_request_head, decode_score_batch
+
+log = logging.getLogger("rendezvous.service")
+
+HOUSEKEEPING_S = 0.005
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    kafka: KafkaSettings
+    topics: Topics = Topics()
+    app_id: str = "rendezvous"  # the consumer group shared by all workers of a deployment
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    limits: RouterLimits = RouterLimits()
+    recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
+    catch_up_timeout_s: float = 5.0
+
+
+class RendezvousWorker:
+    """One worker process. Build it, then run ``faust.Worker(worker.app)``."""
+
+    def __init__(self, settings: ServiceSettings, policy: RoutingPolicy) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.router = Router(policy, settings.limits)
+        self.app = create_app(settings.app_id, settings.kafka.bootstrap, settings.web_host, settings.web_port,
+                              settings.kafka.fetch_wait_ms)
+        self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
+        self.ready = False
+        self.owned: set[int] = set()
+        self._catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._fatal_error: str | None = None
+        self._wire_app()
+
+    # ------------------------------------------------------------------ wiring
+
+    def _wire_app(self) -> None:
+        app = self.app
+        requests = app.topic(self.topics.requests, key_type=bytes, value_type=bytes)
+        scores = app.topic(self.topics.scores, key_type=bytes, value_type=bytes)
+
+        async def read_requests(stream: Any) -> None:
+            stream.enable_acks = False  # acknowledged when the result is durable
+            async for event in stream.events():
+                self.on_request_event(event)
+
+        async def read_scores(stream: Any) -> None:
+            stream.enable_acks = False  # acknowledged when every request it scored is answered
+            async for event in stream.events():
+                self.on_score_event(event)
+
+        app.agent(requests, name="rendezvous.requests")(read_requests)
+        app.agent(scores, name="rendezvous.scores")(read_scores)
+        app.task(self._housekeeping)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.before_stop_callbacks.append(self._before_stop)
+        app.rebalance_start_callbacks.append(self._on_rebalance_start)
+
+        async def ready(web: Any, request: Any) -> Any:
+            return web.json(self.status(), status=200 if self.ready else 503)
+
+        async def stats(web: Any, request: Any) -> Any:
+            return web.json(self.status())
+
+        app.page("/ready")(ready)
+        app.page("/stats")(stats)
+
+    def status(self) -> dict[str, Any]:
+        stats = self.router.stats
+        return {
+            "worker": self.settings.worker_id,
+            "ready": self.ready,
+            "partitions": sorted(self.owned),
+            "policy": {"name": self.router.policy.name, "version": self.router.policy.version},
+            "pending": self.router.pending_count,
+            "orphan_scores": self.router.orphan_count,
+            "requests": stats.requests,
+            "duplicate_requests": stats.duplicate_requests,
+            "scores": stats.scores,
+            "results_written": self.writer.results_written,
+            "deadletters_written": self.writer.deadletters_written,
+            "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
+            "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
+        }
+
+    # ------------------------------------------------------------------ events
+
+    def on_request_event(self, event: Any) -> None:
+        message = event.message
+        hold = Ack(event)
+        try:
+            head = decode_request_head(message.value, self.settings.max_request_bytes)
+        except WireError as exc:
+            self.writer.dead_letter(hold, message.key, message.value, str(exc),
+                                    message.topic, message.partition, message.offset)
+            return
+        record_ms = message.timestamp * 1000.0 if message.timestamp else now_ms()
+        self._apply(self.router.on_request(head.request_id, message.partition, record_ms, hold, now_ms(),
+                                           head.event_time))
+
+    def on_score_event(self, event: Any) -> None:
+        message = event.message
+        hold = Ack(event, refs=0)
+        try:
+            batch = decode_score_batch(message.value)
+        except WireError as exc:
+            self.writer.dead_letter(Ack(event), message.key, message.value, f"invalid score record: {exc}",
+                                    message.topic, message.partition, message.offset)
+            return
+        step = self.router.on_scores(batch.model, batch.model_version, batch.scores, hold, now_ms())
+        hold.refs += step.kept
+        if step.kept == 0:
+            event.ack()
+        self._apply(step)
+        target = self._catch_up.get(message.partition)
+        if target is not None and message.offset >= target - 1:
+            self._release(message.partition, "scores caught up")
+
+    def _apply(self, step: Step) -> None:
+        for decision in step.decisions:
+            self.writer.write(decision)
+        for hold in step.released:
+            hold.release()
+        self._arm_timer()
+
+    # ------------------------------------------------------------------ time
+
+    def _arm_timer(self) -> None:
+        wake = self.router.next_wake_ms()
+        if wake is None or (self._timer_at is not None and self._timer_at <= wake):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = wake
+        self._timer = self.app.loop.call_later(max(wake - now_ms(), 0.0) / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._apply(self.router.on_tick(now_ms()))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            self.writer.poll()
+            self._apply(self.router.on_tick(now_ms()))
+            if self._fatal_error:
+                await self.app.crash(RuntimeError(self._fatal_error))
+                return
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+    def _fatal(self, reason: str) -> None:
+        log.error("%s; stopping so that a restart re-reads the unanswered requests", reason)
+        self._fatal_error = reason
+
+    # ------------------------------------------------------------------ partitions
+
+    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
+        new = partitions - self.owned
+        if new:
+            s = self.settings
+            recovered = await asyncio.get_running_loop().run_in_executor(
+                None, recover_partitions, s.kafka, self.topics, s.app_id, new, s.recovery_lookback_ms)
+            for p, rec in recovered.items():
+                self.router.mark_answered(rec.answered, now_ms())
+                if rec.needs_catch_up:
+                    self.router.hold(p)
+                    self._catch_up[p] = rec.scores_target
+                    self.app.loop.call_later(s.catch_up_timeout_s, self._release, p, "catch-up timed out")
+                log.info("partition %d: re-reading requests %d..%d, %d already answered, scores %d..%d",
+                         p, rec.replay_from, rec.replay_to, len(rec.answered), rec.scores_from, rec.scores_target)
+        self.owned = partitions
+        self.ready = True
+        log.info("worker %s owns partitions %s", self.settings.worker_id, sorted(partitions))
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        for tp in revoked:
+            if tp.topic == self.topics.requests:
+                self._release(tp.partition, "revoked")
+
+    def _release(self, partition: int, why: str) -> None:
+        if self._catch_up.pop(partition, None) is not None:
+            log.info("partition %d: deciding re-read requests (%s)", partition, why)
+            self._apply(self.router.release(partition, now_ms()))
+
+    def _on_rebalance_start(self) -> None:
+        # Faust waits for every unacknowledged record before handing partitions over;
+        # scores still waiting for an unseen request must not hold that up.
+        self._apply(self.router.release_orphans())
+
+    async def _before_stop(self) -> None:
+        self._on_rebalance_start()
+        for p in list(self._catch_up):
+            self._release(p, "stopping")

@@ -1,0 +1,123 @@
+"""Writing results and dead letters, and acknowledging input records once they are durable.
+
+An input record is acknowledged to Faust (and so becomes committable) only when
+everything it led to is in Kafka: a request when its result is delivered, a
+score record when every request it scored has been answered. After a crash the
+worker re-reads exactly the records whose work was not yet durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from rendezvous.config import KafkaSettings
+from rendezvous.routing.router import Decision
+from rendezvous.topics import Topics
+from rendezvous.wire import Candidate, Result, deadletter_headers, encode
+
+log = logging.getLogger("rendezvous.service")
+
+
+class Ack:
+    """An input record held until ``refs`` pieces of work on it are durable."""
+
+    __slots__ = ("event", "refs")
+
+    def __init__(self, event: Any, refs: int = 1) -> None:
+        self.event, self.refs = event, refs
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs <= 0:
+            self.event.ack()
+
+
+def build_result(decision: Decision, worker: str) -> Result:
+    pending, choice = decision.pending, decision.choice
+    t0 = pending.t0
+    candidates = {
+        model: Candidate(view.model_version, round(view.arrived_ms - t0, 3), view.score, view.error)
+        for model, view in pending.scores.items()
+    }
+    chosen = pending.scores.get(choice.model) if choice.model else None
+    plan = pending.plan
+    return Result(
+        request_id=pending.request_id,
+        model=choice.model,
+        model_version=chosen.model_version if chosen else None,
+        score=chosen.score if chosen else plan.default_score,
+        reason=choice.reason,
+        detail=decision.detail,
+        latency_ms=round(decision.latency_ms, 3),
+        intake_ms=round(pending.seen_ms - t0, 3),
+        policy=plan.policy,
+        policy_version=plan.policy_version,
+        candidates=candidates,
+        request_ms=t0,
+        decided_ms=decision.decided_ms,
+        worker=worker,
+        event_time=pending.event_time,
+        audit=dict(plan.audit) if plan.audit else None,
+    )
+
+
+class ResultWriter:
+    """Produces results and dead letters with an idempotent confluent-kafka producer."""
+
+    def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, on_fatal: Callable[[str], None]) -> None:
+        self.topics, self.worker, self._on_fatal = topics, worker, on_fatal
+        self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-{worker}"}))
+        self.results_written = 0
+        self.deadletters_written = 0
+
+    def write(self, decision: Decision) -> Result:
+        pending = decision.pending
+        result = build_result(decision, self.worker)
+        holds = [pending.token, *pending.score_tokens]
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._on_fatal(f"could not write a result to {self.topics.results}: {err.str()}")
+                return
+            for hold in holds:
+                hold.release()
+
+        self._produce(self.topics.results, encode(result), pending.request_id.encode(), pending.partition, delivered)
+        self.results_written += 1
+        return result
+
+    def dead_letter(self, hold: Ack, key: bytes | None, value: bytes | None, reason: str,
+                    topic: str, partition: int, offset: int) -> None:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._on_fatal(f"could not write a dead letter to {self.topics.deadletter}: {err.str()}")
+            else:
+                hold.release()
+
+        headers = deadletter_headers(reason, topic, partition, offset, f"rendezvous/{self.worker}")
+        self._produce(self.topics.deadletter, value, key, partition, delivered, headers)
+        self.deadletters_written += 1
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
+                 on_delivery: Callable[[KafkaError | None, Message], None],
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery, headers=headers)
+                return
+            except BufferError:  # local queue full: serve deliveries, then retry
+                self._producer.poll(0.01)
+
+    def poll(self) -> int:
+        """Serve delivery reports (which acknowledge input records)."""
+        return self._producer.poll(0)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return self._producer.flush(timeout)
+
+    def __len__(self) -> int:
+        return len(self._producer)

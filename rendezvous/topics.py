@@ -1,0 +1,49 @@
+"""The streams of the architecture: their names and how they are created.
+
+Requests, scores, results and outcomes are *co-partitioned*: they have the same
+partition count, and everything about one request lives in the same partition
+number of each. Model runners write a request's score to the partition number
+the request came from, and the rendezvous writes its result there too, so the
+join never depends on which key partitioner a client used.
+
+>>> t = Topics.with_prefix("shop")
+>>> t.requests, t.scores, t.deadletter
+('shop.requests', 'shop.scores', 'shop.deadletter')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+DEFAULT_PREFIX = "rendezvous"
+DEFAULT_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Names of every topic the system reads or writes."""
+
+    requests: str = f"{DEFAULT_PREFIX}.requests"
+    scores: str = f"{DEFAULT_PREFIX}.scores"
+    results: str = f"{DEFAULT_PREFIX}.results"
+    outcomes: str = f"{DEFAULT_PREFIX}.outcomes"
+    deadletter: str = f"{DEFAULT_PREFIX}.deadletter"
+    policies: str = f"{DEFAULT_PREFIX}.policies"
+    bandit: str = f"{DEFAULT_PREFIX}.bandit"
+
+    @classmethod
+    def with_prefix(cls, prefix: str = DEFAULT_PREFIX) -> Topics:
+        return cls(**{f.name: f"{prefix}.{f.name}" for f in fields(cls)})
+
+    @property
+    def copartitioned(self) -> tuple[str, ...]:
+        """Topics that must share one partition count."""
+        return (self.requests, self.scores, self.results, self.outcomes)
+
+    @property
+    def single_partition(self) -> tuple[str, ...]:
+        """Small control topics every worker reads whole (policies, bandit state)."""
+        return (self.policies, self.bandit)
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
