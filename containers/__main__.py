@@ -14,7 +14,7 @@ import click
 from containers.runner import ModelRunner, RunnerError
 from containers.spec import ModelLoadError, load_model, load_spec
 from rendezvous.cli.options import (
-    broker_option, fetch_wait_option, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+    broker_option, client_options, kafka_settings, log_level_option, topic_prefix_option, topics_for,
 )
 from rendezvous.documents import DocumentError
 from rendezvous.lifecycle import configure_logging, stop_on_signals
@@ -26,7 +26,7 @@ from rendezvous.status import StatusServer
               help="The model spec (YAML).")
 @broker_option(required=True)
 @topic_prefix_option
-@fetch_wait_option
+@client_options
 @click.option("--http-host", envvar="RENDEZVOUS_HTTP_HOST", default="127.0.0.1", show_default=True,
               help="Address of the status endpoint (/healthz, /ready, /metrics).")
 @click.option("--http-port", envvar="RENDEZVOUS_HTTP_PORT", type=int, default=0, show_default=True,
@@ -36,7 +36,8 @@ from rendezvous.status import StatusServer
 @click.option("--linger-ms", envvar="RENDEZVOUS_LINGER_MS", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Longest a finished score waits for others to share its record.")
 @log_level_option
-def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, http_host: str, http_port: int,
+def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
+         http_host: str, http_port: int,
          max_batch: int, linger_ms: float, log_level: str) -> None:
     """Run one replica of the model SPEC against the broker."""
     configure_logging(log_level)
@@ -46,7 +47,7 @@ def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, htt
         model, identity = load_model(spec)
     except (DocumentError, ModelLoadError) as exc:
         raise click.ClickException(str(exc)) from None
-    runner = ModelRunner(model, identity, kafka_settings(broker, fetch_wait_ms), topics_for(topic_prefix),
+    runner = ModelRunner(model, identity, kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes), topics_for(topic_prefix),
                          max_batch=max_batch, linger_ms=linger_ms)
     status = None
     if http_port >= 0:

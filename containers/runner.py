@@ -41,9 +41,9 @@ class RunnerError(RuntimeError):
     """The runner cannot go on safely (e.g. it could not write scores); restart it."""
 
 
-def group_for(identity: ModelIdentity) -> str:
+def group_for(identity: ModelIdentity, topics: Topics) -> str:
     """The consumer group of a model version: its replicas share it, other models do not."""
-    return f"rendezvous.model.{identity.name}.{identity.version}"
+    return topics.group(f"model.{identity.name}.{identity.version}")
 
 
 class RunnerMetrics:
@@ -89,7 +89,7 @@ class ModelRunner:
         self.registry = registry or CollectorRegistry()
         self.metrics = RunnerMetrics(self.registry, identity)
         self._predict_many = getattr(model, "predict_many", None)
-        self._consumer = Consumer(kafka.consumer(group or group_for(identity)))
+        self._consumer = Consumer(kafka.consumer(group or group_for(identity, topics)))
         self._producer = Producer(kafka.producer())
         self._assigned: set[int] | None = None  # None until the group first assigns us
         self._fatal: str | None = None

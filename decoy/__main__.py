@@ -7,9 +7,9 @@ import logging
 import click
 
 from decoy.archive import DEFAULT_SEGMENT_BYTES, ArchiveWriter
-from decoy.service import DECOY_GROUP, Decoy
+from decoy.service import Decoy
 from rendezvous.cli.options import (
-    broker_option, fetch_wait_option, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+    broker_option, client_options, kafka_settings, log_level_option, topic_prefix_option, topics_for,
 )
 from rendezvous.lifecycle import configure_logging, stop_on_signals
 from rendezvous.status import StatusServer
@@ -20,20 +20,21 @@ from rendezvous.status import StatusServer
               help="Directory of the archive (created if missing).")
 @broker_option(required=True)
 @topic_prefix_option
-@fetch_wait_option
-@click.option("--group", envvar="RENDEZVOUS_DECOY_GROUP", default=DECOY_GROUP, show_default=True)
+@client_options
+@click.option("--group", envvar="RENDEZVOUS_DECOY_GROUP", default=None, help="Consumer group. Default: PREFIX.decoy.")
 @click.option("--segment-mb", type=click.IntRange(1, 4096), default=DEFAULT_SEGMENT_BYTES // 2**20, show_default=True,
               help="Start a new segment file beyond this size.")
 @click.option("--http-host", envvar="RENDEZVOUS_HTTP_HOST", default="127.0.0.1", show_default=True)
 @click.option("--http-port", envvar="RENDEZVOUS_HTTP_PORT", type=int, default=0, show_default=True,
               help="Port of /healthz, /ready, /metrics; -1 disables it.")
 @log_level_option
-def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, group: str, segment_mb: int,
+def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
+         group: str | None, segment_mb: int,
          http_host: str, http_port: int, log_level: str) -> None:
     """Archive every request, as the models saw it, until SIGTERM."""
     configure_logging(log_level)
     stop = stop_on_signals()
-    decoy = Decoy(kafka_settings(broker, fetch_wait_ms), topics_for(topic_prefix),
+    decoy = Decoy(kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes), topics_for(topic_prefix),
                   ArchiveWriter(archive, segment_bytes=segment_mb * 2**20), group=group)
     status = None
     if http_port >= 0:

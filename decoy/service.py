@@ -23,19 +23,16 @@ from rendezvous.topics import Topics
 
 log = logging.getLogger("rendezvous.decoy")
 
-DECOY_GROUP = "rendezvous.decoy"
-
-
 class Decoy:
     def __init__(self, kafka: KafkaSettings, topics: Topics, archive: ArchiveWriter, *,
-                 group: str = DECOY_GROUP, max_batch: int = 2000, registry: CollectorRegistry | None = None) -> None:
+                 group: str | None = None, max_batch: int = 2000, registry: CollectorRegistry | None = None) -> None:
         self.topics, self.archive, self.max_batch = topics, archive, max_batch
         self.registry = registry or CollectorRegistry()
         self.records = Counter("rendezvous_decoy_records", "Records archived by the decoy", registry=self.registry)
         self.bytes = Counter("rendezvous_decoy_bytes", "Key and value bytes archived by the decoy", registry=self.registry)
         self.skipped = Counter("rendezvous_decoy_redelivered_records",
                                "Records skipped because the archive already held them", registry=self.registry)
-        self._consumer = Consumer(kafka.consumer(group, **{"enable.auto.commit": False}))
+        self._consumer = Consumer(kafka.consumer(group or topics.group("decoy"), **{"enable.auto.commit": False}))
         self._assigned: set[int] | None = None
 
     @property

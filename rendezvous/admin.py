@@ -77,3 +77,13 @@ def end_offsets(kafka: KafkaSettings, topic: str, partitions: int, timeout: floa
         return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in range(partitions)]
     finally:
         consumer.close()
+
+
+def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: float = 15.0) -> None:
+    """Create one topic (e.g. a replay target); an existing one is left as it is."""
+    admin = AdminClient(kafka.admin())  # keep a reference until the future resolves
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=timeout)[name].result()
+    except KafkaException as exc:
+        if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+            raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None

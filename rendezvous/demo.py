@@ -13,7 +13,6 @@ import itertools
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,13 @@ from containers.examples.phishing import dataset
 from decoy.archive import ArchiveReader
 from policies import EXAMPLE, load_policy
 from policies.schema import Policy
-from rendezvous.admin import ensure_topics
-from rendezvous.broker import EmbeddedBroker
 from rendezvous.client import RequestSender, ResultCollector
 from rendezvous.config import KafkaSettings
 from rendezvous.consume import poll_batch
-from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.stack import Progress, StackError, StackOptions, running_stack
 from rendezvous.summary import summarize
 from rendezvous.topics import DEFAULT_PARTITIONS, Topics
 from rendezvous.wire import decode_score_batch
-
-
-class DemoError(RuntimeError):
-    """The demo's system could not be brought up."""
 
 
 @dataclass
@@ -49,48 +42,6 @@ class DemoOptions:
     partitions: int = DEFAULT_PARTITIONS
     workdir: Path | None = None
     startup_timeout_s: float = 90.0
-
-
-Progress = Callable[[str, dict[str, Any]], None]
-
-
-@contextlib.contextmanager
-def running_system(options: DemoOptions, policy: Policy, workdir: Path, progress: Progress) -> Iterator[tuple[KafkaSettings, Topics, ProcessRuntime]]:
-    """Broker, topics, models, decoy and rendezvous, stopped in reverse order on exit."""
-    broker = None
-    if options.broker is None:
-        broker = EmbeddedBroker(log_path=workdir / "tansu.log")
-        progress("status", {"text": "starting the embedded broker (Tansu)"})
-        bootstrap = broker.start()
-    else:
-        bootstrap = options.broker
-    runtime = None
-    try:
-        kafka, topics = KafkaSettings(bootstrap), Topics.with_prefix(options.topic_prefix)
-        ensure_topics(kafka, topics, options.partitions)
-        runtime = ProcessRuntime(bootstrap, workdir / "logs", options.topic_prefix, kafka.fetch_wait_ms)
-        deploy = policy.deploy
-        if deploy is None or not deploy.models:
-            raise DemoError(f"{options.policy_path} has no deploy.models section: the demo does not know what to start")
-        names = []
-        for model in deploy.models:
-            names += runtime.start_model((options.policy_path.parent / model.spec).resolve(), model.replicas)
-        if deploy.decoy.enabled:
-            names.append(runtime.start_decoy(workdir / "archive"))
-        workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers)
-        progress("status", {"text": f"starting {len(names)} model/decoy processes and {len(workers)} rendezvous worker(s)"})
-        not_ready = runtime.wait_ready(names + workers, options.startup_timeout_s)
-        if not_ready:
-            raise DemoError(f"not ready after {options.startup_timeout_s:.0f}s: {', '.join(not_ready)}; "
-                            f"logs in {workdir / 'logs'}")
-        yield kafka, topics, runtime
-    finally:
-        if runtime is not None:
-            progress("status", {"text": "stopping (rendezvous first, so in-flight requests are answered)"})
-            runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
-            runtime.stop()
-        if broker is not None:
-            broker.stop()
 
 
 def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collector: ResultCollector,
@@ -117,7 +68,7 @@ def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collec
             if models.issubset(scored) and collector.wait_for([rid], 2.0):
                 return
             if time.monotonic() > deadline:
-                raise DemoError(f"no complete answer within {timeout:.0f}s: models that scored: {sorted(scored)} "
+                raise StackError(f"no complete answer within {timeout:.0f}s: models that scored: {sorted(scored)} "
                                 f"of {sorted(models)}")
     finally:
         scores.close()
@@ -130,7 +81,13 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
     with workdir_ctx as wd:
         workdir = Path(wd)
         workdir.mkdir(parents=True, exist_ok=True)
-        with running_system(options, policy, workdir, progress) as (kafka, topics, runtime):
+        stack_options = StackOptions(
+            options.policy_path, options.broker, options.topic_prefix, options.partitions,
+            log_dir=workdir / "logs", archive_dir=workdir / "archive",
+            startup_timeout_s=options.startup_timeout_s, find_running_broker=False,
+        )
+        with running_stack(stack_options, policy, progress) as stack:
+            kafka, topics = stack.kafka, stack.topics
             collector = ResultCollector(kafka, topics, options.partitions).start()
             try:
                 chain = {e.model for e in policy.routing.chain}

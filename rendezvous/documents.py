@@ -81,9 +81,21 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _problem(error: dict[str, Any], root: yaml.Node | None) -> Problem:
-    # pydantic puts union and tagged-union branch names in loc; they are not fields.
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+def _document_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """``loc`` without the parts pydantic adds that are not in the document: union branch
+    names and tagged-union tags (``routing.fixed.chain`` is ``routing.chain`` in the file)."""
+    out, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part not in node and i + 1 < len(loc) and loc[i + 1] in node:
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, dict) else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+    return tuple(out)
+
+
+def _problem(error: dict[str, Any], root: yaml.Node | None, data: Any) -> Problem:
+    loc = _document_path(tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))), data)
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, FieldError):
         loc = loc + cause.loc
@@ -102,7 +114,7 @@ def parse_document(data: Any, schema: type[M], source: str, root: yaml.Node | No
     try:
         return schema.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise DocumentError(source, [_problem(e, root) for e in exc.errors()]) from None
+        raise DocumentError(source, [_problem(e, root, data) for e in exc.errors()]) from None
 
 
 def load_document_text(text: str, schema: type[M], source: str = "<string>") -> M:

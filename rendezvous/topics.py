@@ -30,10 +30,16 @@ class Topics:
     deadletter: str = f"{DEFAULT_PREFIX}.deadletter"
     policies: str = f"{DEFAULT_PREFIX}.policies"
     bandit: str = f"{DEFAULT_PREFIX}.bandit"
+    #: Names the deployment's consumer groups, so deployments sharing a cluster never share a group.
+    namespace: str = DEFAULT_PREFIX
 
     @classmethod
     def with_prefix(cls, prefix: str = DEFAULT_PREFIX) -> Topics:
-        return cls(**{f.name: f"{prefix}.{f.name}" for f in fields(cls)})
+        return cls(**{f.name: f"{prefix}.{f.name}" for f in fields(cls) if f.name != "namespace"}, namespace=prefix)
+
+    def group(self, role: str) -> str:
+        """The consumer group of one role, e.g. ``rendezvous.model.boosted.1.0.0`` or ``rendezvous.decoy``."""
+        return f"{self.namespace}.{role}"
 
     @property
     def copartitioned(self) -> tuple[str, ...]:
@@ -46,4 +52,4 @@ class Topics:
         return (self.policies, self.bandit)
 
     def all(self) -> tuple[str, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "namespace")

@@ -2,8 +2,10 @@
 
     python -m containers.examples.train [OUT_DIR]
 
-Deterministic: the same library versions give byte-identical artifacts, so the
-hashes in the committed model cards can be checked by re-running this.
+Deterministic: the same library versions give a model with identical predictions
+(the tests check it). Pickle bytes can still differ between runs, as pickle
+shares repeated objects by identity, so a model's identity is its artifact's
+hash, recorded in its card when the artifact was made.
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from rendezvous.cli.archive import archive, replay
 from rendezvous.cli.demo import demo
 from rendezvous.cli.infra import broker, topics
 from rendezvous.cli.serve import serve
+from rendezvous.cli.stack import up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,5 +20,5 @@ def main() -> None:
     """
 
 
-for command in (demo, broker, topics, serve):
+for command in (demo, up, broker, topics, serve, replay, archive):
     main.add_command(command)

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from policies import EXAMPLE
 from rendezvous.admin import TopicError
 from rendezvous.broker import BrokerError
-from rendezvous.cli.options import broker_option, topic_prefix_option
-from rendezvous.demo import DemoError, DemoOptions, run_demo
+from rendezvous.cli.options import broker_option, stderr_console, topic_prefix_option
+from rendezvous.demo import DemoOptions, run_demo
+from rendezvous.stack import StackError
 from rendezvous.documents import DocumentError
 
 
@@ -37,7 +37,7 @@ def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, to
 
     Without --broker everything is embedded; nothing needs installing.
     """
-    console = Console(stderr=True)
+    console = stderr_console()
     bars = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=False)
     tasks: dict[str, Any] = {}
@@ -57,7 +57,7 @@ def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, to
                           topic_prefix=topic_prefix, workdir=workdir)
     try:
         summary = run_demo(options, progress)
-    except (BrokerError, DemoError, DocumentError, TopicError) as exc:
+    except (BrokerError, StackError, DocumentError, TopicError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         bars.stop()

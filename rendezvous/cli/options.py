@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
+from rich.console import Console
 
-from rendezvous.config import DEFAULT_FETCH_WAIT_MS, KafkaSettings
+from rendezvous.config import DEFAULT_FETCH_WAIT_MS, DEFAULT_PRODUCER_LINGER_MS, KafkaSettings
 from rendezvous.topics import DEFAULT_PREFIX, Topics
 
 
@@ -25,7 +27,18 @@ def topic_prefix_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def fetch_wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Client tuning shared by every component; passed on as a ``kafka_tuning`` dict."""
+    f = click.option(
+        "--fetch-min-bytes", envvar="RENDEZVOUS_FETCH_MIN_BYTES", type=click.IntRange(1), default=1,
+        show_default=True,
+        help="Bytes a fetch waits for (up to --fetch-wait-ms). Larger: fewer fetches, less broker load, more latency.",
+    )(f)
+    f = click.option(
+        "--producer-linger-ms", envvar="RENDEZVOUS_PRODUCER_LINGER_MS", type=click.FloatRange(0, 1000),
+        default=DEFAULT_PRODUCER_LINGER_MS, show_default=True,
+        help="How long a producer waits to batch records; fewer batches cost the broker less.",
+    )(f)
     return click.option(
         "--fetch-wait-ms", envvar="RENDEZVOUS_FETCH_WAIT_MS", type=click.IntRange(1, 10_000),
         default=DEFAULT_FETCH_WAIT_MS, show_default=True,
@@ -40,9 +53,16 @@ def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def kafka_settings(broker: str, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS) -> KafkaSettings:
-    return KafkaSettings(broker, fetch_wait_ms=fetch_wait_ms)
+def kafka_settings(broker: str, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS,
+                   producer_linger_ms: float = DEFAULT_PRODUCER_LINGER_MS, fetch_min_bytes: int = 1) -> KafkaSettings:
+    return KafkaSettings(broker, fetch_wait_ms=fetch_wait_ms, producer_linger_ms=producer_linger_ms,
+                         fetch_min_bytes=fetch_min_bytes)
 
 
 def topics_for(prefix: str) -> Topics:
     return Topics.with_prefix(prefix)
+
+
+def stderr_console() -> Console:
+    """The console for progress and logs. Piped to a file or CI log, lines are not wrapped."""
+    return Console(stderr=True, log_path=False, width=None if sys.stderr.isatty() else 200)

@@ -9,11 +9,13 @@ import click
 from rendezvous.admin import TopicError
 from rendezvous.broker import BrokerError, resolve_broker
 from rendezvous.cli.options import (
-    broker_option, fetch_wait_option, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+    broker_option, client_options, kafka_settings, log_level_option, topic_prefix_option, topics_for,
 )
 from rendezvous.documents import DocumentError
+from rendezvous.routing.router import RouterLimits
 from rendezvous.service.run import ServiceError, build_worker, run_worker
 from rendezvous.service.worker import ServiceSettings
+from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES
 
 
 @click.command()
@@ -21,21 +23,30 @@ from rendezvous.service.worker import ServiceSettings
               type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The routing policy (YAML).")
 @broker_option()
 @topic_prefix_option
-@fetch_wait_option
-@click.option("--app-id", envvar="RENDEZVOUS_APP_ID", default="rendezvous", show_default=True,
-              help="Consumer group shared by the workers of one deployment.")
+@client_options
+@click.option("--app-id", envvar="RENDEZVOUS_APP_ID", default=None,
+              help="Consumer group shared by the workers of one deployment. Default: the topic prefix.")
 @click.option("--worker-id", envvar="RENDEZVOUS_WORKER_ID", default=None, help="Name written on results. Default: host/pid.")
 @click.option("--web-host", envvar="RENDEZVOUS_WEB_HOST", default="127.0.0.1", show_default=True)
 @click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", type=int, default=6066, show_default=True,
               help="Port of /ready, /stats and /metrics; each worker on a host needs its own.")
+@click.option("--max-request-bytes", envvar="RENDEZVOUS_MAX_REQUEST_BYTES", type=click.IntRange(64),
+              default=DEFAULT_MAX_REQUEST_BYTES, show_default=True, help="Larger requests are dead-lettered.")
+@click.option("--orphan-ttl-ms", envvar="RENDEZVOUS_ORPHAN_TTL_MS", type=click.FloatRange(1),
+              default=RouterLimits.orphan_ttl_ms, show_default=True,
+              help="How long a score may wait for its request before it is dropped as unknown.")
 @log_level_option
-def serve(policy_path: Path, broker: str | None, topic_prefix: str, fetch_wait_ms: int, app_id: str,
-          worker_id: str | None, web_host: str, web_port: int, log_level: str) -> None:
+def serve(policy_path: Path, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
+          app_id: str | None,
+          worker_id: str | None, web_host: str, web_port: int, max_request_bytes: int, orphan_ttl_ms: float,
+          log_level: str) -> None:
     """Run one rendezvous worker until SIGTERM. Run several with one --app-id to share the load."""
     try:
         settings = ServiceSettings(
-            kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms), topics=topics_for(topic_prefix),
-            app_id=app_id, web_host=web_host, web_port=web_port,
+            kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes),
+            topics=topics_for(topic_prefix),
+            app_id=app_id or topic_prefix, web_host=web_host, web_port=web_port, max_request_bytes=max_request_bytes,
+            limits=RouterLimits(orphan_ttl_ms=orphan_ttl_ms),
             **({"worker_id": worker_id} if worker_id else {}),
         )
         worker = build_worker(settings, policy_path)

@@ -139,12 +139,13 @@ class Router:
                     step.kept += 1
                     self._evaluate(pending, now_ms, step)
                 continue
+            if not named:
+                self.stats.dropped["unknown_model", model] += 1
+                continue
             decided_models = self._decided.get(s.request_id)
             if decided_models is not None:
                 kind = "duplicate" if model in decided_models else "late"
                 self.stats.dropped[kind, model] += 1
-            elif not named:
-                self.stats.dropped["unknown_model", model] += 1
             else:
                 step.kept += 1
                 for evicted in self._orphans.add(s.request_id, OrphanScore(model, view, token), now_ms):
@@ -155,10 +156,7 @@ class Router:
         """Decide every request whose next change has come; expire old state."""
         step = Step()
         for pending in self._deadlines.pop_due(now_ms):
-            if pending.partition in self._held:
-                self._held[pending.partition].append(pending)
-            else:
-                self._evaluate(pending, now_ms, step)
+            self._evaluate(pending, now_ms, step)
         for orphan in self._orphans.expire(now_ms):
             self._drop_orphan(orphan, step)
         self._decided.expire(now_ms)
@@ -170,8 +168,9 @@ class Router:
     # ------------------------------------------------------------------ recovery and rebalancing
 
     def hold(self, partition: int) -> None:
-        """Decide no request of ``partition`` by its clock until :meth:`release`: its scores
-        are being re-read after a restart, and an overdue request should get them."""
+        """Until :meth:`release`, decide no request of ``partition`` that was already overdue
+        when first seen (re-read after a restart) unless its preferred model has answered:
+        its scores are being re-read too, and it should get them. Live requests are not held."""
         self._held.setdefault(partition, [])
 
     def release(self, partition: int, now_ms: float) -> Step:
@@ -229,8 +228,9 @@ class Router:
             if wake != pending.wake_ms:
                 self._deadlines.push(pending, wake)
             return
-        if choice.stage != 0 and pending.partition in self._held:
-            # Recovering: this request's better scores may still be on their way back.
+        if (choice.stage != 0 and pending.partition in self._held
+                and pending.seen_ms - pending.t0 >= pending.plan.sla_ms):
+            # Re-read after a restart, already overdue: its better scores may be on their way back.
             self._held[pending.partition].append(pending)
             return
         pending.decided = True

@@ -7,29 +7,32 @@ container would run (``python -m containers``, ``python -m decoy``,
 
 from __future__ import annotations
 
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from containers.spec import load_spec
+from rendezvous.config import KafkaSettings
 from rendezvous.broker import free_port
 from rendezvous.runtime.supervisor import ChildSpec, Supervisor
 
 
 @dataclass
 class ProcessRuntime:
-    bootstrap: str
+    kafka: KafkaSettings
     log_dir: Path
     topic_prefix: str = "rendezvous"
-    fetch_wait_ms: int = 5
-    app_id: str = "rendezvous"
+    app_id: str | None = None  # default: the topic prefix
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor()
         self.supervisor.start_background()
 
     def _common(self) -> list[str]:
-        return ["--broker", self.bootstrap, "--topic-prefix", self.topic_prefix, "--fetch-wait-ms", str(self.fetch_wait_ms)]
+        k = self.kafka
+        return ["--broker", k.bootstrap, "--topic-prefix", self.topic_prefix, "--fetch-wait-ms", str(k.fetch_wait_ms),
+                "--producer-linger-ms", str(k.producer_linger_ms), "--fetch-min-bytes", str(k.fetch_min_bytes)]
 
     def _add(self, name: str, argv: list[str], port: int, **labels: str) -> str:
         log = self.log_dir / (name.replace("/", "-") + ".log")
@@ -52,12 +55,14 @@ class ProcessRuntime:
         argv = [sys.executable, "-m", "decoy", "--archive", str(archive), *self._common(), "--http-port", str(port)]
         return self._add("decoy", argv, port, role="decoy")
 
-    def start_rendezvous(self, policy_path: Path, workers: int = 1) -> list[str]:
+    def start_rendezvous(self, policy_path: Path, workers: int = 1, extra_args: list[str] | None = None,
+                         first_index: int = 0) -> list[str]:
         names = []
-        for i in range(workers):
+        for i in range(first_index, first_index + workers):
             port = free_port()
             argv = [sys.executable, "-m", "rendezvous", "serve", "--policy", str(policy_path), *self._common(),
-                    "--app-id", self.app_id, "--web-port", str(port), "--log-level", "warning"]
+                    "--app-id", self.app_id or self.topic_prefix, "--web-port", str(port), "--worker-id", f"{socket.gethostname()}/rendezvous-{i}",
+                    "--log-level", "warning", *(extra_args or [])]
             names.append(self._add(f"rendezvous/{i}", argv, port, role="rendezvous"))
         return names
 

@@ -23,6 +23,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher (aiokafka 0.14, pinned).
         consumer._fetch_max_wait_ms = self.app.fetch_wait_ms
+        consumer._fetch_min_bytes = self.app.fetch_min_bytes
         return consumer
 
 
@@ -43,9 +44,11 @@ class RendezvousApp(faust.App):
     """
 
     fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS
+    fetch_min_bytes: int = 1
 
-    def __init__(self, *args: Any, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS, **kwargs: Any) -> None:
-        self.fetch_wait_ms = fetch_wait_ms
+    def __init__(self, *args: Any, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS, fetch_min_bytes: int = 1,
+                 **kwargs: Any) -> None:
+        self.fetch_wait_ms, self.fetch_min_bytes = fetch_wait_ms, fetch_min_bytes
         self.rebalance_start_callbacks: list[Callable[[], None]] = []
         self.before_stop_callbacks: list[Callable[[], Awaitable[None]]] = []
         super().__init__(*args, **kwargs)
@@ -64,12 +67,14 @@ class RendezvousApp(faust.App):
         await super().on_stop()
 
 
-def create_app(app_id: str, bootstrap: str, web_host: str, web_port: int, fetch_wait_ms: int, **conf: Any) -> RendezvousApp:
+def create_app(app_id: str, bootstrap: str, web_host: str, web_port: int, fetch_wait_ms: int,
+               fetch_min_bytes: int = 1, **conf: Any) -> RendezvousApp:
     """The app every rendezvous worker of one deployment runs (``app_id`` is its consumer group)."""
     return RendezvousApp(
         app_id,
         broker=f"kafka://{bootstrap}",
         fetch_wait_ms=fetch_wait_ms,
+        fetch_min_bytes=fetch_min_bytes,
         web_host=web_host,
         web_port=web_port,
         web_in_thread=False,

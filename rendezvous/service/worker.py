@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,12 +61,16 @@ class RendezvousWorker:
         self.settings = settings
         self.topics = settings.topics
         self.router = Router(policy, settings.limits)
-        self.app = create_app(settings.app_id, settings.kafka.bootstrap, settings.web_host, settings.web_port,
-                              settings.kafka.fetch_wait_ms)
+        k = settings.kafka
+        self.app = create_app(settings.app_id, k.bootstrap, settings.web_host, settings.web_port,
+                              k.fetch_wait_ms, k.fetch_min_bytes)
         self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
         self.ready = False
         self.owned: set[int] = set()
         self._catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
+        # Faust may deliver a newly assigned partition's records before we know which of its
+        # requests were answered already; they wait here until recovery has run.
+        self._recovering: dict[int, list[tuple[Callable[[Any], None], Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._fatal_error: str | None = None
@@ -105,6 +110,16 @@ class RendezvousWorker:
         app.page("/ready")(ready)
         app.page("/stats")(stats)
 
+    def _uncommitted(self) -> dict[str, int]:
+        """Per partition: records read but not yet committable (awaiting durable work)."""
+        consumer = self.app.consumer
+        try:
+            read, committed = consumer._read_offset, consumer._committed_offset  # Faust 0.15 (pinned)
+        except AttributeError:  # pragma: no cover
+            return {}
+        return {f"{tp.topic.rsplit('.', 1)[-1]}/{tp.partition}": (read[tp] or 0) + 1 - (committed.get(tp) or 0)
+                for tp in sorted(read) if read[tp] is not None}
+
     def status(self) -> dict[str, Any]:
         stats = self.router.stats
         return {
@@ -118,6 +133,8 @@ class RendezvousWorker:
             "duplicate_requests": stats.duplicate_requests,
             "scores": stats.scores,
             "results_written": self.writer.results_written,
+            "results_in_flight": len(self.writer),
+            "uncommitted": self._uncommitted(),
             "deadletters_written": self.writer.deadletters_written,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
@@ -127,6 +144,9 @@ class RendezvousWorker:
 
     def on_request_event(self, event: Any) -> None:
         message = event.message
+        if message.partition in self._recovering:
+            self._recovering[message.partition].append((self.on_request_event, event))
+            return
         hold = Ack(event)
         try:
             head = decode_request_head(message.value, self.settings.max_request_bytes)
@@ -140,6 +160,9 @@ class RendezvousWorker:
 
     def on_score_event(self, event: Any) -> None:
         message = event.message
+        if message.partition in self._recovering:
+            self._recovering[message.partition].append((self.on_score_event, event))
+            return
         hold = Ack(event, refs=0)
         try:
             batch = decode_score_batch(message.value)
@@ -196,7 +219,10 @@ class RendezvousWorker:
     async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
         new = partitions - self.owned
+        self.owned = partitions
         if new:
+            for p in new:
+                self._recovering.setdefault(p, [])
             s = self.settings
             recovered = await asyncio.get_running_loop().run_in_executor(
                 None, recover_partitions, s.kafka, self.topics, s.app_id, new, s.recovery_lookback_ms)
@@ -208,13 +234,17 @@ class RendezvousWorker:
                     self.app.loop.call_later(s.catch_up_timeout_s, self._release, p, "catch-up timed out")
                 log.info("partition %d: re-reading requests %d..%d, %d already answered, scores %d..%d",
                          p, rec.replay_from, rec.replay_to, len(rec.answered), rec.scores_from, rec.scores_target)
-        self.owned = partitions
+                for handle, event in self._recovering.pop(p, []):
+                    if p in self.owned:  # not revoked meanwhile (its next owner re-reads them)
+                        handle(event)
         self.ready = True
         log.info("worker %s owns partitions %s", self.settings.worker_id, sorted(partitions))
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         for tp in revoked:
             if tp.topic == self.topics.requests:
+                self.owned.discard(tp.partition)
+                self._recovering.pop(tp.partition, None)
                 self._release(tp.partition, "revoked")
 
     def _release(self, partition: int, why: str) -> None:

@@ -9,6 +9,7 @@ worker re-reads exactly the records whose work was not yet durable.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -71,24 +72,28 @@ class ResultWriter:
     def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, on_fatal: Callable[[str], None]) -> None:
         self.topics, self.worker, self._on_fatal = topics, worker, on_fatal
         self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-{worker}"}))
+        # The idempotent producer reports deliveries of one partition in order, so each
+        # report releases the oldest holds of its partition: no closure per result.
+        self._in_flight: dict[int, deque[list[Ack]]] = defaultdict(deque)
         self.results_written = 0
         self.deadletters_written = 0
 
     def write(self, decision: Decision) -> Result:
         pending = decision.pending
         result = build_result(decision, self.worker)
-        holds = [pending.token, *pending.score_tokens]
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self._on_fatal(f"could not write a result to {self.topics.results}: {err.str()}")
-                return
-            for hold in holds:
-                hold.release()
-
-        self._produce(self.topics.results, encode(result), pending.request_id.encode(), pending.partition, delivered)
+        self._in_flight[pending.partition].append([pending.token, *pending.score_tokens])
+        self._produce(self.topics.results, encode(result), pending.request_id.encode(), pending.partition,
+                      self._result_delivered)
         self.results_written += 1
         return result
+
+    def _result_delivered(self, err: KafkaError | None, msg: Message) -> None:
+        holds = self._in_flight[msg.partition()].popleft()
+        if err is not None:
+            self._on_fatal(f"could not write a result to {self.topics.results}: {err.str()}")
+            return
+        for hold in holds:
+            hold.release()
 
     def dead_letter(self, hold: Ack, key: bytes | None, value: bytes | None, reason: str,
                     topic: str, partition: int, offset: int) -> None:
@@ -99,7 +104,7 @@ class ResultWriter:
                 hold.release()
 
         headers = deadletter_headers(reason, topic, partition, offset, f"rendezvous/{self.worker}")
-        self._produce(self.topics.deadletter, value, key, partition, delivered, headers)
+        self._produce(self.topics.deadletter, value, key, -1, delivered, headers)  # -1: the partitioner's choice
         self.deadletters_written += 1
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,

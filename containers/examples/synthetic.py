@@ -1,0 +1,58 @@
+"""Synthetic models for benchmarks and for testing a policy's fallback rules.
+
+``constant`` costs next to nothing, so what a benchmark measures is the platform.
+``scripted`` answers as each request tells it to, which makes a fallback chain's
+timing testable against real processes: a request whose features hold
+``{"<model>_delay_ms": 40}`` is answered by ``<model>`` after 40 ms, and one with
+``{"<model>_fail": true}`` makes it fail.
+
+>>> build(None).predict_many([{}, {}])
+[0.5, 0.5]
+>>> m = scripted(None, name="m2", score=0.7)
+>>> m.predict_one({"m2_delay_ms": 1})
+0.7
+>>> m.predict_one({"m2_fail": True})
+Traceback (most recent call last):
+...
+RuntimeError: m2 was told to fail
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Constant:
+    def __init__(self, score: float) -> None:
+        self.score = score
+
+    def predict_one(self, features: dict[str, Any]) -> float:
+        return self.score
+
+    def predict_many(self, batch: list[dict[str, Any]]) -> list[float]:
+        return [self.score] * len(batch)
+
+
+class Scripted:
+    """Sleeps and fails as each request's features say (scored one request at a time)."""
+
+    def __init__(self, name: str, score: float, delay_ms: float) -> None:
+        self.name, self.score, self.delay_ms = name, score, delay_ms
+
+    def predict_one(self, features: dict[str, Any]) -> float:
+        delay = features.get(f"{self.name}_delay_ms", self.delay_ms)
+        if delay:
+            time.sleep(float(delay) / 1000.0)
+        if features.get(f"{self.name}_fail"):
+            raise RuntimeError(f"{self.name} was told to fail")
+        return float(features.get(f"{self.name}_score", self.score))
+
+
+def build(artifact: Path | None, score: float = 0.5) -> Constant:
+    return Constant(score)
+
+
+def scripted(artifact: Path | None, name: str, score: float = 0.5, delay_ms: float = 0.0) -> Scripted:
+    return Scripted(name, score, delay_ms)

@@ -1,0 +1,66 @@
+"""``rendezvous up``: run what a policy file declares, until SIGTERM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from policies import load_policy
+from rendezvous.admin import TopicError
+from rendezvous.broker import BrokerError
+from rendezvous.cli.options import broker_option, stderr_console, topic_prefix_option
+from rendezvous.documents import DocumentError
+from rendezvous.lifecycle import stop_on_signals
+from rendezvous.stack import RunningStack, StackError, StackOptions, running_stack
+from rendezvous.topics import DEFAULT_PARTITIONS
+
+
+@click.command()
+@click.argument("policy_path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@broker_option()
+@topic_prefix_option
+@click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True,
+              help="Partition count for topics that do not exist yet.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rendezvous"),
+              show_default=True, help="Where the components' logs go.")
+def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path) -> None:
+    """Run the models, decoy and rendezvous workers that FILE declares, until SIGTERM or Ctrl-C.
+
+    Without --broker, uses the embedded broker running on this machine, or starts one.
+    """
+    console = stderr_console()
+    stop = stop_on_signals()
+    try:
+        policy = load_policy(policy_path)
+        options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs")
+        with running_stack(options, policy, lambda kind, data: console.log(data.get("text", ""))) as stack:
+            console.print(_status_table(stack, policy.name))
+            console.log(f"up: broker {stack.kafka.bootstrap}, policy {policy.name} v{policy.version}; "
+                        "stop with Ctrl-C or SIGTERM")
+            _watch(stack, stop, console)
+    except (BrokerError, DocumentError, StackError, TopicError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _watch(stack: RunningStack, stop: Any, console: Console) -> None:
+    """Report components that go down or give up, until asked to stop."""
+    reported: dict[str, str] = {}
+    while not stop.wait(1.0):
+        for child in stack.runtime.supervisor.children():
+            if child.state != reported.get(child.spec.name, "running"):
+                console.log(f"{child.spec.name}: {child.state} (restarts {child.restarts}, last exit {child.last_exit_code})")
+            reported[child.spec.name] = child.state
+
+
+def _status_table(stack: RunningStack, name: str) -> Table:
+    table = Table(title=f"rendezvous up — {name}")
+    for column in ("component", "pid", "status endpoint", "state"):
+        table.add_column(column)
+    for child in stack.runtime.supervisor.children():
+        port = child.spec.http_port
+        table.add_row(child.spec.name, str(child.pid), f"http://127.0.0.1:{port}" if port else "-", child.state)
+    return table

@@ -1,0 +1,86 @@
+"""Bringing up what a policy's ``deploy`` section declares, and taking it down cleanly.
+
+Used by ``rendezvous up`` (until SIGTERM) and ``rendezvous demo`` (for one run).
+Order matters on the way down: rendezvous workers stop first, while the models
+still answer, so that every in-flight request is answered; then the models and
+the decoy; then the embedded broker, if we started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policies.schema import Policy
+from rendezvous.admin import ensure_topics
+from rendezvous.broker import EmbeddedBroker, find_running
+from rendezvous.config import KafkaSettings
+from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.topics import DEFAULT_PARTITIONS, Topics
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class StackError(RuntimeError):
+    """The declared system could not be brought up."""
+
+
+@dataclass
+class StackOptions:
+    policy_path: Path
+    broker: str | None = None  # None: the embedded broker running here, else a new one
+    topic_prefix: str = "rendezvous"
+    partitions: int = DEFAULT_PARTITIONS
+    log_dir: Path = Path(".rendezvous/logs")
+    archive_dir: Path | None = None  # None: the policy's deploy.decoy.archive
+    find_running_broker: bool = True  # without --broker, use a `rendezvous broker` running here
+    startup_timeout_s: float = 90.0
+
+
+@dataclass
+class RunningStack:
+    kafka: KafkaSettings
+    topics: Topics
+    runtime: ProcessRuntime
+    broker: EmbeddedBroker | None
+    components: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> Iterator[RunningStack]:
+    deploy = policy.deploy
+    if deploy is None or not deploy.models:
+        raise StackError(f"{options.policy_path} has no deploy.models section: nothing says what to start")
+    broker, bootstrap = None, options.broker or (find_running() if options.find_running_broker else None)
+    if bootstrap is None:
+        broker = EmbeddedBroker(log_path=options.log_dir / "tansu.log")
+        options.log_dir.mkdir(parents=True, exist_ok=True)
+        progress("status", {"text": "starting the embedded broker (Tansu)"})
+        bootstrap = broker.start()
+    runtime = None
+    try:
+        kafka, topics = KafkaSettings(bootstrap), Topics.with_prefix(options.topic_prefix)
+        ensure_topics(kafka, topics, options.partitions)
+        runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix)
+        names = []
+        for model in deploy.models:
+            names += runtime.start_model((options.policy_path.parent / model.spec).resolve(), model.replicas)
+        if deploy.decoy.enabled:
+            names.append(runtime.start_decoy(options.archive_dir or Path(deploy.decoy.archive)))
+        workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers)
+        progress("status", {"text": f"starting {len(names)} model/decoy processes and {len(workers)} rendezvous worker(s)"})
+        not_ready = runtime.wait_ready(names + workers, options.startup_timeout_s)
+        if not_ready:
+            raise StackError(f"not ready after {options.startup_timeout_s:.0f}s: {', '.join(not_ready)}; "
+                             f"see the logs in {options.log_dir}")
+        yield RunningStack(kafka, topics, runtime, broker, names + workers)
+    finally:
+        if runtime is not None:
+            progress("status", {"text": "stopping: rendezvous first, so in-flight requests are answered"})
+            runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
+            runtime.stop()
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,166 @@
+"""Fixtures: a real Tansu broker for the session, and whole systems of real processes.
+
+Every system gets its own topic prefix (hence its own topics and consumer groups)
+on the shared broker, its own ports on loopback, and is torn down by PID.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from rendezvous.admin import ensure_topics
+from rendezvous.broker import EmbeddedBroker
+from rendezvous.client import RequestSender, ResultCollector
+from rendezvous.config import KafkaSettings
+from rendezvous.consume import poll_batch
+from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.topics import Topics
+
+REPO = Path(__file__).resolve().parent.parent
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture
+def kafka(broker: EmbeddedBroker) -> KafkaSettings:
+    return KafkaSettings(broker.bootstrap)
+
+
+def fresh_topics(kafka: KafkaSettings, partitions: int = 4) -> Topics:
+    topics = Topics.with_prefix(f"t{os.getpid()}-{next(_names)}")
+    ensure_topics(kafka, topics, partitions)
+    return topics
+
+
+def scripted_spec(directory: Path, name: str, score: float, delay_ms: float = 0.0) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        version: "1"
+        entry: containers.examples.synthetic:scripted
+        options: {{name: {name}, score: {score}, delay_ms: {delay_ms}}}
+    """))
+    return path
+
+
+def write_policy(directory: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+CHAIN_POLICY = """\
+    name: test-chain
+    version: 1
+    sla_ms: 100
+    default: {score: 0.25}
+    routing:
+      strategy: fixed
+      chain:
+        - {model: m3, wait_ms: 30}
+        - {model: m2, wait_ms: 30}
+        - {model: m1}
+"""
+
+
+class System:
+    """Models, rendezvous workers and a client, as real processes against the real broker."""
+
+    def __init__(self, kafka: KafkaSettings, directory: Path, partitions: int = 4) -> None:
+        self.kafka, self.directory, self.partitions = kafka, directory, partitions
+        self.topics = fresh_topics(kafka, partitions)
+        self.runtime = ProcessRuntime(kafka, directory / "logs", self.topics.namespace)
+        self.sender = RequestSender(kafka, self.topics)
+        self.collector = ResultCollector(kafka, self.topics, partitions).start()
+        self._workers = itertools.count()
+
+    # -- components
+
+    def start_models(self, *specs: Path, replicas: int = 1) -> list[str]:
+        return [n for spec in specs for n in self.runtime.start_model(spec, replicas)]
+
+    def start_workers(self, policy: Path, count: int = 1, extra: list[str] | None = None) -> list[str]:
+        return self.runtime.start_rendezvous(policy, count, extra, first_index=next(self._workers))
+
+    def wait_ready(self, names: list[str], timeout: float = 60.0) -> None:
+        not_ready = self.runtime.wait_ready(names, timeout)
+        assert not not_ready, f"not ready: {not_ready}; logs in {self.directory / 'logs'}"
+
+    def pid(self, name: str) -> int:
+        child = self.runtime.supervisor.get(name)
+        assert child is not None and child.pid is not None, name
+        return child.pid
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        os.kill(self.pid(name), sig)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        port = self.runtime.supervisor.get(name).spec.http_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+            return json.loads(response.read())
+
+    # -- traffic
+
+    def send(self, requests: list[tuple[str, dict[str, Any]]], rate: float = 0.0) -> None:
+        self.sender.send(requests, rate)
+
+    def ask(self, request_id: str, features: dict[str, Any], timeout: float = 10.0):
+        """Send one request and return its result."""
+        self.send([(request_id, features)])
+        assert self.collector.wait_for([request_id], timeout), f"no result for {request_id}"
+        return self.collector.results[request_id][0].result
+
+    def results_for(self, ids: list[str], timeout: float = 30.0) -> dict[str, list]:
+        self.collector.wait_for(ids, timeout)
+        time.sleep(0.5)  # give a duplicate the chance to show up
+        return {rid: [r.result for r in self.collector.results.get(rid, [])] for rid in ids}
+
+    def warm_up(self, timeout: float = 30.0) -> None:
+        """One request answered end to end (also readies the sender's producer)."""
+        rid = f"warmup-{time.monotonic_ns()}"
+        self.send([(rid, {})])
+        assert self.collector.wait_for([rid], timeout), "the system never answered a warm-up request"
+
+    def read_topic(self, topic: str, expected: int, timeout: float = 15.0) -> list:
+        consumer = Consumer(self.kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(self.partitions)])
+        out, deadline = [], time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            out += [m for m in poll_batch(consumer, 1000, 0.2) if not m.error()]
+        consumer.close()
+        return out
+
+    def produce_raw(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = 0) -> None:
+        producer = Producer(self.kafka.producer())
+        producer.produce(topic, value, key, partition=partition)
+        assert producer.flush(10) == 0
+
+    def close(self) -> None:
+        self.collector.stop()
+        self.runtime.stop()
+
+
+@pytest.fixture
+def system(kafka: KafkaSettings, tmp_path: Path) -> Iterator[System]:
+    s = System(kafka, tmp_path)
+    yield s
+    s.close()

@@ -1,0 +1,108 @@
+"""The command line, run as a user runs it: as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rendezvous.admin import TopicError, create_topic, ensure_topics
+from rendezvous.topics import Topics
+from tests.conftest import REPO, fresh_topics
+
+pytestmark = pytest.mark.slow
+
+
+def rendezvous(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rendezvous", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path):
+    done = rendezvous("demo", "--requests", "300", "--rate", "150", "--json", "--workdir", str(tmp_path),
+                      env={"RENDEZVOUS_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("sent", "answered", "within_sla", "lost", "duplicated", "by_model", "by_reason", "latency_ms"):
+        assert key in summary
+    assert {"p50", "p99", "max"} <= set(summary["latency_ms"])
+    assert (summary["sent"], summary["answered"], summary["lost"], summary["duplicated"]) == (300, 300, 0, 0)
+    assert sum(summary["by_model"].values()) == 300 and sum(summary["by_reason"].values()) == 300
+    assert set(summary["by_model"]) <= {"boosted", "forest", "baseline", "(default)"}
+    assert summary["decoy_archived"] == 300
+    assert summary["accuracy"] > 0.85
+    assert "answered" in done.stderr  # the progress display went to stderr
+
+
+def test_a_bad_policy_is_refused_at_start_naming_file_line_and_field(broker, tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: p\nversion: 1\nsla_ms: 100\nrouting:\n  strategy: fixed\n  chain:\n    - model: m1\n      wait_ms: -3\n    - model: m2\n")
+    done = rendezvous("serve", "--policy", str(bad), "--broker", broker.bootstrap, timeout=60)
+    assert done.returncode != 0
+    assert f"{bad}:8: routing.chain[0].wait_ms: Input should be greater than or equal to 0" in done.stderr
+
+
+def test_up_runs_the_declared_stack_until_sigterm_then_stops_cleanly(broker, kafka, tmp_path: Path):
+    topics = fresh_topics(kafka)
+    policy = tmp_path / "stack.yaml"
+    policy.write_text(f"""\
+name: stack
+version: 1
+sla_ms: 100
+routing:
+  strategy: fixed
+  chain: [{{model: trivial}}]
+deploy:
+  models:
+    - spec: {REPO}/containers/examples/trivial.yaml
+      replicas: 2
+  decoy: {{archive: {tmp_path}/archive}}
+""")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rendezvous", "up", str(policy), "--broker", broker.bootstrap,
+         "--topic-prefix", topics.namespace, "--workdir", str(tmp_path / "work")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    try:
+        seen, deadline = [], time.monotonic() + 90
+        while not any("stop with Ctrl-C or SIGTERM" in line for line in seen):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(seen)
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        assert len(children) == 4  # two replicas, the decoy, one worker
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0, "".join(seen)[-2000:]
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_topics_are_created_co_partitioned_and_a_mismatch_is_refused(kafka):
+    topics = Topics.with_prefix(f"cli-{os.getpid()}")
+    done = rendezvous("topics", "create", "--broker", kafka.bootstrap, "--topic-prefix", topics.namespace,
+                      "--partitions", "3", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"{topics.requests}\t3 partitions" in done.stdout
+    create_topic(kafka, f"odd-{os.getpid()}.requests", 2)  # made by hand, with the wrong count
+    with pytest.raises(TopicError, match="same partition count"):
+        ensure_topics(kafka, Topics.with_prefix(f"odd-{os.getpid()}"), 5)
+
+
+def test_commands_without_a_broker_say_what_to_do(tmp_path: Path):
+    done = rendezvous("topics", "create", env={"RENDEZVOUS_HOME": str(tmp_path)}, timeout=60)
+    assert done.returncode != 0
+    assert "pass --broker HOST:PORT, or start one with `rendezvous broker`" in done.stderr

@@ -1,0 +1,97 @@
+"""Policy files: a good one loads; each kind of mistake is refused with file, line and field."""
+
+from pathlib import Path
+
+import pytest
+
+from policies import EXAMPLE, load_policy, load_policy_text
+from rendezvous.documents import DocumentError
+from rendezvous.routing.policy import compile_policy
+
+GOOD = """\
+name: shop
+version: 3
+sla_ms: 100
+default:
+  score: 0.5
+models:
+  candidate:
+    role: shadow
+routing:
+  strategy: fixed
+  chain:
+    - model: m3
+      wait_ms: 40
+    - model: m2
+      wait_ms: 30
+    - model: m1
+"""
+
+
+def refuse(text: str) -> DocumentError:
+    with pytest.raises(DocumentError) as info:
+        load_policy_text(text, source="shop.yaml")
+    return info.value
+
+
+def test_good_policy_compiles_to_its_chain():
+    policy = load_policy_text(GOOD)
+    routing = compile_policy(policy)
+    plan = routing.plan("any", 0)
+    assert [(s.model, s.opens_at_ms) for s in plan.stages] == [("m3", 0), ("m2", 40), ("m1", 70)]
+    assert (plan.sla_ms, plan.default_score, plan.policy, plan.policy_version) == (100, 0.5, "shop", 3)
+    assert routing.models == {"m1", "m2", "m3", "candidate"}  # a shadow's scores are kept, never returned
+
+
+def test_the_shipped_example_is_valid_and_names_the_demo_models():
+    policy = load_policy(EXAMPLE)
+    assert [e.model for e in policy.routing.chain] == ["boosted", "forest", "baseline"]
+    for deployed in policy.deploy.models:
+        assert (EXAMPLE.parent / deployed.spec).is_file()
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "line", "words"),
+    [
+        (("sla_ms: 100", "sla_ms: soon"), "sla_ms", 3, "valid number"),
+        (("sla_ms: 100", "sla_ms: -5"), "sla_ms", 3, "greater than 0"),
+        (("version: 3", "version: 0"), "version", 2, "greater than or equal to 1"),
+        (("name: shop\n", ""), "name", 1, "Field required"),
+        (("default:", "defualt:"), "defualt", 4, "unknown field"),
+        (("strategy: fixed", "strategy: roulette"), "routing", 9, "strategy"),
+        (("      wait_ms: 30", "      wait_ms: -1"), "routing.chain[1].wait_ms", 15, "greater than or equal to 0"),
+        (("      wait_ms: 30\n", ""), "routing.chain[1].wait_ms", 14, "needed on every entry but the last"),
+        (("    - model: m1", "    - model: m3"), "routing.chain[2].model", 16, "appears twice"),
+        (("      wait_ms: 40", "      wait_ms: 90"), "routing.chain[1].wait_ms", 15, "could never be chosen"),
+        (("    - model: m1", "    - model: candidate"), "routing.chain[2].model", 16, "shadow"),
+        (("name: shop", "name: 'bad name!'"), "name", 1, "pattern"),
+    ],
+)
+def test_each_mistake_is_refused_with_its_field_and_line(edit, field, line, words):
+    old, new = edit
+    assert old in GOOD
+    error = refuse(GOOD.replace(old, new, 1))
+    [problem] = error.problems
+    assert problem.field == field
+    assert problem.line == line
+    assert words in problem.message
+    assert "shop.yaml" in str(error) and field in str(error)
+
+
+def test_invalid_yaml_is_refused_with_its_line():
+    error = refuse("name: shop\nversion: [1\n")
+    assert error.problems[0].line is not None and "not valid YAML" in error.problems[0].message
+
+
+def test_a_list_at_the_top_is_refused():
+    assert "expected a YAML mapping" in str(refuse("- a\n- b\n"))
+
+
+def test_several_mistakes_are_reported_together():
+    error = refuse(GOOD.replace("sla_ms: 100", "sla_ms: x").replace("version: 3", "version: y"))
+    assert {p.field for p in error.problems} == {"sla_ms", "version"}
+
+
+def test_missing_file_is_named(tmp_path: Path):
+    with pytest.raises(DocumentError, match="cannot read"):
+        load_policy(tmp_path / "nope.yaml")

@@ -1,0 +1,87 @@
+"""The process supervisor: restarts with backoff, gives up on crash loops, cleans up."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from rendezvous.runtime.supervisor import ChildSpec, Supervisor
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def spec(tmp_path: Path, name: str, code: str) -> ChildSpec:
+    return ChildSpec(name, [sys.executable, "-c", textwrap.dedent(code)], tmp_path / f"{name}.log")
+
+
+def test_a_dead_child_is_restarted(tmp_path):
+    sup = Supervisor(backoff_initial_s=0.05)
+    child = sup.add(spec(tmp_path, "sleeper", "import time; time.sleep(60)"))
+    first = child.pid
+    os.kill(first, signal.SIGKILL)
+    try:
+        assert wait_until(lambda: (sup.check(), child.pid not in (None, first))[1])
+        assert child.restarts == 1 and child.state == "running" and child.last_exit_code == -signal.SIGKILL
+    finally:
+        sup.stop_all(5)
+    assert child.process.poll() is not None
+
+
+def test_a_crash_loop_is_marked_failed_not_restarted_forever(tmp_path):
+    sup = Supervisor(max_restarts=3, window_s=60, backoff_initial_s=0.01)
+    child = sup.add(spec(tmp_path, "crasher", "import sys; print('boom'); sys.exit(3)"))
+    try:
+        assert wait_until(lambda: (sup.check(), child.state == "failed")[1])
+        assert child.restarts == 2 and child.last_exit_code == 3
+        assert "boom" in (tmp_path / "crasher.log").read_text()
+    finally:
+        sup.stop_all(5)
+
+
+def test_stop_all_escalates_to_sigkill(tmp_path):
+    sup = Supervisor()
+    child = sup.add(spec(tmp_path, "stubborn", """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print('ready', flush=True)
+        time.sleep(60)
+    """))
+    assert wait_until(lambda: "ready" in (tmp_path / "stubborn.log").read_text())
+    started = time.monotonic()
+    sup.stop_all(timeout=0.5)
+    assert child.process.returncode == -signal.SIGKILL and time.monotonic() - started < 5
+
+
+def test_children_die_with_their_supervisor(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from rendezvous.runtime.supervisor import ChildSpec, Supervisor
+        sup = Supervisor()
+        c = sup.add(ChildSpec("c", [sys.executable, "-c", "import time; time.sleep(60)"], Path({str(tmp_path)!r}) / "c.log"))
+        print(c.pid, flush=True)
+        time.sleep(60)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    def gone():
+        try:
+            os.kill(child_pid, 0)
+            with open(f"/proc/{child_pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+    assert wait_until(gone, 5), "the child outlived its supervisor"
