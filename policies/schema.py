@@ -31,19 +31,106 @@ class DefaultAnswer(Strict):
     score: float | None = None
 
 
+class RampSpec(Strict):
+    """Prefer the model for a share of requests rising by steps; roll back when a limit is passed."""
+
+    start: Annotated[float, Field(gt=0, le=1)] = 0.01
+    step: Annotated[float, Field(ge=0, le=1)] = 0.05
+    every_s: Annotated[float, Field(gt=0)] = 60.0
+    max_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    p99_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    max_disagreement: Annotated[float, Field(ge=0, le=1)] | None = None  # with the champion
+    max_canary_disagreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_samples: Annotated[int, Field(ge=1)] = 50
+    window: Annotated[int, Field(ge=10)] = 1000
+
+
 class ModelEntry(Strict):
-    #: active: may be returned. shadow: scored, recorded and compared, never returned.
-    role: Literal["active", "shadow"] = "active"
+    #: active: may be returned. shadow: scored, recorded, compared and credited, never returned.
+    #: ramp: preferred for a rising share of requests (see ``ramp``), else like a shadow.
+    role: Literal["active", "shadow", "ramp"] = "active"
+    #: How long this model is waited for when it is preferred but not in the chain (ramp).
+    wait_ms: Annotated[float, Field(ge=0)] | None = None
+    ramp: RampSpec | None = None
 
 
-class FixedRouting(Strict):
-    """Always prefer the first model of the chain; fall back along it."""
+class RewardSpec(Strict):
+    """How an outcome rewards a model's score (see rendezvous.routing.outcomes.RewardRule)."""
 
-    strategy: Literal["fixed"]
+    kind: Literal["bernoulli", "gaussian"] = "bernoulli"
+    threshold: float = 0.5  # bernoulli: a score at or above it predicts a positive outcome
+    target: Literal["error", "outcome"] = "error"  # gaussian: minus the error, or the outcome itself
+    credit: Literal["all", "chosen"] = "all"  # every model that scored the request, or the one returned
+
+
+class PriorSpec(Strict):
+    alpha: Annotated[float, Field(gt=0)] = 1.0  # bernoulli: Beta(alpha, beta)
+    beta: Annotated[float, Field(gt=0)] = 1.0
+    mean: float = 0.0  # gaussian: Normal-Gamma(mean, kappa, a, b)
+    kappa: Annotated[float, Field(gt=0)] = 1.0
+    a: Annotated[float, Field(gt=0)] = 1.0
+    b: Annotated[float, Field(gt=0)] = 1.0
+
+
+class ForgettingSpec(Strict):
+    """At most one: an observation's weight halves every half_life_s, or counts only for window_s."""
+
+    half_life_s: Annotated[float, Field(gt=0)] | None = None
+    window_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ForgettingSpec:
+        if self.half_life_s is not None and self.window_s is not None:
+            raise FieldError(("window_s",), "give half_life_s or window_s, not both")
+        return self
+
+
+class Learning(Strict):
+    """How outcomes update each model's posterior (used by every strategy, for reporting too)."""
+
+    reward: RewardSpec = RewardSpec()
+    prior: PriorSpec = PriorSpec()
+    forgetting: ForgettingSpec = ForgettingSpec(half_life_s=3600.0)
+    outcome_horizon_s: Annotated[float, Field(gt=0)] = 86_400.0  # outcomes later than this are ignored
+
+
+class _Routing(Strict):
     chain: Annotated[list[ChainEntry], Field(min_length=1)]
 
 
-Routing = Annotated[FixedRouting, Field(discriminator="strategy")]
+class FixedRouting(_Routing):
+    """Always prefer the first model of the chain; fall back along it."""
+
+    strategy: Literal["fixed"]
+
+
+class WeightedRouting(_Routing):
+    """Prefer each chain model for its share of requests; fall back in chain order."""
+
+    strategy: Literal["weighted"]
+    weights: dict[Name, Annotated[float, Field(ge=0)]]
+
+
+class EpsilonGreedyRouting(_Routing):
+    """Prefer the model with the best posterior mean, except for epsilon of requests (uniform)."""
+
+    strategy: Literal["epsilon-greedy"]
+    epsilon: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+
+class ThompsonRouting(_Routing):
+    """Prefer the model whose posterior draw is highest; ``explore`` of requests pick uniformly."""
+
+    strategy: Literal["thompson"]
+    explore: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+Routing = Annotated[FixedRouting | WeightedRouting | EpsilonGreedyRouting | ThompsonRouting,
+                    Field(discriminator="strategy")]
+
+
+class CanarySpec(Strict):
+    model: Name
 
 
 class DeployedModel(Strict):
@@ -79,6 +166,10 @@ class Policy(Strict):
     #: Models the policy names beyond its chain (e.g. shadows). Scores from unnamed models are dropped.
     models: dict[Name, ModelEntry] = {}
     routing: Routing
+    learning: Learning = Learning()
+    #: The model others are compared with (ramp disagreement); default: the chain's first.
+    champion: Name | None = None
+    canary: CanarySpec | None = None
     deploy: Deploy | None = None
 
     @model_validator(mode="after")
@@ -93,6 +184,30 @@ class Policy(Strict):
                 raise FieldError(("routing", "chain", i, "model"), f"{entry.model} is a shadow model; shadows are never returned")
             if entry.wait_ms is None and i < len(chain) - 1:
                 raise FieldError(("routing", "chain", i, "wait_ms"), "needed on every entry but the last")
+        chain_models = {e.model for e in chain}
+        for name, entry in self.models.items():
+            where = ("models", name)
+            if entry.role == "ramp":
+                if name in chain_models:
+                    raise FieldError(where + ("role",), f"{name} is in the chain; a ramped model joins it when promoted")
+                if entry.ramp is None:
+                    raise FieldError(where + ("ramp",), "a ramp model needs its ramp schedule and limits")
+                if entry.wait_ms is None:
+                    raise FieldError(where + ("wait_ms",), "how long to wait for it when it is preferred")
+            elif entry.ramp is not None:
+                raise FieldError(where + ("ramp",), f"only a model with role ramp has a ramp (this one is {entry.role})")
+        if isinstance(self.routing, WeightedRouting):
+            for name in self.routing.weights:
+                if name not in chain_models:
+                    raise FieldError(("routing", "weights", name), f"{name} is not in the chain")
+            if not any(self.routing.weights.values()):
+                raise FieldError(("routing", "weights"), "at least one weight must be above 0")
+        for field_name in ("champion",):
+            value = getattr(self, field_name)
+            if value is not None and value not in chain_models:
+                raise FieldError((field_name,), f"{value} is not in the chain")
+        if self.canary is not None and self.canary.model not in self.model_roles:
+            raise FieldError(("canary", "model"), f"{self.canary.model} is not named in the chain or models")
         waited = sum(e.wait_ms or 0 for e in chain[:-1])
         if len(chain) > 1 and waited >= self.sla_ms:
             raise FieldError(

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from rendezvous.config import KafkaSettings
 from rendezvous.consume import poll_batch
 from rendezvous.topics import Topics
-from rendezvous.wire import Result, WireError, decode_result, encode
+from rendezvous.wire import Outcome, Result, WireError, decode_result, encode
 
 
 def now_ms() -> float:
@@ -32,6 +32,7 @@ def now_ms() -> float:
 class Received:
     result: Result
     at_ms: float
+    partition: int  # the request's partition: outcomes for it go there too
 
 
 class ResultCollector:
@@ -64,7 +65,7 @@ class ResultCollector:
                     self.undecodable += 1
                     continue
                 with self._lock:
-                    self.results.setdefault(result.request_id, []).append(Received(result, at))
+                    self.results.setdefault(result.request_id, []).append(Received(result, at, message.partition()))
 
     def count(self) -> int:
         with self._lock:
@@ -126,6 +127,20 @@ class RequestSender:
         if on_progress is not None:
             on_progress(n)
         return n
+
+    def send_outcome(self, request_id: str, outcome: float | bool, partition: int) -> None:
+        """The truth about a request, to its partition of the outcomes topic."""
+        record = Outcome(request_id, outcome, now_ms())
+        while True:
+            try:
+                self._producer.produce(self.topics.outcomes, encode(record), request_id.encode(), partition=partition)
+                self._producer.poll(0)
+                return
+            except BufferError:
+                self._producer.poll(0.01)
+
+    def flush(self) -> None:
+        self._producer.flush(30)
 
     def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         self._produce(key, value)

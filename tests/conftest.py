@@ -91,7 +91,7 @@ class System:
         self.runtime = ProcessRuntime(kafka, directory / "logs", self.topics.namespace)
         self.sender = RequestSender(kafka, self.topics)
         self.collector = ResultCollector(kafka, self.topics, partitions).start()
-        self._workers = itertools.count()
+        self._next_worker = 0
 
     # -- components
 
@@ -99,7 +99,8 @@ class System:
         return [n for spec in specs for n in self.runtime.start_model(spec, replicas)]
 
     def start_workers(self, policy: Path, count: int = 1, extra: list[str] | None = None) -> list[str]:
-        return self.runtime.start_rendezvous(policy, count, extra, first_index=next(self._workers))
+        first, self._next_worker = self._next_worker, self._next_worker + count
+        return self.runtime.start_rendezvous(policy, count, extra, first_index=first)
 
     def wait_ready(self, names: list[str], timeout: float = 60.0) -> None:
         not_ready = self.runtime.wait_ready(names, timeout)
@@ -134,6 +135,10 @@ class System:
         time.sleep(0.5)  # give a duplicate the chance to show up
         return {rid: [r.result for r in self.collector.results.get(rid, [])] for rid in ids}
 
+    def partition_of(self, request_id: str) -> int:
+        """Where the request went (its result says): where its outcome must go."""
+        return self.collector.results[request_id][0].partition if request_id in self.collector.results else 0
+
     def warm_up(self, timeout: float = 30.0) -> None:
         """One request answered end to end (also readies the sender's producer)."""
         rid = f"warmup-{time.monotonic_ns()}"
@@ -149,10 +154,13 @@ class System:
         consumer.close()
         return out
 
-    def produce_raw(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = 0) -> None:
-        producer = Producer(self.kafka.producer())
-        producer.produce(topic, value, key, partition=partition)
-        assert producer.flush(10) == 0
+    def produce_raw(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = 0) -> tuple[int, int]:
+        """Produce one record; returns the (partition, offset) it landed at."""
+        producer, landed = Producer(self.kafka.producer()), []
+        producer.produce(topic, value, key, partition=partition,
+                         on_delivery=lambda err, msg: landed.append((msg.partition(), msg.offset())))
+        assert producer.flush(10) == 0 and landed
+        return landed[0]
 
     def close(self) -> None:
         self.collector.stop()

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from rendezvous.config import KafkaSettings
-from rendezvous.wire import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC, Score, ScoreBatch, encode
+from rendezvous.wire import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, Score, ScoreBatch, encode
 from tests.conftest import CHAIN_POLICY, System, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow
@@ -131,12 +131,17 @@ def test_duplicate_and_unknown_scores_are_counted_and_dropped(chain: System):
     ],
 )
 def test_bad_requests_go_to_the_dead_letter_topic_with_reason_and_bytes(chain: System, key, value, reason):
-    before = len(chain.read_topic(chain.topics.deadletter, 10**6, timeout=2))
-    chain.produce_raw(chain.topics.requests, value, key, partition=1)
-    letters = chain.read_topic(chain.topics.deadletter, before + 1)
-    letter = letters[-1]
-    headers = dict(letter.headers())
-    assert reason in headers[DLQ_REASON].decode()
-    assert headers[DLQ_TOPIC].decode() == chain.topics.requests and int(headers[DLQ_OFFSET]) >= 0
+    partition, offset = chain.produce_raw(chain.topics.requests, value, key, partition=1)
+
+    def of_this_request(message) -> bool:
+        h = dict(message.headers())
+        return (h[DLQ_TOPIC].decode(), int(h[DLQ_PARTITION]), int(h[DLQ_OFFSET])) == (
+            chain.topics.requests, partition, offset)
+
+    deadline = time.monotonic() + 15
+    while not (letters := [m for m in chain.read_topic(chain.topics.deadletter, 10**6, timeout=1) if of_this_request(m)]):
+        assert time.monotonic() < deadline, "no dead letter for the bad request"
+    [letter] = letters  # exactly one
+    assert reason in dict(letter.headers())[DLQ_REASON].decode()
     assert (letter.key(), letter.value()) == (key, value)  # the original bytes, untouched
     assert chain.ask(f"after-bad-{time.monotonic_ns()}", {}).model == "m3"  # the service carries on

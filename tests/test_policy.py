@@ -95,3 +95,47 @@ def test_several_mistakes_are_reported_together():
 def test_missing_file_is_named(tmp_path: Path):
     with pytest.raises(DocumentError, match="cannot read"):
         load_policy(tmp_path / "nope.yaml")
+
+
+LEARNING = GOOD.replace("routing:\n  strategy: fixed\n", "routing:\n  strategy: thompson\n  explore: 0.1\n") + """\
+learning:
+  reward: {kind: bernoulli, threshold: 0.6}
+  forgetting: {half_life_s: 600}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        (LEARNING.replace("explore: 0.1", "explore: 1.5"), "routing.explore", "less than or equal to 1"),
+        (LEARNING.replace("half_life_s: 600", "half_life_s: 600, window_s: 60"), "learning.forgetting.window_s",
+         "not both"),
+        (LEARNING.replace("kind: bernoulli", "kind: poisson"), "learning.reward.kind", "'bernoulli' or 'gaussian'"),
+        (GOOD.replace("strategy: fixed", "strategy: weighted\n  weights: {m3: 1, m9: 2}"), "routing.weights.m9",
+         "not in the chain"),
+        (GOOD.replace("strategy: fixed", "strategy: weighted\n  weights: {m3: 0}"), "routing.weights",
+         "above 0"),
+        (GOOD.replace("role: shadow", "role: ramp"), "models.candidate.ramp", "needs its ramp schedule"),
+        (GOOD.replace("role: shadow", "role: ramp\n    wait_ms: 10\n    ramp: {start: 0}"),
+         "models.candidate.ramp.start", "greater than 0"),
+        (GOOD.replace("role: shadow", "role: shadow\n    ramp: {}"), "models.candidate.ramp", "only a model with role ramp"),
+        (GOOD + "champion: m9\n", "champion", "not in the chain"),
+        (GOOD + "canary: {model: nowhere}\n", "canary.model", "not named"),
+    ],
+)
+def test_learning_and_lifecycle_mistakes_are_named(text, field, words):
+    error = refuse(text)
+    assert any(p.field == field and words in p.message for p in error.problems), error.problems
+
+
+def test_learning_policies_load():
+    doc = load_policy_text(LEARNING)
+    assert (doc.routing.strategy, doc.routing.explore, doc.learning.reward.threshold) == ("thompson", 0.1, 0.6)
+
+
+def test_the_published_json_schema_is_current():
+    import json
+
+    from rendezvous.cli.policy import policy_json_schema
+    committed = json.loads((EXAMPLE.parent / "policy.schema.json").read_text())
+    assert committed == policy_json_schema(), "regenerate: rendezvous policy schema > policies/policy.schema.json"

@@ -6,7 +6,9 @@ import click
 
 from rendezvous.cli.archive import archive, replay
 from rendezvous.cli.demo import demo
+from rendezvous.cli.explain import explain
 from rendezvous.cli.infra import broker, topics
+from rendezvous.cli.policy import policy
 from rendezvous.cli.serve import serve
 from rendezvous.cli.stack import up
 
@@ -20,5 +22,5 @@ def main() -> None:
     """
 
 
-for command in (demo, up, broker, topics, serve, replay, archive):
+for command in (demo, up, broker, topics, serve, policy, explain, replay, archive):
     main.add_command(command)

@@ -19,8 +19,9 @@ from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES
 
 
 @click.command()
-@click.option("--policy", "policy_path", envvar="RENDEZVOUS_POLICY", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The routing policy (YAML).")
+@click.option("--policy", "policy_path", envvar="RENDEZVOUS_POLICY", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Routing policy (YAML) to start with, unless the policies topic holds a higher version.")
 @broker_option()
 @topic_prefix_option
 @client_options
@@ -36,7 +37,7 @@ from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES
               default=RouterLimits.orphan_ttl_ms, show_default=True,
               help="How long a score may wait for its request before it is dropped as unknown.")
 @log_level_option
-def serve(policy_path: Path, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
+def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
           app_id: str | None,
           worker_id: str | None, web_host: str, web_port: int, max_request_bytes: int, orphan_ttl_ms: float,
           log_level: str) -> None:

@@ -74,6 +74,7 @@ class Step:
     decisions: list[Decision] = field(default_factory=list)
     released: list[Any] = field(default_factory=list)  # tokens whose records need no more work
     kept: int = 0  # on_scores: how many scores now reference the batch token
+    late: list[tuple[str, str, float | None]] = field(default_factory=list)  # (request, model, score) after the answer
 
 
 @dataclass
@@ -146,6 +147,8 @@ class Router:
             if decided_models is not None:
                 kind = "duplicate" if model in decided_models else "late"
                 self.stats.dropped[kind, model] += 1
+                if kind == "late":
+                    step.late.append((s.request_id, model, s.score))
             else:
                 step.kept += 1
                 for evicted in self._orphans.add(s.request_id, OrphanScore(model, view, token), now_ms):

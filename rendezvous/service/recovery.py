@@ -8,7 +8,9 @@ oldest re-read request (minus a margin for clock skew) and treat those ids as
 answered, so no request is answered twice.
 
 We also note how far the scores partition reaches, so that re-read requests are
-decided only once their re-read scores are in (see ``Router.hold``).
+decided only once their re-read scores are in (see ``Router.hold``), and we
+re-index the results of the last ``rebuild_s`` seconds, so that outcomes for
+requests the previous owner answered can still credit their models.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 from rendezvous.config import KafkaSettings
 from rendezvous.consume import poll_batch
 from rendezvous.topics import Topics
+from rendezvous.wire import Result, WireError, decode_result
 
 
 @dataclass
@@ -29,6 +32,7 @@ class PartitionRecovery:
     replay_from: int  # first request offset that will be re-read
     replay_to: int  # requests high watermark at takeover
     answered: set[str] = field(default_factory=set)  # ids already answered among the re-read requests
+    results: list[Result] = field(default_factory=list)  # recent results, to re-index for outcomes
     scores_target: int = 0  # scores high watermark at takeover: held until consumed up to here
     scores_from: int = 0
 
@@ -44,9 +48,10 @@ def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -
 
 def recover_partitions(
     kafka: KafkaSettings, topics: Topics, group: str, partitions: set[int],
-    lookback_ms: int = 60_000, timeout: float = 10.0,
+    lookback_ms: int = 60_000, rebuild_s: float = 0.0, timeout: float = 30.0,
 ) -> dict[int, PartitionRecovery]:
     """Blocking: run it in an executor. Reads offsets and results for ``partitions``."""
+    rebuild_since = time.time() * 1000 - 1000 * rebuild_s if rebuild_s > 0 else None
     consumer = Consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     try:
         out = {}
@@ -58,10 +63,13 @@ def recover_partitions(
             s_start = _committed(consumer, topics.scores, p, timeout)
             rec = PartitionRecovery(p, start, high, scores_target=s_high,
                                     scores_from=s_low if s_start is None else max(s_start, s_low))
+            since = rebuild_since
             if start < high:
                 first_ms = _timestamp_at(consumer, topics.requests, p, start, timeout)
                 if first_ms is not None:
-                    rec.answered = _result_ids_since(consumer, topics.results, p, first_ms - lookback_ms, timeout)
+                    since = first_ms - lookback_ms if since is None else min(since, first_ms - lookback_ms)
+            if since is not None:
+                rec.answered, rec.results = _results_since(consumer, topics.results, p, since, rebuild_since, timeout)
             out[p] = rec
         return out
     finally:
@@ -78,14 +86,17 @@ def _timestamp_at(consumer: Consumer, topic: str, partition: int, offset: int, t
     return None
 
 
-def _result_ids_since(consumer: Consumer, topic: str, partition: int, since_ms: int, timeout: float) -> set[str]:
-    """Keys of the results in ``partition`` written at or after ``since_ms``."""
+def _results_since(consumer: Consumer, topic: str, partition: int, since_ms: float, decode_since: float | None,
+                   timeout: float) -> tuple[set[str], list[Result]]:
+    """Keys of the results in ``partition`` written at or after ``since_ms``, and the
+    results themselves from ``decode_since`` on."""
     _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-    start = consumer.offsets_for_times([TopicPartition(topic, partition, max(since_ms, 0))], timeout=timeout)[0].offset
+    start = consumer.offsets_for_times([TopicPartition(topic, partition, max(int(since_ms), 0))], timeout=timeout)[0].offset
     if start < 0 or start >= high:
-        return set()
+        return set(), []
     consumer.assign([TopicPartition(topic, partition, start)])
     ids: set[str] = set()
+    results: list[Result] = []
     deadline = time.monotonic() + timeout
     position = start
     while position < high:
@@ -97,4 +108,9 @@ def _result_ids_since(consumer: Consumer, topic: str, partition: int, since_ms: 
             position = message.offset() + 1
             if message.key() is not None:
                 ids.add(message.key().decode(errors="replace"))
-    return ids
+            if decode_since is not None and message.timestamp()[1] >= decode_since:
+                try:
+                    results.append(decode_result(message.value()))
+                except WireError:
+                    pass  # not ours to judge here; the results topic holds only what we wrote
+    return ids, results

@@ -1,14 +1,24 @@
-"""Run one rendezvous worker until SIGTERM (Faust's worker handles the signal)."""
+"""Building and running one rendezvous worker.
+
+Startup order: read the policies topic; reconcile it with ``--policy FILE`` (the
+higher version wins, and a file newer than the topic is published there, so every
+worker converges on it); read back the observations the policy's forgetting still
+counts; then follow both topics and run the Faust worker until SIGTERM.
+"""
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import faust
 
 from policies import load_policy
+from policies.schema import Policy
 from rendezvous.admin import partition_count
-from rendezvous.routing.policy import compile_policy
+from rendezvous.service.control import ControlFeed
+from rendezvous.service.policies import PolicyStore, publish_policy, who
 from rendezvous.service.worker import RendezvousWorker, ServiceSettings
 
 
@@ -22,11 +32,38 @@ def check_topics(settings: ServiceSettings) -> None:
         raise ServiceError(f"requests, scores, results and outcomes must have one partition count; found {counts}")
 
 
-def build_worker(settings: ServiceSettings, policy_path: Path) -> RendezvousWorker:
-    policy = compile_policy(load_policy(policy_path))
+def history_start_ms(doc: Policy, now_ms: float) -> float | None:
+    """How far back observations still weigh: ten half-lives (under 0.1%), or the window."""
+    forgetting = doc.learning.forgetting
+    if forgetting.window_s:
+        return now_ms - 1000.0 * forgetting.window_s
+    if forgetting.half_life_s:
+        return now_ms - 10_000.0 * forgetting.half_life_s
+    return None
+
+
+def build_worker(settings: ServiceSettings, policy_path: Path | None, rng: random.Random | None = None) -> RendezvousWorker:
     check_topics(settings)
-    return RendezvousWorker(settings, policy)
+    file_doc = load_policy(policy_path) if policy_path else None
+    feed = ControlFeed(settings.kafka, settings.topics)
+    store = PolicyStore(rng or random.Random())
+    for value, record_ms in feed.read_policies().policies:
+        store.offer(value, record_ms)
+    now = time.time() * 1000
+    if file_doc is not None and (store.doc is None or file_doc.version > store.doc.version):
+        store.adopt(file_doc, now, who(), f"from {policy_path}")
+        publish_policy(settings.kafka, settings.topics, file_doc, reason=f"worker started with {policy_path}")
+    if store.doc is None:
+        raise ServiceError(f"no policy: {settings.topics.policies} holds none; pass --policy FILE")
+    history = feed.read_bandit(history_start_ms(store.doc, now))
+    worker = RendezvousWorker(settings, store, feed)
+    worker.control.crediting.absorb(history.observations, store.learner, now)
+    feed.start()
+    return worker
 
 
 def run_worker(worker: RendezvousWorker, log_level: str = "info") -> None:
-    faust.Worker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
+    try:
+        faust.Worker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
+    finally:
+        worker.control.feed.stop()

@@ -24,8 +24,11 @@ from typing import Any
 from faust.types import TP
 
 from rendezvous.config import KafkaSettings
-from rendezvous.routing.router import Router, RouterLimits, RoutingPolicy, Step
+from rendezvous.routing.router import Router, RouterLimits, Step
 from rendezvous.service.app import create_app
+from rendezvous.service.control import ControlFeed
+from rendezvous.service.control_plane import ControlPlane
+from rendezvous.service.policies import PolicyStore
 from rendezvous.service.recovery import recover_partitions
 from rendezvous.service.writer import Ack, ResultWriter
 from rendezvous.topics import Topics
@@ -52,15 +55,18 @@ class ServiceSettings:
     limits: RouterLimits = RouterLimits()
     recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
     catch_up_timeout_s: float = 5.0
+    outcome_index_size: int = 500_000  # answered requests whose scores await an outcome
+    outcome_rebuild_s: float = 3600.0  # after a takeover, re-index the results of the last hour
 
 
 class RendezvousWorker:
     """One worker process. Build it, then run ``faust.Worker(worker.app)``."""
 
-    def __init__(self, settings: ServiceSettings, policy: RoutingPolicy) -> None:
+    def __init__(self, settings: ServiceSettings, store: PolicyStore, feed: ControlFeed) -> None:
         self.settings = settings
         self.topics = settings.topics
-        self.router = Router(policy, settings.limits)
+        self.router = Router(store.compiled, settings.limits)
+        self.control = ControlPlane(settings, store, feed, self.router, self._fatal)
         k = settings.kafka
         self.app = create_app(settings.app_id, k.bootstrap, settings.web_host, settings.web_port,
                               k.fetch_wait_ms, k.fetch_min_bytes)
@@ -82,6 +88,7 @@ class RendezvousWorker:
         app = self.app
         requests = app.topic(self.topics.requests, key_type=bytes, value_type=bytes)
         scores = app.topic(self.topics.scores, key_type=bytes, value_type=bytes)
+        outcomes = app.topic(self.topics.outcomes, key_type=bytes, value_type=bytes)
 
         async def read_requests(stream: Any) -> None:
             stream.enable_acks = False  # acknowledged when the result is durable
@@ -93,8 +100,14 @@ class RendezvousWorker:
             async for event in stream.events():
                 self.on_score_event(event)
 
+        async def read_outcomes(stream: Any) -> None:
+            stream.enable_acks = False  # acknowledged when its observations are durable
+            async for event in stream.events():
+                self.control.on_outcome_event(event, self.writer, now_ms())
+
         app.agent(requests, name="rendezvous.requests")(read_requests)
         app.agent(scores, name="rendezvous.scores")(read_scores)
+        app.agent(outcomes, name="rendezvous.outcomes")(read_outcomes)
         app.task(self._housekeeping)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -126,7 +139,6 @@ class RendezvousWorker:
             "worker": self.settings.worker_id,
             "ready": self.ready,
             "partitions": sorted(self.owned),
-            "policy": {"name": self.router.policy.name, "version": self.router.policy.version},
             "pending": self.router.pending_count,
             "orphan_scores": self.router.orphan_count,
             "requests": stats.requests,
@@ -138,6 +150,7 @@ class RendezvousWorker:
             "deadletters_written": self.writer.deadletters_written,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
+            **self.control.status(now_ms()),
         }
 
     # ------------------------------------------------------------------ events
@@ -182,8 +195,11 @@ class RendezvousWorker:
     def _apply(self, step: Step) -> None:
         for decision in step.decisions:
             self.writer.write(decision)
+            self.control.on_decision(decision)
         for hold in step.released:
             hold.release()
+        if step.late:
+            self.control.on_late(step.late)
         self._arm_timer()
 
     # ------------------------------------------------------------------ time
@@ -204,7 +220,9 @@ class RendezvousWorker:
     async def _housekeeping(self) -> None:
         while True:
             self.writer.poll()
-            self._apply(self.router.on_tick(now_ms()))
+            now = now_ms()
+            self.control.tick(now)
+            self._apply(self.router.on_tick(now))
             if self._fatal_error:
                 await self.app.crash(RuntimeError(self._fatal_error))
                 return
@@ -225,9 +243,11 @@ class RendezvousWorker:
                 self._recovering.setdefault(p, [])
             s = self.settings
             recovered = await asyncio.get_running_loop().run_in_executor(
-                None, recover_partitions, s.kafka, self.topics, s.app_id, new, s.recovery_lookback_ms)
+                None, recover_partitions, s.kafka, self.topics, s.app_id, new, s.recovery_lookback_ms,
+                s.outcome_rebuild_s)
             for p, rec in recovered.items():
                 self.router.mark_answered(rec.answered, now_ms())
+                self.control.reindex(rec.results)
                 if rec.needs_catch_up:
                     self.router.hold(p)
                     self._catch_up[p] = rec.scores_target
@@ -261,3 +281,4 @@ class RendezvousWorker:
         self._on_rebalance_start()
         for p in list(self._catch_up):
             self._release(p, "stopping")
+        self.control.crediting.flush()

@@ -1,0 +1,116 @@
+"""``rendezvous policy``: validate, apply and show routing policies."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import click
+import yaml
+
+from policies import load_policy
+from policies.schema import Policy
+from rendezvous.admin import TopicError, ensure_topics
+from rendezvous.broker import BrokerError, resolve_broker
+from rendezvous.cli.options import broker_option, kafka_settings, topic_prefix_option, topics_for
+from rendezvous.documents import DocumentError, parse_document
+from rendezvous.service.control import ControlFeed, decode_policy_record
+from rendezvous.service.policies import publish_policy
+from rendezvous.topics import DEFAULT_PARTITIONS
+
+
+@click.group()
+def policy() -> None:
+    """Validate, apply and show routing policies."""
+
+
+def _load(path: Path) -> Policy:
+    try:
+        return load_policy(path)
+    except DocumentError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@policy.command()
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def validate(path: Path) -> None:
+    """Check a policy file; exit 1 naming file, line, field and problem if it is wrong."""
+    doc = _load(path)
+    chain = " -> ".join(f"{e.model}" + (f" ({e.wait_ms:g} ms)" if e.wait_ms is not None else "") for e in doc.routing.chain)
+    click.echo(f"{path}: valid: {doc.name} v{doc.version}, {doc.routing.strategy}, SLA {doc.sla_ms:g} ms, chain {chain}")
+
+
+@policy.command()
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--reason", default="", help="Why: recorded with the policy, shown by `policy show --history`.")
+@broker_option()
+@topic_prefix_option
+def apply(path: Path, reason: str, broker: str | None, topic_prefix: str) -> None:
+    """Put FILE in force on every worker (within a second), if valid and of a higher version."""
+    doc = _load(path)
+    try:
+        kafka = kafka_settings(resolve_broker(broker))
+        topics = topics_for(topic_prefix)
+        ensure_topics(kafka, topics, DEFAULT_PARTITIONS)
+        current = _history(kafka, topics)
+    except (BrokerError, TopicError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if current and current[-1][0].version >= doc.version:
+        raise click.ClickException(f"version {doc.version} is not higher than v{current[-1][0].version} in force; "
+                                   "bump `version` in the file")
+    publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}")
+    click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}")
+
+
+@policy.command()
+@click.option("--history", is_flag=True, help="Every version applied, oldest first.")
+@click.option("--json", "as_json", is_flag=True, help="The policy in force as JSON.")
+@broker_option()
+@topic_prefix_option
+def show(history: bool, as_json: bool, broker: str | None, topic_prefix: str) -> None:
+    """Show the policy in force (the highest valid version on the policies topic)."""
+    try:
+        versions = _history(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix))
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not versions:
+        raise click.ClickException("no policy has been applied yet")
+    if history:
+        for doc, record in versions:
+            when = datetime.fromtimestamp(record.applied_ms / 1000).isoformat(timespec="seconds")
+            click.echo(f"v{doc.version}  {when}  {record.by}  {record.reason}")
+        return
+    doc = versions[-1][0]
+    data = doc.model_dump(mode="json", exclude_none=True)
+    click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+@policy.command()
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors; also in policies/policy.schema.json)."""
+    click.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+def policy_json_schema() -> dict:
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Policy.model_json_schema(),
+            "title": "rendezvous routing policy"}
+
+
+def _history(kafka, topics) -> list[tuple[Policy, object]]:  # noqa: ANN001
+    """The valid policy versions on the topic, in the order they took effect."""
+    feed = ControlFeed(kafka, topics)
+    try:
+        drained = feed.read_policies()
+    finally:
+        feed.stop()
+    out: list[tuple[Policy, object]] = []
+    for value, _ in drained.policies:
+        try:
+            record = decode_policy_record(value)
+            doc = parse_document(record.policy, Policy, "record")
+        except Exception:  # noqa: BLE001 - invalid records are refused by workers too
+            continue
+        if not out or doc.version > out[-1][0].version:
+            out.append((doc, record))
+    return out

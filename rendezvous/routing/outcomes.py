@@ -1,0 +1,106 @@
+"""Turning outcomes, which arrive late, into rewards for the models that scored a request.
+
+The router answers within milliseconds; the truth (a fraud confirmed, a click) may
+come hours later. :class:`ScoreIndex` remembers each answered request's scores,
+late ones included, for ``horizon_ms``; an outcome then credits every model that
+scored the request (or only the chosen one, for rewards that depend on the answer
+given, like revenue). An outcome for a request it no longer knows, or a second
+outcome for one, is counted and ignored.
+
+>>> rule = RewardRule("bernoulli", threshold=0.5)
+>>> index = ScoreIndex(horizon_ms=60_000, max_entries=100)
+>>> index.record("r1", {"m1": 0.9, "m2": 0.2}, chosen="m1", now_ms=0)
+>>> status, observations = index.credit("r1", True, t_ms=5000, rule=rule, now_ms=5000)
+>>> status, sorted((o.model, o.reward) for o in observations)
+('credited', [('m1', 1.0), ('m2', 0.0)])
+>>> index.credit("r1", True, t_ms=6000, rule=rule, now_ms=6000)[0]
+'duplicate'
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from rendezvous.routing.bandit import Observation
+
+
+@dataclass(frozen=True)
+class RewardRule:
+    """How a model's score and the outcome make its reward.
+
+    - ``bernoulli``: the score is a decision (``score >= threshold`` means "positive");
+      the reward is 1 when it matches the outcome (true, or >= 0.5), else 0.
+    - ``gaussian`` with ``target: error``: the reward is minus the absolute error.
+    - ``gaussian`` with ``target: outcome``: the reward is the outcome itself; it only
+      makes sense for the chosen model, so use ``credit: chosen``.
+    """
+
+    kind: Literal["bernoulli", "gaussian"] = "bernoulli"
+    threshold: float = 0.5
+    target: Literal["error", "outcome"] = "error"
+    credit: Literal["all", "chosen"] = "all"
+
+    def reward(self, score: float, outcome: float | bool) -> float:
+        if self.kind == "bernoulli":
+            return 1.0 if (score >= self.threshold) == (float(outcome) >= 0.5) else 0.0
+        if self.target == "error":
+            return -abs(score - float(outcome))
+        return float(outcome)
+
+
+class ScoreIndex:
+    """Answered requests' scores, until their outcome can no longer be expected."""
+
+    def __init__(self, horizon_ms: float, max_entries: int) -> None:
+        self.horizon_ms, self.max_entries = horizon_ms, max_entries
+        # request id -> [recorded_ms, {model: score}, chosen model, credited]
+        self._entries: OrderedDict[str, list] = OrderedDict()
+        self._credited_early: OrderedDict[str, float] = OrderedDict()  # credited before we saw it (replay)
+
+    def record(self, request_id: str, scores: dict[str, float], chosen: str | None, now_ms: float) -> None:
+        credited = self._credited_early.pop(request_id, None) is not None
+        self._entries[request_id] = [now_ms, dict(scores), chosen, credited]
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def add_late(self, request_id: str, model: str, score: float) -> None:
+        entry = self._entries.get(request_id)
+        if entry is not None and not entry[3]:
+            entry[1].setdefault(model, score)
+
+    def mark_credited(self, request_id: str, now_ms: float) -> None:
+        """An outcome for this request was credited already (seen in the shared observations)."""
+        entry = self._entries.get(request_id)
+        if entry is not None:
+            entry[3] = True
+        else:
+            self._credited_early[request_id] = now_ms
+            while len(self._credited_early) > self.max_entries:
+                self._credited_early.popitem(last=False)
+
+    def credit(
+        self, request_id: str, outcome: float | bool, t_ms: float, rule: RewardRule, now_ms: float,
+    ) -> tuple[Literal["credited", "duplicate", "unknown"], list[Observation]]:
+        entry = self._entries.get(request_id)
+        if entry is None:
+            return ("duplicate" if request_id in self._credited_early else "unknown"), []
+        if entry[3]:
+            return "duplicate", []
+        entry[3] = True
+        _, scores, chosen, _ = entry
+        models = [chosen] if rule.credit == "chosen" and chosen is not None else list(scores)
+        return "credited", [Observation(request_id, m, rule.reward(scores[m], outcome), t_ms)
+                            for m in models if m in scores]
+
+    def expire(self, now_ms: float) -> None:
+        for store in (self._entries, self._credited_early):
+            while store:
+                first = next(iter(store.values()))
+                if now_ms - (first[0] if isinstance(first, list) else first) < self.horizon_ms:
+                    break
+                store.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,155 @@
+"""The control topics every worker reads whole: policies and bandit observations.
+
+Unlike requests, these are not split between workers: each worker must see every
+policy version and every observation, so it assigns itself all their partitions
+(no consumer group) and reads them on a thread of its own. The worker's event
+loop takes what was read with :meth:`ControlFeed.drain`.
+
+Record formats (JSON):
+
+- ``PREFIX.policies`` (compacted, key ``policy``):
+  ``{"policy": {...the policy document...}, "applied_ms": 0, "by": "user@host", "reason": "..."}``
+- ``PREFIX.bandit``: ``{"worker": "...", "observations": [[request_id, model, reward, t_ms], ...]}``
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
+
+from rendezvous.config import KafkaSettings
+from rendezvous.consume import poll_batch
+from rendezvous.routing.bandit import Observation
+from rendezvous.topics import Topics
+
+log = logging.getLogger("rendezvous.control")
+
+POLICY_KEY = b"policy"
+
+
+class PolicyRecord(msgspec.Struct):
+    policy: dict[str, Any]
+    applied_ms: float
+    by: str = ""
+    reason: str = ""
+
+
+class BanditRecord(msgspec.Struct):
+    worker: str
+    observations: list[tuple[str, str, float, float]]
+
+
+_policy_decoder = msgspec.json.Decoder(PolicyRecord)
+_bandit_decoder = msgspec.json.Decoder(BanditRecord)
+
+
+def decode_policy_record(data: bytes) -> PolicyRecord:
+    return _policy_decoder.decode(data)
+
+
+def decode_bandit_record(data: bytes) -> BanditRecord:
+    return _bandit_decoder.decode(data)
+
+
+@dataclass
+class Drained:
+    policies: list[tuple[bytes, float]] = field(default_factory=list)  # (value, record ms), oldest first
+    observations: list[Observation] = field(default_factory=list)
+    undecodable: int = 0
+
+
+def _read_to_end(consumer: Consumer, out: Drained, ends: dict[tuple[str, int], int], topics: Topics,
+                 timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    positions = {tp: -1 for tp in ends}
+    while any(positions[tp] < end - 1 for tp, end in ends.items() if end > 0):
+        if time.monotonic() > deadline:
+            raise TimeoutError("reading the control topics took too long")
+        for m in poll_batch(consumer, 10_000, 0.1):
+            if not m.error():
+                positions[(m.topic(), m.partition())] = m.offset()
+                _take(m, out, topics)
+
+
+def _take(message: Any, out: Drained, topics: Topics) -> None:
+    if message.value() is None:
+        return
+    if message.topic() == topics.policies:
+        out.policies.append((message.value(), message.timestamp()[1]))
+        return
+    try:
+        record = decode_bandit_record(message.value())
+    except msgspec.DecodeError:
+        out.undecodable += 1
+        return
+    out.observations.extend(Observation(*o) for o in record.observations)
+
+
+class ControlFeed:
+    """Reads the policies topic from its start and the bandit topic from a given time, then follows both.
+
+    Startup: :meth:`read_policies`, then :meth:`read_bandit` (how far back depends on the
+    policy's forgetting), then :meth:`start` the thread that follows both topics.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topics: Topics) -> None:
+        self.topics = topics
+        self._consumer = Consumer(kafka.consumer(f"{topics.namespace}.control-reader", **{"enable.auto.commit": False}))
+        self._lock = threading.Lock()
+        self._pending = Drained()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="control-feed", daemon=True)
+
+    def _read(self, topic: str, since_ms: float | None, timeout: float) -> Drained:
+        c = self._consumer
+        meta = c.list_topics(topic, timeout=timeout).topics[topic]
+        ends, added = {}, []
+        for p in meta.partitions:
+            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            start = 0
+            if since_ms is not None:
+                found = c.offsets_for_times([TopicPartition(topic, p, max(int(since_ms), 0))], timeout=timeout)[0]
+                start = found.offset if found.offset >= 0 else high
+            added.append(TopicPartition(topic, p, start))
+            ends[(topic, p)] = high if start < high else 0
+        c.incremental_assign(added)  # keeps the positions of what is already assigned
+        out = Drained()
+        _read_to_end(c, out, ends, self.topics, timeout)
+        return out
+
+    def read_policies(self, timeout: float = 30.0) -> Drained:
+        """Blocking: every policy record there is now."""
+        return self._read(self.topics.policies, None, timeout)
+
+    def read_bandit(self, since_ms: float | None, timeout: float = 60.0) -> Drained:
+        """Blocking: the observations written since ``since_ms`` (None: all)."""
+        return self._read(self.topics.bandit, since_ms, timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            messages = poll_batch(self._consumer, 10_000, 0.05)
+            if messages:
+                with self._lock:
+                    for m in messages:
+                        if not m.error():
+                            _take(m, self._pending, self.topics)
+
+    def drain(self) -> Drained:
+        with self._lock:
+            out, self._pending = self._pending, Drained()
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        self._consumer.close()

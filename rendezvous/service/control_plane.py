@@ -1,0 +1,119 @@
+"""Everything on a worker that changes how requests are routed: policies, outcomes, ramps.
+
+The worker calls :meth:`ControlPlane.on_decision` for each answer, hands it
+outcome records, and calls :meth:`ControlPlane.tick` from its housekeeping loop.
+A tick applies policy records and observations the control feed has read (so a
+policy applied anywhere is in force here within milliseconds), publishes this
+worker's observations, and checks the ramps, rolling a misbehaving one back by
+publishing the next policy version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rendezvous.routing.outcomes import ScoreIndex
+from rendezvous.routing.router import Decision, Router
+from rendezvous.service.control import ControlFeed
+from rendezvous.service.learning import OutcomeCrediting
+from rendezvous.service.policies import PolicyStore, demoted, publish_policy
+from rendezvous.service.writer import Ack, ResultWriter
+from rendezvous.wire import WireError, decode_outcome
+
+log = logging.getLogger("rendezvous.control")
+
+FLUSH_EVERY_MS = 100.0
+RAMP_CHECK_EVERY_MS = 1000.0
+
+
+class ControlPlane:
+    def __init__(self, settings: Any, store: PolicyStore, feed: ControlFeed, router: Router,
+                 on_fatal: Callable[[str], None]) -> None:
+        self.settings, self.store, self.feed, self.router = settings, store, feed, router
+        horizon_ms = 1000.0 * store.doc.learning.outcome_horizon_s
+        self.crediting = OutcomeCrediting(settings.kafka, settings.topics, settings.worker_id,
+                                          ScoreIndex(horizon_ms, settings.outcome_index_size), on_fatal)
+        self._next_flush = self._next_ramp_check = 0.0
+        self.rollbacks: list[str] = []
+
+    # ------------------------------------------------------------------ hot-path hooks
+
+    def on_decision(self, decision: Decision) -> None:
+        self.crediting.record(decision)
+        ramps = self.store.compiled.ramps
+        if ramps:
+            t0 = decision.pending.t0
+            arrived = {m: (v.score, v.arrived_ms - t0) for m, v in decision.pending.scores.items()}
+            preferred = decision.pending.plan.stages[0].model
+            for ramp in ramps:
+                ramp.observe(arrived, decision.latency_ms, preferred == ramp.model)
+
+    def reindex(self, results: list[Any]) -> None:
+        """Index results a previous owner of a partition wrote, for their outcomes to come."""
+        index = self.crediting.index
+        for r in results:
+            index.record(r.request_id, {m: c.score for m, c in r.candidates.items() if c.score is not None},
+                         r.model, r.decided_ms)
+
+    def on_late(self, late: list[tuple[str, str, float | None]]) -> None:
+        for request_id, model, score in late:
+            self.crediting.late(request_id, model, score)
+
+    def on_outcome_event(self, event: Any, writer: ResultWriter, now_ms: float) -> None:
+        message = event.message
+        try:
+            outcome = decode_outcome(message.value or b"")
+        except WireError as exc:
+            writer.dead_letter(Ack(event), message.key, message.value, f"invalid outcome: {exc}",
+                               message.topic, message.partition, message.offset)
+            return
+        self.crediting.on_outcome(outcome, Ack(event), self.store.compiled.reward_rule, now_ms)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def tick(self, now_ms: float) -> None:
+        drained = self.feed.drain()
+        for value, record_ms in drained.policies:
+            compiled = self.store.offer(value, record_ms)
+            if compiled is not None:
+                self.router.set_policy(compiled)
+        if drained.observations:
+            self.crediting.absorb(drained.observations, self.store.learner, now_ms)
+        if now_ms >= self._next_flush:
+            self._next_flush = now_ms + FLUSH_EVERY_MS
+            self.crediting.flush()
+            self.crediting.index.expire(now_ms)
+        self.crediting.poll()
+        if now_ms >= self._next_ramp_check:
+            self._next_ramp_check = now_ms + RAMP_CHECK_EVERY_MS
+            self._check_ramps()
+
+    def _check_ramps(self) -> None:
+        for ramp in self.store.compiled.ramps:
+            why = ramp.verdict()
+            if why is None:
+                continue
+            doc = demoted(self.store.doc, ramp.model, why)
+            log.warning("rolling %s back to shadow (policy v%d): %s", ramp.model, doc.version, why)
+            self.rollbacks.append(f"v{doc.version}: {ramp.model}: {why}")
+            publish_policy(self.settings.kafka, self.settings.topics, doc, reason=f"automatic rollback: {why}",
+                           by=f"rendezvous/{self.settings.worker_id}")
+            ramp.halt(why)  # preferred no more, here and now; the new version demotes it everywhere
+            return
+
+    # ------------------------------------------------------------------ reporting
+
+    def status(self, now_ms: float) -> dict[str, Any]:
+        store, learner = self.store, self.store.learner
+        compiled = store.compiled
+        return {
+            "policy": {"name": store.doc.name, "version": store.doc.version, "strategy": compiled.routing.strategy,
+                       "refused_records": store.refused,
+                       "history": [{"version": a.version, "by": a.by, "reason": a.reason} for a in store.history[-10:]]},
+            "posterior_means": {m: round(learner.mean(m, now_ms), 4) for m in sorted(compiled.models)},
+            "ramps": {r.model: {"share": r.share(now_ms)} for r in compiled.ramps},
+            "rollbacks": self.rollbacks,
+            **self.crediting.status(),
+        }

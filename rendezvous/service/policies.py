@@ -1,0 +1,100 @@
+"""The policy in force on a worker, and how it changes.
+
+Policies travel on the compacted ``PREFIX.policies`` topic; ``rendezvous policy
+apply`` writes there, and so does a worker that rolls a ramp back. Every worker
+reads every record and applies one only if it is valid and its version is higher
+than the one in force: an invalid or stale record is refused, logged and counted,
+and the old policy stays. Requests in flight keep the plan they started with.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
+
+import msgspec
+from confluent_kafka import Producer
+
+from policies.schema import ModelEntry, Policy
+from rendezvous.config import KafkaSettings
+from rendezvous.documents import DocumentError, parse_document
+from rendezvous.routing.bandit import Learner
+from rendezvous.routing.policy import CompiledPolicy, compile_policy, learner_for, same_learning
+from rendezvous.service.control import POLICY_KEY, PolicyRecord, decode_policy_record
+from rendezvous.topics import Topics
+from rendezvous.wire import encode
+
+log = logging.getLogger("rendezvous.policies")
+
+
+def who() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return socket.gethostname()
+
+
+def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None) -> None:
+    """Write ``doc`` to the policies topic, for every worker to apply."""
+    record = PolicyRecord(doc.model_dump(mode="json", exclude_none=True), time.time() * 1000, by or who(), reason)
+    producer = Producer(kafka.producer())
+    producer.produce(topics.policies, encode(record), POLICY_KEY, partition=0)
+    if producer.flush(15):
+        raise RuntimeError(f"could not write the policy to {topics.policies} within 15 s")
+
+
+def demoted(doc: Policy, model: str, reason: str) -> Policy:
+    """The next version of ``doc``, with ``model`` back to shadow: an automatic rollback."""
+    data = doc.model_dump(mode="json", exclude_none=True)
+    data["version"] = doc.version + 1
+    data.setdefault("models", {})[model] = ModelEntry(role="shadow").model_dump(mode="json", exclude_none=True)
+    data["description"] = f"{doc.description} [v{doc.version + 1}: {model} rolled back to shadow: {reason}]".strip()
+    return Policy.model_validate(data)
+
+
+@dataclass
+class Applied:
+    version: int
+    applied_ms: float
+    by: str
+    reason: str
+
+
+class PolicyStore:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.doc: Policy | None = None
+        self.compiled: CompiledPolicy | None = None
+        self.learner: Learner | None = None
+        self.history: list[Applied] = []
+        self.refused = 0
+
+    def adopt(self, doc: Policy, applied_ms: float, by: str = "", reason: str = "") -> CompiledPolicy:
+        if self.doc is None or self.learner is None or not same_learning(self.doc, doc):
+            if self.learner is not None:
+                log.warning("policy v%d changes how rewards are learned: posteriors start afresh", doc.version)
+            self.learner = learner_for(doc)
+        self.doc = doc
+        self.compiled = compile_policy(doc, self.learner, self.rng, applied_ms)
+        self.history.append(Applied(doc.version, applied_ms, by, reason))
+        log.info("policy %s v%d in force (%s%s)", doc.name, doc.version, by or "file", f": {reason}" if reason else "")
+        return self.compiled
+
+    def offer(self, value: bytes, record_ms: float) -> CompiledPolicy | None:
+        """Apply a policies-topic record if it is valid and newer; None if refused or stale."""
+        try:
+            record = decode_policy_record(value)
+            doc = parse_document(record.policy, Policy, source=f"policy record of {record.by or 'unknown'}")
+        except (msgspec.DecodeError, DocumentError) as exc:
+            self.refused += 1
+            log.error("refused a policy record, keeping v%s in force: %s", self.doc.version if self.doc else "-", exc)
+            return None
+        if self.doc is not None and doc.version <= self.doc.version:
+            if doc.version < self.doc.version or doc != self.doc:
+                log.info("ignored policy %s v%d: v%d is in force", doc.name, doc.version, self.doc.version)
+            return None
+        return self.adopt(doc, record.applied_ms or record_ms, record.by, record.reason)
