@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import urllib.request
 import tempfile
 import threading
 import time
@@ -118,10 +120,31 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 summary["policy"] = f"{policy.name} v{policy.version}"
                 if policy.deploy and policy.deploy.decoy.enabled:
                     summary["decoy_archived"] = _archived(workdir / "archive", expected=options.requests)
+                summary["learned"] = _learn_from_labels(stack, sender, collector, labels)
                 summary["workdir"] = str(workdir) if options.workdir else None
             finally:
                 collector.stop()
     return summary
+
+
+def _learn_from_labels(stack, sender: RequestSender, collector: ResultCollector,  # noqa: ANN001
+                       labels: dict[str, bool], timeout: float = 10.0) -> dict[str, Any]:
+    """Send each request's label as its outcome (the truth, arriving later) and report what
+    the rendezvous learned: each model's posterior share of right decisions."""
+    for rid, label in labels.items():
+        got = collector.results.get(rid)
+        if got:
+            sender.send_outcome(rid, label, got[0].partition)
+    sender.flush()
+    worker = next(c for c in stack.runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous")
+    deadline, stats = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.spec.http_port}/stats", timeout=5) as response:
+            stats = json.loads(response.read())
+        if stats.get("outcomes", {}).get("credited", 0) >= len(collector.results) - 5:  # minus warm-ups
+            break
+        time.sleep(0.3)
+    return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {})}
 
 
 def _archived(directory: Path, expected: int, timeout: float = 5.0) -> int:

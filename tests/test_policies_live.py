@@ -12,7 +12,6 @@ from collections import Counter
 import pytest
 
 from rendezvous.service.control import POLICY_KEY
-from rendezvous.wire import encode
 from tests.conftest import System, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow
@@ -48,8 +47,8 @@ def start(system: System, models: dict[str, float], policy: str, workers: int = 
 
 def send_outcomes(system: System, outcomes: list[tuple[str, object]]) -> None:
     for rid, outcome in outcomes:
-        system.produce_raw(system.topics.outcomes, encode({"request_id": rid, "outcome": outcome}), rid.encode(),
-                           partition=system.partition_of(rid))
+        system.sender.send_outcome(rid, outcome, system.partition_of(rid))
+    system.sender.flush()
 
 
 def eventually(check, timeout: float = 15.0, every: float = 0.2):  # noqa: ANN001, ANN201

@@ -79,6 +79,10 @@ def _table(s: dict[str, Any]) -> Table:
     table.add_row("latency (end to end)", f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
     if "accuracy" in s:
         table.add_row("accuracy of answers", f"{s['accuracy']:.1%}")
+    learned = s.get("learned", {}).get("posterior_means")
+    if learned:
+        table.add_row("learned from outcomes", ", ".join(f"{m} {v:.1%} right" for m, v in
+                                                         sorted(learned.items(), key=lambda kv: -kv[1])))
     if "decoy_archived" in s:
         table.add_row("decoy archived", f"{s['decoy_archived']} requests")
     return table

@@ -43,8 +43,8 @@ def history_start_ms(doc: Policy, now_ms: float) -> float | None:
 
 
 def build_worker(settings: ServiceSettings, policy_path: Path | None, rng: random.Random | None = None) -> RendezvousWorker:
+    file_doc = load_policy(policy_path) if policy_path else None  # a bad file is refused before anything else
     check_topics(settings)
-    file_doc = load_policy(policy_path) if policy_path else None
     feed = ControlFeed(settings.kafka, settings.topics)
     store = PolicyStore(rng or random.Random())
     for value, record_ms in feed.read_policies().policies:
