@@ -35,16 +35,18 @@ from rendezvous.status import StatusServer
               help="Most requests read and scored in one go.")
 @click.option("--linger-ms", envvar="RENDEZVOUS_LINGER_MS", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Longest a finished score waits for others to share its record.")
+@click.option("--instance", envvar="RENDEZVOUS_INSTANCE", default=None,
+              help="How scores name this replica; default HOST/PID (container runtimes set HOST/CONTAINER).")
 @log_level_option
 def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
          http_host: str, http_port: int,
-         max_batch: int, linger_ms: float, log_level: str) -> None:
+         max_batch: int, linger_ms: float, instance: str | None, log_level: str) -> None:
     """Run one replica of the model SPEC against the broker."""
     configure_logging(log_level)
     stop = stop_on_signals()
     try:
         spec = load_spec(spec_path)
-        model, identity = load_model(spec)
+        model, identity = load_model(spec, instance)
     except (DocumentError, ModelLoadError) as exc:
         raise click.ClickException(str(exc)) from None
     runner = ModelRunner(model, identity, kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes), topics_for(topic_prefix),

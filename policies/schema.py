@@ -49,6 +49,9 @@ class ModelEntry(Strict):
     #: active: may be returned. shadow: scored, recorded, compared and credited, never returned.
     #: ramp: preferred for a rising share of requests (see ``ramp``), else like a shadow.
     role: Literal["active", "shadow", "ramp"] = "active"
+    #: Only this version's scores count; others (a version being deployed or retired) are counted
+    #: and ignored. Unset: any version. This is how a version swap is routed: deploy v2, pin v2, stop v1.
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     #: How long this model is waited for when it is preferred but not in the chain (ramp).
     wait_ms: Annotated[float, Field(ge=0)] | None = None
     ramp: RampSpec | None = None
@@ -135,7 +138,7 @@ class CanarySpec(Strict):
 
 class DeployedModel(Strict):
     spec: str  # path of a model spec, relative to the policy file
-    replicas: Annotated[int, Field(ge=0, le=64)] = 1
+    replicas: Annotated[int, Field(ge=0, le=64)] | None = None  # default: the spec's replicas
 
 
 class DecoyDeploy(Strict):
@@ -150,6 +153,7 @@ class RendezvousDeploy(Strict):
 class Deploy(Strict):
     """What ``rendezvous up`` starts. The router ignores it."""
 
+    #: process: models as local processes (nothing to install); docker: as containers of the runner image.
     runtime: Literal["process", "docker"] = "process"
     models: list[DeployedModel] = []
     decoy: DecoyDeploy = DecoyDeploy()

@@ -18,6 +18,8 @@ from policies.schema import Policy
 from rendezvous.admin import ensure_topics
 from rendezvous.broker import EmbeddedBroker, find_running
 from rendezvous.config import KafkaSettings
+from rendezvous.runtime.base import ModelRuntime
+from rendezvous.runtime.docker import DockerRuntime
 from rendezvous.runtime.process import ProcessRuntime
 from rendezvous.topics import DEFAULT_PARTITIONS, Topics
 
@@ -44,9 +46,10 @@ class StackOptions:
 class RunningStack:
     kafka: KafkaSettings
     topics: Topics
-    runtime: ProcessRuntime
+    runtime: ProcessRuntime  # the decoy and rendezvous workers, and models under runtime: process
     broker: EmbeddedBroker | None
     components: list[str] = field(default_factory=list)
+    models: ModelRuntime | None = None  # where the models run: ``runtime`` itself, or a DockerRuntime
 
 
 @contextlib.contextmanager
@@ -60,14 +63,28 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
         options.log_dir.mkdir(parents=True, exist_ok=True)
         progress("status", {"text": "starting the embedded broker (Tansu)"})
         bootstrap = broker.start()
-    runtime = None
+    runtime, models = None, None
     try:
         kafka, topics = KafkaSettings(bootstrap), Topics.with_prefix(options.topic_prefix)
         ensure_topics(kafka, topics, options.partitions)
         runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix)
-        names = []
+        if deploy.runtime == "docker":
+            models = DockerRuntime(kafka, options.topic_prefix)
+        else:
+            models = runtime
+        names: list[str] = []
+        kind = "containers" if deploy.runtime == "docker" else "local processes"
+        progress("status", {"text": f"deploying {len(deploy.models)} model(s) as {kind}"})
+        model_names = []
         for model in deploy.models:
-            names += runtime.start_model((options.policy_path.parent / model.spec).resolve(), model.replicas)
+            model_names += models.deploy((options.policy_path.parent / model.spec).resolve(), model.replicas)
+        if models is not runtime:
+            not_ready = models.wait_ready(model_names, options.startup_timeout_s)
+            if not_ready:
+                raise StackError(f"containers not ready after {options.startup_timeout_s:.0f}s: {', '.join(not_ready)}; "
+                                 "see `rendezvous models` and `rendezvous logs MODEL`")
+        else:
+            names += model_names
         if deploy.decoy.enabled:
             names.append(runtime.start_decoy(options.archive_dir or Path(deploy.decoy.archive)))
         workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers)
@@ -76,11 +93,13 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
         if not_ready:
             raise StackError(f"not ready after {options.startup_timeout_s:.0f}s: {', '.join(not_ready)}; "
                              f"see the logs in {options.log_dir}")
-        yield RunningStack(kafka, topics, runtime, broker, names + workers)
+        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models)
     finally:
         if runtime is not None:
             progress("status", {"text": "stopping: rendezvous first, so in-flight requests are answered"})
             runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
+            if isinstance(models, DockerRuntime):
+                models.stop_all()
             runtime.stop()
         if broker is not None:
             broker.stop()

@@ -10,6 +10,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
@@ -80,6 +82,22 @@ CHAIN_POLICY = """\
         - {model: m2, wait_ms: 30}
         - {model: m1}
 """
+
+
+def cli(system: System, *args: str) -> subprocess.CompletedProcess:
+    """Run ``rendezvous ARGS`` against a system's broker and topics."""
+    return subprocess.run([sys.executable, "-m", "rendezvous", *args, "--broker", system.kafka.bootstrap,
+                           "--topic-prefix", system.topics.namespace], capture_output=True, text=True, timeout=120)
+
+
+def eventually(check, timeout: float = 15.0, every: float = 0.2):  # noqa: ANN001, ANN201
+    """``check()``'s first truthy value within ``timeout`` (else its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
 
 
 class System:

@@ -12,14 +12,9 @@ from collections import Counter
 import pytest
 
 from rendezvous.service.control import POLICY_KEY
-from tests.conftest import System, scripted_spec, write_policy
+from tests.conftest import System, cli, eventually, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow
-
-
-def cli(system: System, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rendezvous", *args, "--broker", system.kafka.bootstrap,
-                           "--topic-prefix", system.topics.namespace], capture_output=True, text=True, timeout=120)
 
 
 def policy_text(version: int, chain: str, models: str = "", routing: str = "strategy: fixed") -> str:
@@ -49,15 +44,6 @@ def send_outcomes(system: System, outcomes: list[tuple[str, object]]) -> None:
     for rid, outcome in outcomes:
         system.sender.send_outcome(rid, outcome, system.partition_of(rid))
     system.sender.flush()
-
-
-def eventually(check, timeout: float = 15.0, every: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 def test_hot_reload_under_load_switches_every_worker_within_a_second(system: System):

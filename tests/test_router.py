@@ -251,3 +251,28 @@ def test_every_request_is_answered_once_within_the_sla_by_the_best_acceptable_mo
     # every input record is released exactly once: nothing held forever, nothing acked twice
     assert all(n == 1 for n in tokens.released.values()), tokens.released
     assert r.pending_count == 0 and r.orphan_count == 0
+
+
+def test_a_pinned_version_ignores_scores_of_other_versions():
+    router = Router(FixedChain("p", 1, [("m1", None)], sla_ms=100, versions={"m1": "2"}))
+    router.on_request("r1", partition=0, record_ms=1000, token="t", now_ms=1000)
+    old = router.on_scores("m1", "1", [Score("r1", 1000, 1000, 1001, score=0.1)], token="b1", now_ms=1002)
+    assert (old.decisions, old.kept, router.stats.dropped["other_version", "m1"]) == ([], 0, 1)
+    new = router.on_scores("m1", "2", [Score("r1", 1000, 1000, 1003, score=0.9)], token="b2", now_ms=1004)
+    assert [d.choice.model for d in new.decisions] == ["m1"]
+    assert new.decisions[0].pending.scores["m1"].model_version == "2"
+
+
+def test_a_request_keeps_the_version_pin_of_the_policy_it_was_planned_under():
+    router = Router(FixedChain("p", 1, [("m1", None)], sla_ms=100, versions={"m1": "1"}))
+    router.on_request("r1", partition=0, record_ms=1000, token="t", now_ms=1000)
+    router.set_policy(FixedChain("p", 2, [("m1", None)], sla_ms=100, versions={"m1": "2"}))
+    assert router.on_scores("m1", "2", [Score("r1", 1000, 1000, 1001, score=0.9)], "b1", now_ms=1002).decisions == []
+    step = router.on_scores("m1", "1", [Score("r1", 1000, 1000, 1003, score=0.1)], "b2", now_ms=1004)
+    assert [d.pending.scores["m1"].model_version for d in step.decisions] == ["1"]
+    # an early score waits for its request, and is judged by the plan the request gets
+    router.set_policy(FixedChain("p", 3, [("m1", None)], sla_ms=100))  # no pin: the v1 score may wait
+    assert router.on_scores("m1", "1", [Score("r2", 1000, 1000, 1001, score=0.1)], "b3", now_ms=1002).kept == 1
+    router.set_policy(FixedChain("p", 4, [("m1", None)], sla_ms=100, versions={"m1": "2"}))
+    assert router.on_request("r2", partition=0, record_ms=1000, token="t2", now_ms=1003).released == ["b3"]
+    assert router.stats.dropped["other_version", "m1"] == 2

@@ -4,7 +4,8 @@
 ``scripted`` answers as each request tells it to, which makes a fallback chain's
 timing testable against real processes: a request whose features hold
 ``{"<model>_delay_ms": 40}`` is answered by ``<model>`` after 40 ms, and one with
-``{"<model>_fail": true}`` makes it fail.
+``{"<model>_fail": true}`` makes it fail. ``hungry`` holds a given amount of
+memory, to show what a container's memory limit does to a model that exceeds it.
 
 >>> build(None).predict_many([{}, {}])
 [0.5, 0.5]
@@ -56,3 +57,17 @@ def build(artifact: Path | None, score: float = 0.5) -> Constant:
 
 def scripted(artifact: Path | None, name: str, score: float = 0.5, delay_ms: float = 0.0) -> Scripted:
     return Scripted(name, score, delay_ms)
+
+
+class Hungry(Constant):
+    """Holds ``megabytes`` of touched memory for as long as it lives."""
+
+    def __init__(self, score: float, megabytes: int) -> None:
+        super().__init__(score)
+        self.ballast = bytearray(megabytes << 20)
+        for i in range(0, len(self.ballast), 4096):  # touch every page, so it is resident
+            self.ballast[i] = 1
+
+
+def hungry(artifact: Path | None, megabytes: int = 256, score: float = 0.5) -> Hungry:
+    return Hungry(score, megabytes)

@@ -8,6 +8,7 @@ from rendezvous.cli.archive import archive, replay
 from rendezvous.cli.demo import demo
 from rendezvous.cli.explain import explain
 from rendezvous.cli.infra import broker, topics
+from rendezvous.cli.models import deploy, image, logs, models, scale, stop
 from rendezvous.cli.policy import policy
 from rendezvous.cli.serve import serve
 from rendezvous.cli.stack import up
@@ -22,5 +23,6 @@ def main() -> None:
     """
 
 
-for command in (demo, up, broker, topics, serve, policy, explain, replay, archive):
+for command in (demo, up, broker, topics, serve, policy, explain, replay, archive,
+                deploy, scale, models, stop, logs, image):
     main.add_command(command)

@@ -50,6 +50,12 @@ class Plan:
     policy_version: int = 0
     #: Why the plan is as it is (sampled values, exploration); copied into the result.
     audit: Mapping[str, Any] | None = field(default=None, compare=False)
+    #: Model -> the only version whose scores count for this request (others are ignored).
+    versions: Mapping[str, str] | None = field(default=None, compare=False)
+
+    def accepts(self, model: str, model_version: str) -> bool:
+        pinned = self.versions.get(model) if self.versions else None
+        return pinned is None or pinned == model_version
 
     @classmethod
     def chain(

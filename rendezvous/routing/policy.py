@@ -41,10 +41,12 @@ class FixedChain:
 
     def __init__(
         self, name: str, version: int, chain: Iterable[tuple[str, float | None]], sla_ms: float,
-        default_score: float | None = None, extra_models: Iterable[str] = (),
+        default_score: float | None = None, extra_models: Iterable[str] = (), versions: dict[str, str] | None = None,
     ) -> None:
         self.name, self.version = name, version
-        self._plan = Plan.chain(chain, sla_ms, default_score, policy=name, policy_version=version)
+        self.versions = dict(versions or {})
+        self._plan = Plan.chain(chain, sla_ms, default_score, policy=name, policy_version=version,
+                                versions=self.versions or None)
         self._models = frozenset(self._plan.models) | frozenset(extra_models)
 
     @property
@@ -92,6 +94,7 @@ class CompiledPolicy:
             for m, e in doc.models.items() if e.role == "ramp" and e.ramp is not None
         ]
         self._models = frozenset(self.roles)
+        self.versions = {m: e.version for m, e in doc.models.items() if e.version}
 
     @property
     def models(self) -> frozenset[str]:
@@ -107,7 +110,8 @@ class CompiledPolicy:
         order = [preferred, *rest]
         stages = [(m, self.waits.get(m) if i < len(order) - 1 else None) for i, m in enumerate(order)]
         d = self.doc
-        return Plan.chain(stages, d.sla_ms, d.default.score, policy=d.name, policy_version=d.version, audit=audit)
+        return Plan.chain(stages, d.sla_ms, d.default.score, policy=d.name, policy_version=d.version, audit=audit,
+                          versions=self.versions or None)
 
     def _ramped(self, now_ms: float, audit: dict) -> str | None:
         for ramp in self.ramps:

@@ -44,6 +44,9 @@ class RoutingPolicy(Protocol):
     @property
     def models(self) -> frozenset[str]: ...
 
+    #: Model -> the only version whose scores count (models not here: any version).
+    versions: dict[str, str]
+
     def plan(self, request_id: str, now_ms: float) -> Plan: ...
 
 
@@ -120,7 +123,10 @@ class Router:
                                  seen_ms=now_ms)
         self._pending[request_id] = pending
         for orphan in self._orphans.take(request_id):
-            if not self._attach(pending, orphan.model, orphan.view, orphan.token):
+            if not pending.plan.accepts(orphan.model, orphan.view.model_version):
+                self.stats.dropped["other_version", orphan.model] += 1
+                step.released.append(orphan.token)
+            elif not self._attach(pending, orphan.model, orphan.view, orphan.token):
                 step.released.append(orphan.token)
         self._evaluate(pending, now_ms, step)
         return step
@@ -129,10 +135,17 @@ class Router:
         """Take in one score record. ``step.kept`` scores now hold ``token``."""
         step = Step()
         named = model in self.policy.models
+        pinned = self.policy.versions.get(model)
         for s in scores:
             self.stats.scores += 1
             view = ScoreView(model_version, s.score, s.error, now_ms, s.finished_ms)
             pending = self._pending.get(s.request_id)
+            # A version pin is the request's plan's, not the policy's now: a request planned
+            # before a version swap is answered by the version its policy named.
+            if not (pending.plan.accepts(model, model_version) if pending is not None
+                    else pinned is None or pinned == model_version):
+                self.stats.dropped["other_version", model] += 1
+                continue
             if pending is not None:
                 if not (named or model in pending.plan.models):
                     self.stats.dropped["unknown_model", model] += 1

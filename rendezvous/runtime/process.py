@@ -15,6 +15,7 @@ from pathlib import Path
 from containers.spec import load_spec
 from rendezvous.config import KafkaSettings
 from rendezvous.broker import free_port
+from rendezvous.runtime.base import Replica
 from rendezvous.runtime.supervisor import ChildSpec, Supervisor
 
 
@@ -39,16 +40,64 @@ class ProcessRuntime:
         self.supervisor.add(ChildSpec(name, argv, log, http_port=port, labels=labels))
         return name
 
-    def start_model(self, spec_path: Path, replicas: int = 1, extra_args: list[str] | None = None) -> list[str]:
+    # ------------------------------------------------------------------ models (ModelRuntime)
+
+    def deploy(self, spec_path: Path, replicas: int | None = None, extra_args: list[str] | None = None) -> list[str]:
+        """Start replicas of a model version; deploying it again rescales it."""
+        spec_path = Path(spec_path).resolve()
         spec = load_spec(spec_path)  # fail here, with the file named, rather than in a child's log
-        names = []
-        for i in range(replicas):
+        wanted = spec.replicas if replicas is None else replicas
+        running = self._model_children(spec.name, spec.version)
+        taken = {int(c.spec.labels["replica"]) for c in running}
+        for i in [i for i in range(wanted + len(taken)) if i not in taken][: max(0, wanted - len(running))]:
             port = free_port()
             argv = [sys.executable, "-m", "containers", "--spec", str(spec_path), *self._common(),
                     "--http-port", str(port), *(extra_args or [])]
-            names.append(self._add(f"model/{spec.name}/{i}", argv, port, role="model", model=spec.name,
-                                   version=spec.version))
+            self._add(f"model/{spec.name}/{spec.version}/{i}", argv, port, role="model", model=spec.name,
+                      version=spec.version, replica=str(i), spec=str(spec_path))
+        for child in sorted(running, key=lambda c: -int(c.spec.labels["replica"]))[: max(0, len(running) - wanted)]:
+            self.supervisor.remove(child.spec.name)
+        return [c.spec.name for c in self._model_children(spec.name, spec.version)]
+
+    start_model = deploy
+
+    def scale(self, model: str, replicas: int, version: str | None = None) -> list[str]:
+        versions = sorted({c.spec.labels["version"] for c in self._model_children(model, version)})
+        if len(versions) != 1:
+            raise ValueError(f"{model}: {'no replicas' if not versions else 'versions ' + ', '.join(versions)}; "
+                             "name a deployed version")
+        spec = self._model_children(model, versions[0])[0].spec.labels["spec"]
+        return self.deploy(Path(spec), replicas)
+
+    def stop_model(self, model: str, version: str | None = None) -> list[str]:
+        names = [c.spec.name for c in self._model_children(model, version)]
+        self.stop(names)
         return names
+
+    def replicas(self, model: str | None = None) -> list[Replica]:
+        health = {"running": "running", "backoff": "restarting", "failed": "failed", "stopped": "stopped"}
+        out = []
+        for child in self._model_children(model):
+            labels, url = child.spec.labels, f"http://127.0.0.1:{child.spec.http_port}"
+            state = health[child.state]
+            if state == "running" and not self.supervisor.is_ready(child.spec.name):
+                state = "starting"
+            detail = f"exit code {child.last_exit_code}" if child.last_exit_code else ""
+            out.append(Replica(child.spec.name, labels["model"], labels["version"], int(labels["replica"]), state,
+                               child.restarts, url, detail, str(child.pid or "")))
+        return out
+
+    def logs(self, model: str, tail: int = 50) -> dict[str, str]:
+        out = {}
+        for child in self._model_children(model):
+            lines = child.spec.log_path.read_text(errors="replace").splitlines() if child.spec.log_path.exists() else []
+            out[child.spec.name] = "\n".join(lines[-tail:])
+        return out
+
+    def _model_children(self, model: str | None = None, version: str | None = None) -> list:
+        return [c for c in self.supervisor.children() if c.spec.labels.get("role") == "model"
+                and (model is None or c.spec.labels["model"] == model)
+                and (version is None or c.spec.labels["version"] == version)]
 
     def start_decoy(self, archive: Path) -> str:
         port = free_port()

@@ -1,0 +1,203 @@
+"""``rendezvous deploy | scale | models | stop | logs | image``: models as containers.
+
+These commands drive the Docker engine directly and keep no state of their own
+(``--broker`` is accepted by all of them, so one environment serves every command):
+containers carry labels saying what they are, so any shell on the host sees
+the same models. (Models run as local processes belong to the ``rendezvous up``
+that started them and are listed in its output.)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from rendezvous.broker import BrokerError, resolve_broker
+from rendezvous.cli.options import broker_option, client_options, kafka_settings, stderr_console, topic_prefix_option
+from rendezvous.documents import DocumentError
+from rendezvous.runtime.base import Replica, RuntimeUnavailable
+from rendezvous.runtime.docker import DeployError, DockerRuntime, connect
+from rendezvous.runtime.images import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE, RUNNER_IMAGE, ImageError
+
+_FAILURES = (BrokerError, DeployError, DocumentError, ImageError, RuntimeUnavailable)
+
+
+def _runtime(broker: str | None, topic_prefix: str, fetch_wait_ms: int = 5, producer_linger_ms: float = 0.0,
+             fetch_min_bytes: int = 1, need_broker: bool = False) -> DockerRuntime:
+    kafka = kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes) if need_broker else None
+    return DockerRuntime(kafka, topic_prefix)
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replicas", type=click.IntRange(0, 64), default=None, help="Replicas to run. Default: the spec's.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every replica consumes.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds --wait waits.")
+@broker_option()
+@topic_prefix_option
+@client_options
+def deploy(spec_path: Path, replicas: int | None, wait: bool, timeout: float, broker: str | None, topic_prefix: str,
+           fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int) -> None:
+    """Run the model SPEC as containers; deploying it again changes its replica count.
+
+    Its scores flow into the scoring stream and are ignored until a policy names
+    the model: deploy first, then route to it (`rendezvous policy apply`).
+    """
+    console = stderr_console()
+    started = time.monotonic()
+    try:
+        runtime = _runtime(broker, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True)
+        names = runtime.deploy(spec_path, replicas)
+        console.log(f"deployed {len(names)} replica(s): {', '.join(names) or '-'}")
+        if wait and names:
+            with console.status("waiting for the replicas to join the requests stream"):
+                not_ready = runtime.wait_ready(names, timeout)
+            if not_ready:
+                raise DeployError(f"not consuming after {timeout:.0f}s: {', '.join(not_ready)}; "
+                                  "see `rendezvous logs MODEL`")
+            console.log(f"ready in {time.monotonic() - started:.1f}s")
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.argument("model")
+@click.argument("replicas", type=click.IntRange(0, 64))
+@click.option("--version", "version", default=None, help="The version to scale, when several are deployed.")
+@broker_option()
+@topic_prefix_option
+def scale(model: str, replicas: int, version: str | None, broker: str | None, topic_prefix: str) -> None:
+    """Run REPLICAS replicas of MODEL: new ones join its consumer group, removed ones finish their batch first."""
+    try:
+        names = _runtime(broker, topic_prefix, need_broker=True).scale(model, replicas, version)
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+    stderr_console().log(f"{model}: {len(names)} replica(s): {', '.join(names) or '-'}")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--version", "version", default=None, help="Stop only this version.")
+@broker_option()
+@topic_prefix_option
+def stop(model: str, version: str | None, broker: str | None, topic_prefix: str) -> None:
+    """Stop and remove MODEL's replicas. Policies still naming it fall back, as for any silent model."""
+    try:
+        names = _runtime(None, topic_prefix).stop_model(model, version)
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+    stderr_console().log(f"stopped {', '.join(names)}")
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per replica.")
+@click.option("--rate-window", type=float, default=1.0, show_default=True,
+              help="Seconds over which scores/s is measured (0: skip).")
+@broker_option()
+@topic_prefix_option
+def models(model: str | None, as_json: bool, rate_window: float, broker: str | None, topic_prefix: str) -> None:
+    """List deployed model replicas: health, restarts, scores per second."""
+    try:
+        replicas = _runtime(None, topic_prefix).replicas(model)
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+    rates = _score_rates(replicas, rate_window) if rate_window > 0 else {}
+    if as_json:
+        for r in replicas:
+            click.echo(json.dumps({**r.as_dict(), "scores_per_s": rates.get(r.name)}))
+        return
+    table = Table(title=f"models in stack {topic_prefix!r}")
+    for column in ("replica", "model", "version", "health", "restarts", "scores/s", "detail"):
+        table.add_column(column)
+    for r in replicas:
+        rate = rates.get(r.name)
+        table.add_row(r.name, r.model, r.version, r.health, str(r.restarts), "-" if rate is None else f"{rate:.1f}",
+                      r.detail)
+    if not replicas:
+        raise click.ClickException(f"no model replicas in stack {topic_prefix!r}; deploy one with `rendezvous deploy SPEC`")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--tail", type=int, default=50, show_default=True)
+@broker_option()
+@topic_prefix_option
+def logs(model: str, tail: int, broker: str | None, topic_prefix: str) -> None:
+    """Print the last lines each of MODEL's replicas logged."""
+    try:
+        found = _runtime(None, topic_prefix).logs(model, tail)
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+    if not found:
+        raise click.ClickException(f"no replicas of {model}; see `rendezvous models`")
+    for name, text in found.items():
+        click.echo(f"==> {name} <==\n{text}")
+
+
+@click.group()
+def image() -> None:
+    """Build the images model containers run."""
+
+
+@image.command("base")
+@click.option("--tag", default=LOCAL_BASE_IMAGE, show_default=True)
+@click.option("--mirror", default=None, help="Debian mirror URL for debootstrap.")
+def image_base(tag: str, mirror: str | None) -> None:
+    """Build a Debian + Python 3.11 base image with no registry (debootstrap, docker import; needs root)."""
+    from rendezvous.runtime.images import build_base_image
+
+    console = stderr_console()
+    try:
+        build_base_image(connect(), tag, console.log, mirror)
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@image.command("build")
+@click.option("--base", default=DEFAULT_BASE_IMAGE, show_default=True,
+              help=f"Base image with Python 3.11; {LOCAL_BASE_IMAGE} from `rendezvous image base` needs no registry.")
+@click.option("--tag", default=RUNNER_IMAGE, show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the image is current with this source tree.")
+def image_build(base: str, tag: str, force: bool) -> None:
+    """Build the model runner image (containers/Dockerfile) that `deploy` runs by default."""
+    from rendezvous.runtime.images import build_runner_image, runner_image_is_current
+
+    console = stderr_console()
+    try:
+        client = connect()
+        if not force and runner_image_is_current(client, tag, base):
+            console.log(f"{tag} is current with this source tree (--force rebuilds it)")
+            return
+        build_runner_image(client, base, tag, console.log)
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _score_rates(replicas: list[Replica], window_s: float) -> dict[str, float]:
+    """Scores written per second by each running replica, from two reads of its /metrics."""
+    first = {r.name: _scores_written(r.status_url) for r in replicas if r.health == "running"}
+    started = time.monotonic()
+    time.sleep(window_s)
+    elapsed = time.monotonic() - started
+    return {name: (_scores_written(next(r.status_url for r in replicas if r.name == name)) - count) / elapsed
+            for name, count in first.items() if count is not None}
+
+
+def _scores_written(status_url: str | None) -> float | None:
+    try:
+        with urllib.request.urlopen(f"{status_url}/metrics", timeout=0.5) as reply:
+            text = reply.read().decode()
+    except (OSError, ValueError):
+        return None
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == "rendezvous_model_scores"
+               for sample in family.samples if sample.name.endswith("_total"))

@@ -1,0 +1,189 @@
+"""Container images for model runners, built with nothing pulled from a registry.
+
+Two images matter:
+
+* the **base image**: a Python 3.11 userland. Users normally build on
+  ``python:3.11-slim``; a machine that cannot pull images builds its own with
+  :func:`build_base_image` (Debian's debootstrap, then ``docker import``).
+* the **runner image**: ``containers/Dockerfile`` on top of the base image, with
+  rendezvous and its locked dependencies installed from a wheelhouse prepared on
+  the host. Its entrypoint is the model runner, ``python -m containers``,
+  exactly the program the process runtime starts. A model's spec directory is
+  mounted at ``/model`` when a replica starts, so one image serves every model
+  whose code is either in the image or next to its spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import containers
+from rendezvous import __version__
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+LOCAL_BASE_IMAGE = "local/python:3.11"
+RUNNER_IMAGE = f"rendezvous/runner:{__version__}"
+DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version rendezvous is locked for
+
+Progress = Callable[[str], None]
+
+
+class ImageError(RuntimeError):
+    """An image could not be built."""
+
+
+def _run(argv: list[str], progress: Progress, what: str, **kwargs) -> None:
+    progress(f"{what}: {' '.join(argv[:4])} ...")
+    done = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise ImageError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def build_base_image(client, tag: str = LOCAL_BASE_IMAGE, progress: Progress = lambda _: None,
+                     mirror: str | None = None) -> str:
+    """Build a minimal Debian + Python 3.11 image without a registry; return its tag.
+
+    Needs root and ``debootstrap`` (Debian package ``debootstrap``). Takes about a
+    minute: debootstrap ~30 s, the Python packages ~10 s, the import a few seconds.
+    """
+    if os.geteuid() != 0:
+        raise ImageError("building the base image needs root (debootstrap and chroot); "
+                         f"or build on a pulled image instead: --base {DEFAULT_BASE_IMAGE}")
+    if shutil.which("debootstrap") is None:
+        raise ImageError("debootstrap is not installed: apt-get install -y debootstrap")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rendezvous-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        argv = ["debootstrap", "--variant=minbase", DEBIAN_SUITE, str(rootfs)]
+        _run(argv + ([mirror] if mirror else []), progress, "debootstrap")
+        shutil.copy("/etc/resolv.conf", rootfs / "etc/resolv.conf")
+        _run(["chroot", str(rootfs), "apt-get", "install", "-y", "-q", "--no-install-recommends",
+              "python3", "python3-venv", "ca-certificates"], progress, "installing python3 in the root filesystem",
+             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        _run(["chroot", str(rootfs), "apt-get", "clean"], progress, "cleaning apt caches")
+        progress(f"importing the root filesystem as {tag}")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            repository, _, version = tag.partition(":")
+            client.api.import_image(src=tar.stdout, stream_src=True, repository=repository, tag=version or "latest",
+                                    changes=['CMD ["python3"]', "ENV LANG=C.UTF-8"])
+        finally:
+            tar.stdout.close()
+            tar.wait()
+    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+def source_root() -> Path:
+    """The checkout rendezvous runs from: the runner image is built from it."""
+    root = Path(containers.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file() or not (root / "requirements.lock").is_file():
+        raise ImageError(f"building the runner image needs the rendezvous source tree (pyproject.toml and "
+                         f"requirements.lock); {root} is an installed copy. Clone the repository and build there.")
+    return root
+
+
+PACKAGES = ("rendezvous", "containers", "decoy", "canary", "policies")
+
+
+def source_digest(root: Path | None = None) -> str:
+    """A hash of everything that goes into the runner image: its packages, pyproject, lock file."""
+    root = root or source_root()
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml", root / "requirements.lock"]
+    files += sorted(f for package in PACKAGES for f in (root / package).rglob("*")
+                    if f.is_file() and "__pycache__" not in f.parts)
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def runner_image_is_current(client, tag: str = RUNNER_IMAGE, base: str | None = None) -> bool:
+    """Whether ``tag`` exists and was built from this source tree (and ``base``, when given)."""
+    import docker.errors
+
+    try:
+        labels = client.images.get(tag).labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    return labels.get("io.rendezvous.source") == source_digest() and (base is None or labels.get("io.rendezvous.base") == base)
+
+
+def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER_IMAGE,
+                       progress: Progress = lambda _: None) -> str:
+    """Build ``containers/Dockerfile`` on ``base``; return the tag.
+
+    The wheelhouse is made on the host (pip's cache serves it), so the build
+    itself needs no network: the image gets exactly the locked versions. The
+    image is labelled with :func:`source_digest`, so a stale one is noticed.
+    """
+    _require_image(client, base)
+    root = source_root()
+    digest = source_digest(root)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rendezvous-image-") as tmp:
+        context = Path(tmp)
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        # Two directories, two layers: the dependencies' layer stays cached while only rendezvous changes.
+        _run(pip + ["download", "--require-hashes", "-r", str(root / "requirements.lock"), "-d", str(context / "wheels")],
+             progress, "collecting the locked dependencies")
+        _run(pip + ["wheel", "--no-deps", "-w", str(context / "app"), str(root)], progress, "building the rendezvous wheel")
+        shutil.copy(root / "requirements.lock", context / "requirements.lock")
+        shutil.copy(root / "containers" / "Dockerfile", context / "Dockerfile")
+        progress(f"building {tag} on {base}")
+        try:
+            _, log = client.images.build(path=str(context), tag=tag, buildargs={"BASE_IMAGE": base}, rm=True,
+                                         forcerm=True, labels={"io.rendezvous.role": "runner", "io.rendezvous.source": digest,
+                                                 "io.rendezvous.base": base})
+            for chunk in log:
+                if "stream" in chunk and chunk["stream"].startswith("Step"):
+                    progress(chunk["stream"].strip())
+        except Exception as exc:  # docker.errors.BuildError carries the build log
+            lines = [c.get("stream", c.get("error", "")) for c in getattr(exc, "build_log", [])]
+            raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(lines)[-2000:]}") from None
+    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+def _require_image(client, name: str) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        raise ImageError(
+            f"base image {name} is not on this machine. Pull it (docker pull {name}) or, without a registry, "
+            f"build one: rendezvous image base (then --base {LOCAL_BASE_IMAGE})") from None
+
+
+def has_image(client, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def ensure_runner_image(client, progress: Progress = lambda _: None) -> str:
+    """The runner image, built if missing or stale: on python:3.11-slim when it is here, else on
+    the local base image, building that too where debootstrap and root allow."""
+    if runner_image_is_current(client):
+        return RUNNER_IMAGE
+    if has_image(client, DEFAULT_BASE_IMAGE):
+        base = DEFAULT_BASE_IMAGE
+    else:
+        base = LOCAL_BASE_IMAGE
+        if not has_image(client, base):
+            build_base_image(client, base, progress)
+    return build_runner_image(client, base, RUNNER_IMAGE, progress)

@@ -1,0 +1,263 @@
+"""Models as real containers on a real Docker engine, against the real broker.
+
+The engine is started here when it is missing and can be (root, Debian's
+docker.io installed), and stopped by PID afterwards; where none can run, every
+test in this module is skipped with the reason. The runner image is built once
+and reused while the source tree is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from containers.spec import load_spec
+from rendezvous.runtime.base import RuntimeUnavailable
+from rendezvous.runtime.docker import DockerRuntime, connect
+from rendezvous.runtime.images import ImageError, ensure_runner_image
+from rendezvous.wire import ScoreBatch
+from tests.conftest import REPO, System, cli, eventually, scripted_spec, write_policy
+
+pytestmark = pytest.mark.slow
+EXAMPLES = REPO / "containers" / "examples"
+
+
+@pytest.fixture(scope="session")
+def docker_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    try:
+        yield connect(timeout=5)
+        return
+    except RuntimeUnavailable as exc:
+        reason = str(exc)
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0:
+        pytest.skip(f"no Docker engine and none can be started here (dockerd {'missing' if dockerd is None else 'needs root'}):"
+                    f" {reason}")
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([dockerd], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    client = eventually(_try_connect, timeout=30, every=0.5)
+    if client is None:
+        process.kill()
+        pytest.skip(f"dockerd did not come up within 30s; see {log}")
+    yield client
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(30)
+
+
+def _try_connect():  # noqa: ANN202
+    try:
+        return connect(timeout=5)
+    except RuntimeUnavailable:
+        return None
+
+
+@pytest.fixture(scope="session")
+def runner_image(docker_client) -> str:
+    try:
+        return ensure_runner_image(docker_client, progress=lambda line: print(line, flush=True))
+    except ImageError as exc:
+        pytest.skip(f"cannot build the runner image here: {exc}")
+
+
+class DockerSystem(System):
+    """A System whose models run as containers."""
+
+    def __init__(self, kafka, directory: Path, client, max_restarts: int = 5) -> None:
+        super().__init__(kafka, directory)
+        directory.chmod(0o755)  # mounted at /model, read by the container's unprivileged user
+        self.docker = DockerRuntime(kafka, self.topics.namespace, client, max_restarts=max_restarts)
+
+    def deploy(self, spec: Path, replicas: int | None = None) -> list[str]:
+        spec.chmod(0o644)
+        names = self.docker.deploy(spec, replicas)
+        assert not self.docker.wait_ready(names, 90), self.docker.logs(load_spec(spec).name)
+        return names
+
+    def scores(self, expected: int, timeout: float = 20.0) -> list[ScoreBatch]:
+        records = self.read_topic(self.topics.scores, expected, timeout)
+        return [msgspec.json.decode(m.value(), type=ScoreBatch) for m in records]
+
+    def close(self) -> None:
+        self.docker.stop_all()
+        super().close()
+
+
+@pytest.fixture
+def docked(kafka, tmp_path: Path, docker_client, runner_image) -> Iterator[DockerSystem]:
+    s = DockerSystem(kafka, tmp_path, docker_client)
+    yield s
+    s.close()
+
+
+def send_in_background(system: System, ids: list[str], rate: float) -> threading.Thread:
+    thread = threading.Thread(target=system.send, args=([(rid, {}) for rid in ids], rate), daemon=True)
+    thread.start()
+    return thread
+
+
+def answered_once(system: System, ids: list[str]) -> dict:
+    results = system.results_for(ids, timeout=60)
+    assert Counter(len(r) for r in results.values()) == Counter({1: len(ids)})  # none lost, none doubled
+    return {rid: r[0] for rid, r in results.items()}
+
+
+def running(system: DockerSystem, model: str) -> int:
+    return sum(r.health == "running" for r in system.docker.replicas(model))
+
+
+def chain_policy(directory: Path, first: str, then: str, sla_ms: float = 200, pin: str = "") -> Path:
+    return write_policy(directory, f"""\
+        name: containers
+        version: 1
+        sla_ms: {sla_ms}
+        default: {{score: 0.0}}
+        routing:
+          strategy: fixed
+          chain: [{{model: {first}, wait_ms: 60}}, {{model: {then}}}]
+        {pin}
+    """)
+
+
+def test_two_models_two_replicas_each_score_every_request_once(docked: DockerSystem):
+    docked.deploy(EXAMPLES / "baseline.yaml", 2)
+    docked.deploy(scripted_spec(docked.directory, "m2", 0.2), 2)
+    ids = [f"share-{i}" for i in range(400)]
+    docked.send([(rid, {"https": 1.0}) for rid in ids], rate=400)
+    per_model: dict[str, Counter] = defaultdict(Counter)
+    instances, artifacts = defaultdict(set), defaultdict(set)
+    deadline = time.monotonic() + 30
+    while min((len(per_model[m]) for m in ("baseline", "m2")), default=0) < len(ids) and time.monotonic() < deadline:
+        per_model.clear()
+        for batch in docked.scores(2 * len(ids)):
+            for score in batch.scores:
+                per_model[batch.model][score.request_id] += 1
+            instances[batch.model].add(batch.instance)
+            artifacts[batch.model].add(batch.artifact_sha256)
+    for model in ("baseline", "m2"):
+        counts = per_model[model]
+        assert set(counts) == set(ids), f"{model} missed {len(set(ids) - set(counts))} requests"
+        assert set(counts.values()) == {1}, f"{model} scored some requests twice"
+        assert len(instances[model]) == 2, instances[model]  # both replicas took a share
+        assert all(f"{docked.topics.namespace}-{model}-" in i for i in instances[model])  # container names
+    assert artifacts["baseline"] == {load_spec(EXAMPLES / "baseline.yaml").artifact_sha256}
+    assert {r.model for r in docked.docker.replicas()} == {"baseline", "m2"}
+
+
+def test_a_killed_container_is_covered_by_the_fallback_and_comes_back(docked: DockerSystem):
+    names = docked.deploy(scripted_spec(docked.directory, "m1", 0.1), 2)
+    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
+    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2"))
+    docked.wait_ready(backup + workers)
+    docked.warm_up()
+    ids = [f"kill-{i}" for i in range(800)]
+    sender = send_in_background(docked, ids, rate=100)
+    time.sleep(2)
+    os.kill(docked.docker.pid_of(names[0]), signal.SIGKILL)  # a crash, not an API stop
+    sender.join()
+    results = answered_once(docked, ids)
+    assert max(r.latency_ms for r in results.values()) <= 200, "an answer came after the SLA"
+    by_model = Counter(r.model for r in results.values())
+    assert by_model["m1"] > 0 and by_model["m2"] > 0, by_model  # m2 covered the dead replica's partitions
+    replica = eventually(lambda: next((r for r in docked.docker.replicas("m1")
+                                       if r.name == names[0] and r.health == "running"), None), timeout=60)
+    assert replica is not None and replica.restarts >= 1, docked.docker.replicas("m1")
+    assert eventually(lambda: all_preferred(docked, "m1"), timeout=30, every=1), "m1 never took every partition back"
+
+
+def all_preferred(system: System, model: str) -> bool:
+    ids = [f"probe-{time.monotonic_ns()}-{i}" for i in range(40)]
+    system.send([(rid, {}) for rid in ids])
+    return all(r[0].model == model for r in system.results_for(ids, timeout=10).values() if r)
+
+
+def test_limits_are_applied_and_a_model_over_its_memory_is_killed_and_reported(docked: DockerSystem, docker_client):
+    docked.docker = DockerRuntime(docked.kafka, docked.topics.namespace, docker_client, max_restarts=1)
+    spec = docked.directory / "hungry.yaml"
+    spec.write_text("name: hungry\nversion: '1'\nentry: containers.examples.synthetic:hungry\n"
+                    "options: {megabytes: 400}\nresources: {memory: 160m, cpus: 0.5, pids: 64}\n")
+    spec.chmod(0o644)
+    names = docked.docker.deploy(spec, 1)
+    replica = eventually(lambda: next((r for r in docked.docker.replicas("hungry") if r.health == "failed"), None),
+                         timeout=90)
+    assert replica is not None, docked.docker.replicas("hungry")
+    assert "memory limit (160m)" in replica.detail and replica.restarts == 1
+    listed = cli(docked, "models", "hungry", "--json", "--rate-window", "0")
+    assert '"health": "failed"' in listed.stdout and "memory limit" in listed.stdout, listed.stderr
+    host = docker_client.containers.get(names[0]).attrs["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"], host["NanoCpus"], host["PidsLimit"]) == (160 << 20, 160 << 20, 5 * 10**8, 64)
+    assert host["ReadonlyRootfs"] and host["Init"] and not host["Privileged"] and host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert docker_client.containers.get(names[0]).attrs["Config"]["User"] == "65534:65534"
+
+
+def test_scaling_up_and_down_under_load_loses_no_request(docked: DockerSystem):
+    spec = scripted_spec(docked.directory, "m1", 0.1)
+    docked.deploy(spec, 1)
+    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
+    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2"))
+    docked.wait_ready(backup + workers)
+    docked.warm_up()
+    ids = [f"scale-{i}" for i in range(1400)]
+    sender = send_in_background(docked, ids, rate=100)
+    time.sleep(2)
+    assert cli(docked, "scale", "m1", "3").returncode == 0
+    assert eventually(lambda: running(docked, "m1") == 3, timeout=30), docked.docker.replicas("m1")
+    time.sleep(2)
+    done = cli(docked, "scale", "m1", "1")
+    assert done.returncode == 0, done.stderr
+    sender.join()
+    results = answered_once(docked, ids)
+    assert max(r.latency_ms for r in results.values()) <= 200
+    scored = {s.request_id for b in docked.scores(2 * len(ids)) if b.model == "m1" for s in b.scores}
+    assert set(ids) <= scored, f"{len(set(ids) - scored)} requests never scored by m1"  # the group lost none
+    assert [r.index for r in docked.docker.replicas("m1")] == [0]
+
+
+def test_a_version_swap_loses_no_request(docked: DockerSystem):
+    v1 = scripted_spec(docked.directory, "m1", 0.1)
+    v2 = docked.directory / "m1-v2.yaml"
+    v2.write_text(v1.read_text().replace('version: "1"', 'version: "2"').replace("score: 0.1", "score: 0.9"))
+    docked.deploy(v1, 1)
+    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
+    pin = "models: {m1: {version: '%s'}, m2: {}}"
+    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2", pin=pin % "1"))
+    docked.wait_ready(backup + workers)
+    docked.warm_up()
+    ids = [f"swap-{i}" for i in range(1200)]
+    sender = send_in_background(docked, ids, rate=100)
+    docked.deploy(v2, 1)  # its scores flow in and are ignored: the policy pins v1
+    policy_v2 = chain_policy(docked.directory, "m1", "m2", pin=pin % "2")
+    policy_v2.write_text(policy_v2.read_text().replace("version: 1", "version: 2", 1))
+    applied = cli(docked, "policy", "apply", str(policy_v2), "--reason", "m1 v2")
+    assert applied.returncode == 0, applied.stderr
+    time.sleep(1)
+    assert cli(docked, "stop", "m1", "--version", "1").returncode == 0
+    sender.join()
+    results = answered_once(docked, ids)
+    by_version = Counter((r.model, r.model_version, r.policy_version) for r in results.values())
+    assert by_version[("m1", "1", 1)] > 0 and by_version[("m1", "2", 2)] > 0, by_version
+    assert not [k for k in by_version if k[0] == "m1" and k[1] != str(k[2])], by_version  # a pin is obeyed
+    assert not [r for r in results.values() if r.model is None], "a request fell through to the default"
+    assert [(r.version, r.health) for r in docked.docker.replicas("m1")] == [("2", "running")]
+
+
+def test_deploy_refuses_what_cannot_run_with_a_clear_message(docked: DockerSystem):
+    spec = docked.directory / "ghost.yaml"
+    spec.write_text("name: ghost\nversion: '1'\nentry: containers.examples.synthetic:build\nimage: no/such:image\n")
+    done = cli(docked, "deploy", str(spec))
+    assert done.returncode != 0 and "image no/such:image is not on this machine" in done.stderr
+    spec.write_text("name: ghost\nversion: '1'\nentry: containers.examples.synthetic:build\nresources: {memory: lots}\n")
+    done = cli(docked, "deploy", str(spec))
+    assert done.returncode != 0 and "resources.memory" in done.stderr
+    assert "no replicas of ghost" in cli(docked, "scale", "ghost", "2").stderr
