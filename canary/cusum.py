@@ -53,12 +53,15 @@ class Cusum:
     cap_factor: float = 2.0  # sums stop growing at cap_factor * h, so a drift that ends is noticed soon
 
     @classmethod
-    def for_false_alarms(cls, shift_sd: float, false_alarms: float, per: int) -> Cusum:
+    def for_false_alarms(cls, shift_sd: float, false_alarms: float, per: int, slack_sd: float = 0.0) -> Cusum:
         """Tuned to find a ``shift_sd`` shift fast while alarming on at most a ``false_alarms``
-        share of in-control streams of ``per`` values (two sides: each gets half)."""
+        share of in-control streams of ``per`` values (two sides: each gets half).
+
+        ``slack_sd``: how far off "in control" may be (e.g. estimated from a sample);
+        the threshold is set as if the values were already that far off."""
         arl0 = 2 * per / false_alarms  # P(alarm within n) ~ n / ARL0, for ARL0 >> n
         k = shift_sd / 2
-        return cls(k, threshold_for(k, arl0))
+        return cls(k, threshold_for(max(k - slack_sd, k / 4), arl0))
 
     def update(self, z: float) -> bool:
         """Take one standardized value; True while the evidence of a shift is above threshold."""

@@ -41,6 +41,7 @@ False
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import asdict, dataclass
 
@@ -50,12 +51,39 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from canary.cusum import Cusum
 
-_SD_FLOOR = 1e-4  # a paired difference that never varied: any change is a change
+
+
+class NormalScores:
+    """Maps a value to a standard normal one through a reference sample's ranks.
+
+    Whatever the reference's distribution, its own values map to mean 0, sd 1
+    (standardized after the mapping, because ties shrink the spread); a value
+    from a shifted distribution maps to a shifted mean. A reference that never
+    varied maps everything to 0: nothing to compare with.
+    """
+
+    def __init__(self, reference: np.ndarray) -> None:
+        self.sorted = np.sort(reference)
+        self._list = self.sorted.tolist()
+        z = self._raw(self.sorted)
+        self.mean, self.sd = float(z.mean()), float(z.std())
+
+    def _raw(self, x: np.ndarray | float) -> np.ndarray:
+        ref, n = self.sorted, len(self.sorted)
+        rank = (np.searchsorted(ref, x, "left") + np.searchsorted(ref, x, "right")) / 2  # ties count half
+        return ndtri(np.clip(rank / n, 0.5 / n, 1 - 0.5 / n))
+
+    def normal(self, x: float) -> float:
+        if self.sd < 1e-9:
+            return 0.0
+        ref, n = self._list, len(self._list)  # bisect on a list: the hot path, once per score
+        u = (bisect_left(ref, x) + bisect_right(ref, x)) / (2 * n)
+        return (float(ndtri(min(max(u, 0.5 / n), 1 - 0.5 / n))) - self.mean) / self.sd
 
 
 @dataclass(frozen=True)
 class DriftSettings:
-    reference_size: int = 2000  # requests whose scores define normal
+    reference_size: int = 5000  # requests whose scores define normal
     window: int = 500  # scores the descriptive statistics look at
     shift_sd: float = 0.25  # the shift (in sd) the sequential tests are tuned to find fastest
     false_alarms: float = 0.01  # probability of a false alarm ...
@@ -73,6 +101,7 @@ class DriftReport:
     direction: int  # +1: champion scores run high, -1: low, 0: no drift
     alarms: int  # times drift was raised (rising edges)
     first_alarm_after: int | None  # monitored scores before the first alarm
+    first_alarm_at: int | None  # champion scores seen (all phases) at the first alarm
     cusum_reference: float
     cusum_canary: float
     threshold: float
@@ -102,16 +131,18 @@ class DriftMonitor:
         self._reference: list[float] = []
         self._pairs: list[float] = []
         self._ref: np.ndarray | None = None
-        self._z_mean = self._z_sd = 0.0
-        self._d_mean, self._d_sd = 0.0, 1.0
         self._paired = False
-        self.vs_reference = Cusum.for_false_alarms(s.shift_sd, s.false_alarms / 2, s.per)
-        self.vs_canary = Cusum.for_false_alarms(s.shift_sd, s.false_alarms / 2, s.per)
+        # The reference is a sample, so "normal" is known only to about 1/sqrt(n) sd: the
+        # thresholds are set as if the charts drifted by that much already (fewer false alarms).
+        slack = 1 / np.sqrt(s.reference_size)
+        self.vs_reference = Cusum.for_false_alarms(s.shift_sd, s.false_alarms / 2, s.per, slack)
+        self.vs_canary = Cusum.for_false_alarms(s.shift_sd, s.false_alarms / 2, s.per, slack)
         self._champion: deque[float] = deque(maxlen=s.window)
         self._canary: deque[float] = deque(maxlen=s.window)
         self._diffs: deque[float] = deque(maxlen=s.window)
         self.scores = self.monitored = self.alarms = 0
         self.first_alarm_after: int | None = None
+        self.first_alarm_at: int | None = None
         self._drifting = False
         self._stats: dict[str, float | None] = {}
 
@@ -134,41 +165,28 @@ class DriftMonitor:
                 self._freeze_reference()
             return
         self.monitored += 1
-        drifting = self.vs_reference.update(self._normal_score(champion))
+        drifting = self.vs_reference.update(self._scores.normal(champion))
         if canary is not None and self._paired:
-            drifting = self.vs_canary.update((champion - canary - self._d_mean) / self._d_sd) or drifting
+            drifting = self.vs_canary.update(self._diffs_normal.normal(champion - canary)) or drifting
         else:
             drifting = drifting or self.vs_canary.statistic > self.vs_canary.h
         if drifting and not self._drifting:
             self.alarms += 1
             if self.first_alarm_after is None:
-                self.first_alarm_after = self.monitored
+                self.first_alarm_after, self.first_alarm_at = self.monitored, self.scores
         self._drifting = drifting
         if self.monitored % self.settings.every == 0:
             self._stats = self._window_statistics()
 
     def _freeze_reference(self) -> None:
         self._ref = np.sort(np.asarray(self._reference))
-        z = np.array([self._raw_normal_score(x) for x in self._ref])
-        self._z_mean, self._z_sd = float(z.mean()), float(z.std())
+        self._scores = NormalScores(self._ref)
         self._paired = len(self._pairs) >= 2  # else the canary was silent: no paired test
         if self._paired:
-            pairs = np.asarray(self._pairs)
-            self._d_mean, self._d_sd = float(pairs.mean()), max(float(pairs.std()), _SD_FLOOR)
+            self._diffs_normal = NormalScores(np.asarray(self._pairs))
         self._edges = np.unique(np.quantile(self._ref, np.linspace(0, 1, self.settings.psi_bins + 1)))
         self._edges[0], self._edges[-1] = -np.inf, np.inf
         self._reference, self._pairs = [], []
-
-    def _raw_normal_score(self, x: float) -> float:
-        ref, n = self._ref, len(self._ref)
-        rank = (np.searchsorted(ref, x, "left") + np.searchsorted(ref, x, "right")) / 2  # mid-rank: ties count half
-        return float(ndtri(min(max(rank / n, 0.5 / n), 1 - 0.5 / n)))
-
-    def _normal_score(self, x: float) -> float:
-        """``x`` as a standard normal value under the reference (0 if the reference never varied)."""
-        if self._z_sd < 1e-9:
-            return 0.0
-        return (self._raw_normal_score(x) - self._z_mean) / self._z_sd
 
     def _window_statistics(self) -> dict[str, float | None]:
         champion = np.asarray(self._champion)
@@ -194,6 +212,6 @@ class DriftMonitor:
             phase="monitoring" if self._ref is not None else "reference",
             scores=self.scores, monitored=self.monitored, drifting=self._drifting,
             direction=direction if self._drifting else 0, alarms=self.alarms,
-            first_alarm_after=self.first_alarm_after, cusum_reference=self.vs_reference.statistic,
+            first_alarm_after=self.first_alarm_after, first_alarm_at=self.first_alarm_at, cusum_reference=self.vs_reference.statistic,
             cusum_canary=self.vs_canary.statistic, threshold=self.vs_reference.h, **self._stats,
         )

@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from containers.spec import Model, ModelIdentity
 from rendezvous.config import KafkaSettings
@@ -88,6 +88,9 @@ class ModelRunner:
         self.max_batch, self.linger_ms, self.max_request_bytes = max_batch, linger_ms, max_request_bytes
         self.registry = registry or CollectorRegistry()
         self.metrics = RunnerMetrics(self.registry, identity)
+        Gauge("rendezvous_model_consumer_lag_records", "Requests on the broker this replica has not read yet",
+              ["model", "version"], registry=self.registry).labels(identity.name, identity.version
+                                                                  ).set_function(self.consumer_lag)
         self._predict_many = getattr(model, "predict_many", None)
         self._consumer = Consumer(kafka.consumer(group or group_for(identity, topics)))
         self._producer = Producer(kafka.producer())
@@ -133,6 +136,20 @@ class ModelRunner:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("final commit failed: %s", exc)
         self._consumer.close()
+
+    def consumer_lag(self) -> float:
+        """Backlog of the partitions this replica owns (from the watermarks its fetches last saw)."""
+        try:
+            positions = self._consumer.position(
+                [TopicPartition(self.topics.requests, p) for p in sorted(self._assigned or ())])
+            lag = 0
+            for tp in positions:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    lag += max(high - tp.offset, 0)
+            return float(lag)
+        except (KafkaException, RuntimeError):  # closed, or not assigned yet
+            return 0.0
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = (self._assigned or set()) | {tp.partition for tp in partitions}

@@ -133,7 +133,17 @@ Routing = Annotated[FixedRouting | WeightedRouting | EpsilonGreedyRouting | Thom
 
 
 class CanarySpec(Strict):
+    """The reference model: the champion's scores are compared with its scores on the same requests."""
+
     model: Name
+    #: Requests whose champion and canary scores define normal, before drift is judged.
+    reference: Annotated[int, Field(ge=50, le=1_000_000)] = 2000
+    #: Scores the dashboards' distribution distances (KS, PSI, Wasserstein) look at.
+    window: Annotated[int, Field(ge=20, le=100_000)] = 500
+    #: The shift (in standard deviations) the drift test is tuned to find fastest.
+    shift_sd: Annotated[float, Field(gt=0, le=5)] = 0.25
+    #: Chance of a false drift alarm per 100,000 scores of a stream that does not change.
+    false_alarms_per_100k: Annotated[float, Field(gt=0, lt=1)] = 0.01
 
 
 class DeployedModel(Strict):

@@ -44,6 +44,9 @@ class DemoOptions:
     partitions: int = DEFAULT_PARTITIONS
     workdir: Path | None = None
     startup_timeout_s: float = 90.0
+    #: After this share of the requests, the input shifts: only phishing pages are sent (a
+    #: campaign starts), so the models' score distributions move. 0 or 1: no shift.
+    shift_at: float = 0.5
 
 
 def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collector: ResultCollector,
@@ -97,8 +100,20 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 sender = RequestSender(kafka, topics)
                 _warm_up(kafka, topics, sender, collector, chain, options.startup_timeout_s)
                 sender.sent_ms.clear()
-                labels = {f"demo-{i}": rows[i % len(rows)][1] for i in range(options.requests)}
-                requests = ((f"demo-{i}", rows[i % len(rows)][0]) for i in range(options.requests))
+                order = _request_rows(rows, options.requests, options.shift_at)
+                labels = {f"demo-{i}": rows[j][1] for i, j in enumerate(order)}
+                shift_index = int(options.requests * options.shift_at) if 0 < options.shift_at < 1 else None
+                worker_url = _worker_url(stack)
+                drift: dict[str, Any] = {"shift_at_request": shift_index}
+
+                def _with_shift_marker(items):  # noqa: ANN001, ANN202 - records where the shift began
+                    for i, item in enumerate(items):
+                        if i == shift_index:
+                            drift["champion_scores_before_shift"] = _canary(worker_url).get("scores")
+                            progress("status", {"text": f"request {i}: the input shifts (only phishing pages from now on)"})
+                        yield item
+
+                requests = _with_shift_marker((f"demo-{i}", rows[j][0]) for i, j in enumerate(order))
                 stop_progress = threading.Event()
 
                 def report() -> None:
@@ -120,6 +135,7 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 summary["policy"] = f"{policy.name} v{policy.version}"
                 if policy.deploy and policy.deploy.decoy.enabled:
                     summary["decoy_archived"] = _archived(workdir / "archive", expected=options.requests)
+                summary["drift"] = _drift_summary(drift, _canary(worker_url), policy)
                 summary["learned"] = _learn_from_labels(stack, sender, collector, labels)
                 summary["workdir"] = str(workdir) if options.workdir else None
             finally:
@@ -136,15 +152,50 @@ def _learn_from_labels(stack, sender: RequestSender, collector: ResultCollector,
         if got:
             sender.send_outcome(rid, label, got[0].partition)
     sender.flush()
-    worker = next(c for c in stack.runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous")
     deadline, stats = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.spec.http_port}/stats", timeout=5) as response:
-            stats = json.loads(response.read())
+        stats = _stats(_worker_url(stack))
         if stats.get("outcomes", {}).get("credited", 0) >= len(collector.results) - 5:  # minus warm-ups
             break
         time.sleep(0.3)
     return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {})}
+
+
+def _request_rows(rows: list, n: int, shift_at: float) -> list[int]:
+    """Row indices to send: the data set cycled, then only phishing rows after the shift."""
+    phishing = [i for i, (_, label) in enumerate(rows) if label]
+    cut = int(n * shift_at) if 0 < shift_at < 1 else n
+    return [i % len(rows) for i in range(cut)] + [phishing[i % len(phishing)] for i in range(n - cut)]
+
+
+def _worker_url(stack) -> str:  # noqa: ANN001
+    worker = next(c for c in stack.runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous")
+    return f"http://127.0.0.1:{worker.spec.http_port}"
+
+
+def _stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _canary(url: str) -> dict[str, Any]:
+    return _stats(url).get("canary") or {}
+
+
+def _drift_summary(drift: dict[str, Any], report: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    """What the canary saw: whether drift was raised and how many requests after the shift."""
+    if policy.canary is None:
+        return {"canary": None}
+    before, at = drift.get("champion_scores_before_shift"), report.get("first_alarm_at")
+    return {
+        "canary": policy.canary.model, "champion": report.get("champion") or (policy.champion or policy.routing.chain[0].model),
+        "shift_at_request": drift.get("shift_at_request"), "reference_complete": report.get("phase") == "monitoring",
+        "detected": at is not None, "drifting_now": report.get("drifting", False),
+        "alarm_before_shift": at is not None and before is not None and at <= before,
+        "requests_after_shift": at - before if at is not None and before is not None and at > before else None,
+        "ks_reference": report.get("ks_reference"), "ks_canary": report.get("ks_canary"),
+        "psi_reference": report.get("psi_reference"), "paired_mean_diff": report.get("paired_mean_diff"),
+    }
 
 
 def _archived(directory: Path, expected: int, timeout: float = 5.0) -> int:

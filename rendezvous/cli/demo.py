@@ -30,9 +30,12 @@ from rendezvous.documents import DocumentError
 @topic_prefix_option
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep logs and the decoy's archive here (default: a temporary directory, removed after).")
+@click.option("--shift-at", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Share of the requests after which the input shifts (only phishing pages), for the canary "
+                   "to notice; 0 or 1: no shift.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
 def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, topic_prefix: str,
-         workdir: Path | None, as_json: bool) -> None:
+         workdir: Path | None, shift_at: float, as_json: bool) -> None:
     """Run broker, three models, decoy and rendezvous on this machine; send requests; summarize.
 
     Without --broker everything is embedded; nothing needs installing.
@@ -54,7 +57,7 @@ def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, to
             bars.update(tasks["answered"], completed=min(data["answered"], data["sent"]))
 
     options = DemoOptions(requests=n_requests, rate=rate, policy_path=policy_path, broker=broker,
-                          topic_prefix=topic_prefix, workdir=workdir)
+                          topic_prefix=topic_prefix, workdir=workdir, shift_at=shift_at)
     try:
         summary = run_demo(options, progress)
     except (BrokerError, StackError, DocumentError, TopicError) as exc:
@@ -83,6 +86,25 @@ def _table(s: dict[str, Any]) -> Table:
     if learned:
         table.add_row("learned from outcomes", ", ".join(f"{m} {v:.1%} right" for m, v in
                                                          sorted(learned.items(), key=lambda kv: -kv[1])))
+    drift = s.get("drift") or {}
+    if drift.get("canary"):
+        table.add_row("canary drift", _drift_line(drift))
     if "decoy_archived" in s:
         table.add_row("decoy archived", f"{s['decoy_archived']} requests")
     return table
+
+
+def _drift_line(d: dict[str, Any]) -> str:
+    who = f"champion {d['champion']} vs canary {d['canary']}"
+    if not d["reference_complete"]:
+        return f"{who}: reference window not complete yet (send more requests)"
+    if d["alarm_before_shift"]:
+        return f"{who}: drift raised BEFORE the shift (a false alarm)"
+    if d["requests_after_shift"] is not None:
+        ks = d.get("ks_reference")
+        return (f"{who}: drift detected {d['requests_after_shift']} requests after the shift at request "
+                f"{d['shift_at_request']}" + (f" (KS vs reference {ks:.2f})" if ks is not None else "")
+                + "; alert RendezvousChampionDrift fires on rendezvous_drift_detected")
+    if d["shift_at_request"] is None:
+        return f"{who}: no shift sent, no drift raised"
+    return f"{who}: the shift at request {d['shift_at_request']} was not detected"

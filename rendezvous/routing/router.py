@@ -208,6 +208,14 @@ class Router:
             self._drop_orphan(orphan, step)
         return step
 
+    def oldest_pending_ms(self) -> float | None:
+        """When the oldest request still waiting for its answer was made (epoch ms)."""
+        return next(iter(self._pending.values())).t0 if self._pending else None  # dicts keep arrival order
+
+    def pending_t0(self, request_id: str) -> float | None:
+        pending = self._pending.get(request_id)
+        return pending.t0 if pending is not None else None
+
     @property
     def pending_count(self) -> int:
         return len(self._pending)

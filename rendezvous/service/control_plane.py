@@ -67,7 +67,7 @@ class ControlPlane:
             outcome = decode_outcome(message.value or b"")
         except WireError as exc:
             writer.dead_letter(Ack(event), message.key, message.value, f"invalid outcome: {exc}",
-                               message.topic, message.partition, message.offset)
+                               message.topic, message.partition, message.offset, kind="invalid_outcome")
             return
         self.crediting.on_outcome(outcome, Ack(event), self.store.compiled.reward_rule, now_ms)
 

@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faust.types import TP
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from canary.drift import DriftSettings
+from canary.watch import CanaryWatch
 from rendezvous.config import KafkaSettings
 from rendezvous.routing.router import Router, RouterLimits, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.control_plane import ControlPlane
+from rendezvous.service.metrics import ServiceMetrics
 from rendezvous.service.policies import PolicyStore
 from rendezvous.service.recovery import recover_partitions
 from rendezvous.service.writer import Ack, ResultWriter
@@ -71,6 +75,11 @@ class RendezvousWorker:
         self.app = create_app(settings.app_id, k.bootstrap, settings.web_host, settings.web_port,
                               k.fetch_wait_ms, k.fetch_min_bytes)
         self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
+        self.metrics = ServiceMetrics()
+        self.metrics.attach(self)
+        self.canary: CanaryWatch | None = None
+        self._canary_key: tuple | None = None
+        self._watch_canary()
         self.ready = False
         self.owned: set[int] = set()
         self._catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
@@ -120,8 +129,39 @@ class RendezvousWorker:
         async def stats(web: Any, request: Any) -> Any:
             return web.json(self.status())
 
+        async def metrics(web: Any, request: Any) -> Any:
+            return web.bytes(generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
         app.page("/ready")(ready)
         app.page("/stats")(stats)
+        app.page("/metrics")(metrics)
+
+    def _watch_canary(self) -> None:
+        """Follow the policy in force: a new champion, canary or canary setting starts a new watch."""
+        compiled = self.control.store.compiled
+        spec = compiled.doc.canary
+        key = (compiled.champion, spec.model_dump_json()) if spec else None
+        if key == self._canary_key:
+            return
+        self._canary_key = key
+        self.canary = None if spec is None else CanaryWatch(compiled.champion, spec.model, DriftSettings(
+            reference_size=spec.reference, window=spec.window, shift_sd=spec.shift_sd,
+            false_alarms=spec.false_alarms_per_100k))
+
+    def consumer_lag(self) -> dict[str, int]:
+        """Per topic (short name): records on the broker this worker has not read yet."""
+        consumer = self.app.consumer
+        lag: dict[str, int] = {}
+        try:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                read = consumer._read_offset.get(tp)  # Faust 0.15 (pinned)
+                if highwater is not None:
+                    short = tp.topic.rsplit(".", 1)[-1]
+                    lag[short] = lag.get(short, 0) + max(highwater - ((read + 1) if read is not None else 0), 0)
+        except (AttributeError, RuntimeError):  # not started yet
+            return {}
+        return lag
 
     def _uncommitted(self) -> dict[str, int]:
         """Per partition: records read but not yet committable (awaiting durable work)."""
@@ -148,6 +188,7 @@ class RendezvousWorker:
             "results_in_flight": len(self.writer),
             "uncommitted": self._uncommitted(),
             "deadletters_written": self.writer.deadletters_written,
+            "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
             **self.control.status(now_ms()),
@@ -164,8 +205,9 @@ class RendezvousWorker:
         try:
             head = decode_request_head(message.value, self.settings.max_request_bytes)
         except WireError as exc:
+            kind = "too_large" if "too large" in str(exc) else "invalid_request"
             self.writer.dead_letter(hold, message.key, message.value, str(exc),
-                                    message.topic, message.partition, message.offset)
+                                    message.topic, message.partition, message.offset, kind)
             return
         record_ms = message.timestamp * 1000.0 if message.timestamp else now_ms()
         self._apply(self.router.on_request(head.request_id, message.partition, record_ms, hold, now_ms(),
@@ -181,9 +223,14 @@ class RendezvousWorker:
             batch = decode_score_batch(message.value)
         except WireError as exc:
             self.writer.dead_letter(Ack(event), message.key, message.value, f"invalid score record: {exc}",
-                                    message.topic, message.partition, message.offset)
+                                    message.topic, message.partition, message.offset, "invalid_score")
             return
-        step = self.router.on_scores(batch.model, batch.model_version, batch.scores, hold, now_ms())
+        now = now_ms()
+        self.metrics.observe_scores(batch.model, batch.scores, self.router.pending_t0, now)
+        if self.canary is not None:
+            for s in batch.scores:
+                self.canary.observe(batch.model, s.request_id, s.score)
+        step = self.router.on_scores(batch.model, batch.model_version, batch.scores, hold, now)
         hold.refs += step.kept
         if step.kept == 0:
             event.ack()
@@ -196,6 +243,9 @@ class RendezvousWorker:
         for decision in step.decisions:
             self.writer.write(decision)
             self.control.on_decision(decision)
+            pending = decision.pending
+            self.metrics.observe_decision(decision.choice.model, decision.choice.reason, decision.latency_ms,
+                                          pending.plan.sla_ms, pending.t0, pending.event_time, decision.decided_ms)
         for hold in step.released:
             hold.release()
         if step.late:
@@ -222,6 +272,7 @@ class RendezvousWorker:
             self.writer.poll()
             now = now_ms()
             self.control.tick(now)
+            self._watch_canary()
             self._apply(self.router.on_tick(now))
             if self._fatal_error:
                 await self.app.crash(RuntimeError(self._fatal_error))

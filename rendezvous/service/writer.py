@@ -8,6 +8,8 @@ worker re-reads exactly the records whose work was not yet durable.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -77,6 +79,7 @@ class ResultWriter:
         self._in_flight: dict[int, deque[list[Ack]]] = defaultdict(deque)
         self.results_written = 0
         self.deadletters_written = 0
+        self.deadletters: Counter = Counter()  # by reason kind, for /metrics
 
     def write(self, decision: Decision) -> Result:
         pending = decision.pending
@@ -96,7 +99,9 @@ class ResultWriter:
             hold.release()
 
     def dead_letter(self, hold: Ack, key: bytes | None, value: bytes | None, reason: str,
-                    topic: str, partition: int, offset: int) -> None:
+                    topic: str, partition: int, offset: int, kind: str = "invalid") -> None:
+        """Park a record the service cannot use; ``kind`` is a short, bounded label for metrics."""
+        self.deadletters[kind] += 1
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 self._on_fatal(f"could not write a dead letter to {self.topics.deadletter}: {err.str()}")

@@ -1,0 +1,163 @@
+"""The rendezvous worker's Prometheus metrics, served at ``/metrics`` on its web port.
+
+Two kinds: histograms observed as things happen (latencies, score
+distributions), and everything else read from the worker's state when
+Prometheus scrapes (counts the router keeps anyway, pending requests, consumer
+lag, posterior means, traffic shares, canary drift), so the hot path pays only
+for the histograms. Names follow Prometheus conventions: base units, ``_total``
+counters, labels bounded by the policy's models (scores from models no policy
+names are counted under ``model="other"``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from canary.watch import CanaryWatch
+
+if TYPE_CHECKING:
+    from rendezvous.service.worker import RendezvousWorker
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+SHARE_WINDOW = 1000  # decisions the traffic shares are measured over
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.result_latency = Histogram(
+            "rendezvous_result_latency_seconds", "From the request's timestamp to its result being decided",
+            ["reason"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.prediction_latency = Histogram(
+            "rendezvous_prediction_latency_seconds",
+            "Result time minus the request's event time (its timestamp when it has none): what the client sees",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.score_arrival = Histogram(
+            "rendezvous_score_arrival_seconds", "From the request's timestamp to a model's score reaching the rendezvous",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.scores = Histogram(
+            "rendezvous_model_score", "Distribution of the scores each model returned", ["model"],
+            buckets=SCORE_BUCKETS, registry=self.registry)
+        self.shares: deque[str] = deque(maxlen=SHARE_WINDOW)
+        self.sla_misses = 0
+
+    def observe_decision(self, model: str | None, reason: str, latency_ms: float, sla_ms: float,
+                         t0_ms: float, event_time_ms: float | None, now_ms: float) -> None:
+        self.result_latency.labels(reason).observe(latency_ms / 1000)
+        self.prediction_latency.observe(max(now_ms - (event_time_ms or t0_ms), 0.0) / 1000)
+        self.shares.append(model or "default")
+        if latency_ms > sla_ms:
+            self.sla_misses += 1
+
+    def observe_scores(self, model: str, scores: Iterable[Any], pending_t0: Callable[[str], float | None],
+                       now_ms: float) -> None:
+        histogram, arrival = self.scores.labels(model), self.score_arrival.labels(model)
+        for s in scores:
+            if s.score is not None:
+                histogram.observe(s.score)
+            t0 = pending_t0(s.request_id)
+            if t0 is not None:
+                arrival.observe(max(now_ms - t0, 0.0) / 1000)
+
+    def attach(self, worker: RendezvousWorker) -> None:
+        """Read the worker's state at scrape time."""
+        self.registry.register(_StateCollector(worker, self))
+
+
+class _StateCollector:
+    def __init__(self, worker: RendezvousWorker, metrics: ServiceMetrics) -> None:
+        self.worker, self.metrics = worker, metrics
+
+    def collect(self) -> Iterable[Metric]:
+        from rendezvous.service.worker import now_ms
+
+        w, now = self.worker, now_ms()
+        stats, compiled = w.router.stats, w.control.store.compiled
+        named = compiled.models
+
+        results = CounterMetricFamily("rendezvous_results", "Results written, by chosen model and reason",
+                                      labels=["model", "reason"])
+        for (reason, model), n in sorted(stats.decisions.items(), key=str):
+            results.add_metric([model or "default", reason], n)
+        yield results
+        yield CounterMetricFamily("rendezvous_sla_misses", "Results decided after the SLA", value=self.metrics.sla_misses)
+        yield CounterMetricFamily("rendezvous_requests", "Requests read", value=stats.requests)
+        yield CounterMetricFamily("rendezvous_duplicate_requests", "Requests read again (redelivery), not re-answered",
+                                  value=stats.duplicate_requests)
+        dropped = CounterMetricFamily("rendezvous_scores_dropped",
+                                      "Scores not used: late, duplicate, unknown_model, unknown_request, other_version",
+                                      labels=["kind", "model"])
+        merged: Counter = Counter()
+        for (kind, model), n in stats.dropped.items():
+            merged[kind, model if model in named else "other"] += n
+        for (kind, model), n in sorted(merged.items()):
+            dropped.add_metric([kind, model], n)
+        yield dropped
+        dead = CounterMetricFamily("rendezvous_deadletters", "Records sent to the dead-letter topic, by reason",
+                                   labels=["reason"])
+        for kind, n in sorted(w.writer.deadletters.items()):
+            dead.add_metric([kind], n)
+        yield dead
+        yield GaugeMetricFamily("rendezvous_pending_requests", "Requests waiting for their answer",
+                                value=w.router.pending_count)
+        oldest = w.router.oldest_pending_ms()
+        yield GaugeMetricFamily("rendezvous_oldest_pending_age_seconds", "Age of the oldest request not yet answered",
+                                value=max(now - oldest, 0.0) / 1000 if oldest is not None else 0.0)
+        lag = GaugeMetricFamily("rendezvous_consumer_lag_records", "Records on the broker not yet read, by topic",
+                                labels=["topic"])
+        for topic, n in sorted(w.consumer_lag().items()):
+            lag.add_metric([topic], n)
+        yield lag
+        posterior = GaugeMetricFamily("rendezvous_posterior_mean", "Posterior mean reward of each model",
+                                      labels=["model"])
+        for model in sorted(named):
+            posterior.add_metric([model], w.control.store.learner.mean(model, now))
+        yield posterior
+        shares = GaugeMetricFamily("rendezvous_traffic_share",
+                                   f"Share of the last {SHARE_WINDOW} results answered by each model", labels=["model"])
+        counts = Counter(self.metrics.shares)
+        total = sum(counts.values()) or 1
+        for model in sorted(set(named) | {"default"}):
+            shares.add_metric([model], counts.get(model, 0) / total)
+        yield shares
+        yield GaugeMetricFamily("rendezvous_policy_version", "Version of the policy in force", value=compiled.version)
+        yield from _drift_metrics(w.canary)
+
+
+def _drift_metrics(watch: CanaryWatch | None) -> Iterable[Metric]:
+    if watch is None:
+        return
+    r = watch.report()
+    labels = ["champion", "canary"]
+    who = [watch.champion, watch.canary]
+
+    def gauge(name: str, doc: str, value: float | None) -> Metric:
+        family = GaugeMetricFamily(name, doc, labels=labels)
+        family.add_metric(who, float("nan") if value is None else value)
+        return family
+
+    yield gauge("rendezvous_drift_detected", "1 while the champion's scores drift (sequential test), else 0",
+                1.0 if r.drifting else 0.0)
+    yield gauge("rendezvous_drift_direction", "+1 champion scores run high, -1 low, 0 no drift", r.direction)
+    yield gauge("rendezvous_drift_reference_complete", "1 once the reference window is full and drift is judged",
+                1.0 if r.phase == "monitoring" else 0.0)
+    alarms = CounterMetricFamily("rendezvous_drift_alarms", "Times drift was raised", labels=labels)
+    alarms.add_metric(who, r.alarms)
+    yield alarms
+    yield gauge("rendezvous_drift_paired_mean_difference", "Mean of champion - canary over the window",
+                r.paired_mean_diff)
+    yield gauge("rendezvous_drift_threshold", "The sequential tests' alarm threshold", r.threshold)
+    for stat, doc in (("ks", "Kolmogorov-Smirnov distance"), ("psi", "Population stability index"),
+                      ("wasserstein", "Wasserstein distance"), ("cusum", "Sequential test statistic (CUSUM)")):
+        family = GaugeMetricFamily(f"rendezvous_drift_{stat}", f"{doc} of the champion's scores, against the "
+                                   "canary's or its own reference", labels=[*labels, "against"])
+        for against in ("reference", "canary"):
+            value = getattr(r, f"{stat}_{against}")
+            family.add_metric([*who, against], float("nan") if value is None else value)
+        yield family
