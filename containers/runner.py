@@ -41,6 +41,9 @@ class RunnerError(RuntimeError):
     """The runner cannot go on safely (e.g. it could not write scores); restart it."""
 
 
+LAG_EVERY_S = 1.0  # how often the runner measures its backlog (read by /metrics)
+
+
 def group_for(identity: ModelIdentity, topics: Topics) -> str:
     """The consumer group of a model version: its replicas share it, other models do not."""
     return topics.group(f"model.{identity.name}.{identity.version}")
@@ -90,7 +93,8 @@ class ModelRunner:
         self.metrics = RunnerMetrics(self.registry, identity)
         Gauge("rendezvous_model_consumer_lag_records", "Requests on the broker this replica has not read yet",
               ["model", "version"], registry=self.registry).labels(identity.name, identity.version
-                                                                  ).set_function(self.consumer_lag)
+                                                                  ).set_function(lambda: self._lag)
+        self._lag, self._lag_checked = 0.0, 0.0
         self._predict_many = getattr(model, "predict_many", None)
         self._consumer = Consumer(kafka.consumer(group or group_for(identity, topics)))
         self._producer = Producer(kafka.producer())
@@ -120,6 +124,8 @@ class ModelRunner:
                 if messages:
                     self._process(messages)
                 self._producer.poll(0)
+                if time.monotonic() - self._lag_checked >= LAG_EVERY_S:
+                    self._lag, self._lag_checked = self.consumer_lag(), time.monotonic()
                 if self._fatal:
                     raise RunnerError(self._fatal)
         finally:
@@ -138,7 +144,10 @@ class ModelRunner:
         self._consumer.close()
 
     def consumer_lag(self) -> float:
-        """Backlog of the partitions this replica owns (from the watermarks its fetches last saw)."""
+        """Backlog of the partitions this replica owns (from the watermarks its fetches last saw).
+
+        Called from the scoring loop only: another thread calling into the consumer waits
+        for the loop's poll to let go of it, which under load it never does."""
         try:
             positions = self._consumer.position(
                 [TopicPartition(self.topics.requests, p) for p in sorted(self._assigned or ())])

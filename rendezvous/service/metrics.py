@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 SHARE_WINDOW = 1000  # decisions the traffic shares are measured over
+DROP_KINDS = ("late", "duplicate", "unknown_request", "other_version")
+DEADLETTER_KINDS = ("invalid_request", "too_large", "invalid_score", "invalid_outcome")
 
 
 class ServiceMetrics:
@@ -93,7 +95,7 @@ class _StateCollector:
         dropped = CounterMetricFamily("rendezvous_scores_dropped",
                                       "Scores not used: late, duplicate, unknown_model, unknown_request, other_version",
                                       labels=["kind", "model"])
-        merged: Counter = Counter()
+        merged: Counter = Counter({(kind, model): 0 for kind in DROP_KINDS for model in named})  # series exist from 0
         for (kind, model), n in stats.dropped.items():
             merged[kind, model if model in named else "other"] += n
         for (kind, model), n in sorted(merged.items()):
@@ -101,7 +103,9 @@ class _StateCollector:
         yield dropped
         dead = CounterMetricFamily("rendezvous_deadletters", "Records sent to the dead-letter topic, by reason",
                                    labels=["reason"])
-        for kind, n in sorted(w.writer.deadletters.items()):
+        counts = dict.fromkeys(DEADLETTER_KINDS, 0)  # every series exists from 0
+        counts.update(w.writer.deadletters)
+        for kind, n in sorted(counts.items()):
             dead.add_metric([kind], n)
         yield dead
         yield GaugeMetricFamily("rendezvous_pending_requests", "Requests waiting for their answer",

@@ -130,7 +130,9 @@ class RendezvousWorker:
             return web.json(self.status())
 
         async def metrics(web: Any, request: Any) -> Any:
-            return web.bytes(generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp adds the charset itself and refuses one in content_type
+            return web.bytes(generate_latest(self.metrics.registry),
+                             content_type=CONTENT_TYPE_LATEST.split("; charset")[0])
 
         app.page("/ready")(ready)
         app.page("/stats")(stats)
