@@ -27,7 +27,7 @@ def rendezvous(*args: str, timeout: float = 300, env: dict | None = None) -> sub
 
 
 def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path):
-    done = rendezvous("demo", "--requests", "800", "--rate", "200", "--json", "--workdir", str(tmp_path),
+    done = rendezvous("demo", "--requests", "800", "--rate", "100", "--json", "--workdir", str(tmp_path),
                       env={"RENDEZVOUS_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
