@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -261,3 +262,37 @@ def test_deploy_refuses_what_cannot_run_with_a_clear_message(docked: DockerSyste
     done = cli(docked, "deploy", str(spec))
     assert done.returncode != 0 and "resources.memory" in done.stderr
     assert "no replicas of ghost" in cli(docked, "scale", "ghost", "2").stderr
+
+
+def test_up_runs_a_stack_file_with_the_docker_runtime_and_stops_it_cleanly(docked: DockerSystem):
+    spec = scripted_spec(docked.directory, "m1", 0.1)
+    spec.chmod(0o644)
+    policy = write_policy(docked.directory, f"""\
+        name: docked
+        version: 1
+        sla_ms: 200
+        default: {{score: 0.0}}
+        routing: {{strategy: fixed, chain: [{{model: m1}}]}}
+        deploy:
+          runtime: docker
+          models: [{{spec: {spec}, replicas: 2}}]
+          decoy: {{enabled: false}}
+    """)
+    up = subprocess.Popen([sys.executable, "-m", "rendezvous", "up", str(policy), "--broker", docked.kafka.bootstrap,
+                           "--topic-prefix", docked.topics.namespace, "--workdir", str(docked.directory / "up")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert eventually(lambda: running(docked, "m1") == 2 or up.poll() is not None, timeout=120) and up.poll() is None
+        result = eventually(lambda: _answer(docked), timeout=60, every=1)
+        assert result is not None and (result.model, result.score) == ("m1", 0.1)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        _, stderr = up.communicate(timeout=90)
+    assert up.returncode == 0, stderr[-3000:]
+    assert docked.docker.replicas() == []  # its containers went with it
+
+
+def _answer(system: System):  # noqa: ANN202
+    rid = f"up-{time.monotonic_ns()}"
+    system.send([(rid, {})])
+    return system.collector.results[rid][0].result if system.collector.wait_for([rid], 5) else None

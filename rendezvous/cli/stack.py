@@ -15,6 +15,8 @@ from rendezvous.broker import BrokerError
 from rendezvous.cli.options import broker_option, stderr_console, topic_prefix_option
 from rendezvous.documents import DocumentError
 from rendezvous.lifecycle import stop_on_signals
+from rendezvous.runtime.base import RuntimeUnavailable
+from rendezvous.runtime.docker import DeployError, DockerRuntime
 from rendezvous.stack import RunningStack, StackError, StackOptions, running_stack
 from rendezvous.topics import DEFAULT_PARTITIONS
 
@@ -42,7 +44,7 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
             console.log(f"up: broker {stack.kafka.bootstrap}, policy {policy.name} v{policy.version}; "
                         "stop with Ctrl-C or SIGTERM")
             _watch(stack, stop, console)
-    except (BrokerError, DocumentError, StackError, TopicError) as exc:
+    except (BrokerError, DeployError, DocumentError, RuntimeUnavailable, StackError, TopicError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -54,6 +56,11 @@ def _watch(stack: RunningStack, stop: Any, console: Console) -> None:
             if child.state != reported.get(child.spec.name, "running"):
                 console.log(f"{child.spec.name}: {child.state} (restarts {child.restarts}, last exit {child.last_exit_code})")
             reported[child.spec.name] = child.state
+        if isinstance(stack.models, DockerRuntime):
+            for replica in stack.models.replicas():
+                if replica.health != reported.get(replica.name, "running"):
+                    console.log(f"{replica.name}: {replica.health} (restarts {replica.restarts}) {replica.detail}")
+                reported[replica.name] = replica.health
 
 
 def _status_table(stack: RunningStack, name: str) -> Table:
@@ -63,4 +70,7 @@ def _status_table(stack: RunningStack, name: str) -> Table:
     for child in stack.runtime.supervisor.children():
         port = child.spec.http_port
         table.add_row(child.spec.name, str(child.pid), f"http://127.0.0.1:{port}" if port else "-", child.state)
+    if isinstance(stack.models, DockerRuntime):
+        for replica in stack.models.replicas():
+            table.add_row(f"{replica.name} (container)", replica.engine_id, replica.status_url or "-", replica.health)
     return table
