@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy.optimize import brentq
 
 
 def siegmund_arl(k: float, h: float, mean: float = 0.0) -> float:
@@ -38,6 +37,7 @@ def siegmund_arl(k: float, h: float, mean: float = 0.0) -> float:
 
 def threshold_for(k: float, arl0: float) -> float:
     """The ``h`` whose one-sided in-control ARL is ``arl0``."""
+    from scipy.optimize import brentq  # slow to import; CLIs import this module
     high = 1.0
     while siegmund_arl(k, high) < arl0:  # bracket the root; the ARL grows like exp(2kh)
         high *= 2

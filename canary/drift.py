@@ -47,7 +47,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.special import ndtri
-from scipy.stats import ks_2samp, wasserstein_distance
 
 from canary.cusum import Cusum
 
@@ -127,6 +126,10 @@ def psi(expected: np.ndarray, actual: np.ndarray, edges: np.ndarray) -> float:
 
 class DriftMonitor:
     def __init__(self, settings: DriftSettings = DriftSettings()) -> None:
+        # scipy.stats takes ~0.6 s to import: pay it when a monitor is made (a worker starting,
+        # a policy naming a canary), not mid-stream, and not in every CLI that imports this module.
+        import scipy.stats  # noqa: F401
+
         self.settings = s = settings
         self._reference: list[float] = []
         self._pairs: list[float] = []
@@ -191,6 +194,8 @@ class DriftMonitor:
         self._reference, self._pairs = [], []
 
     def _window_statistics(self) -> dict[str, float | None]:
+        from scipy.stats import ks_2samp, wasserstein_distance  # imported by __init__ already
+
         champion = np.asarray(self._champion)
         canary = np.asarray(self._canary) if len(self._canary) >= 10 else None
         out: dict[str, float | None] = {

@@ -27,22 +27,22 @@ def rendezvous(*args: str, timeout: float = 300, env: dict | None = None) -> sub
 
 
 def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path):
-    done = rendezvous("demo", "--requests", "800", "--rate", "100", "--json", "--workdir", str(tmp_path),
+    done = rendezvous("demo", "--requests", "600", "--rate", "60", "--shift-at", "0.6", "--json", "--workdir", str(tmp_path),
                       env={"RENDEZVOUS_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("sent", "answered", "within_sla", "lost", "duplicated", "by_model", "by_reason", "latency_ms"):
         assert key in summary
     assert {"p50", "p99", "max"} <= set(summary["latency_ms"])
-    assert (summary["sent"], summary["answered"], summary["lost"], summary["duplicated"]) == (800, 800, 0, 0)
-    assert sum(summary["by_model"].values()) == 800 and sum(summary["by_reason"].values()) == 800
+    assert (summary["sent"], summary["answered"], summary["lost"], summary["duplicated"]) == (600, 600, 0, 0)
+    assert sum(summary["by_model"].values()) == 600 and sum(summary["by_reason"].values()) == 600
     assert set(summary["by_model"]) <= {"boosted", "forest", "baseline", "(default)"}
-    assert summary["decoy_archived"] == 800
+    assert summary["decoy_archived"] == 600
     assert summary["accuracy"] > 0.85
-    drift = summary["drift"]  # the input shifts at request 400; the canary must see it, and not before
+    drift = summary["drift"]  # the input shifts at request 360; the canary must see it, and not before
     assert (drift["canary"], drift["shift_at_request"], drift["detected"], drift["alarm_before_shift"]) == \
-        ("baseline", 400, True, False)
-    assert 0 < drift["requests_after_shift"] <= 300, drift
+        ("baseline", 360, True, False)
+    assert 0 < drift["requests_after_shift"] <= 240, drift
     assert "answered" in done.stderr  # the progress display went to stderr
 
 

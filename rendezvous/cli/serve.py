@@ -13,8 +13,6 @@ from rendezvous.cli.options import (
 )
 from rendezvous.documents import DocumentError
 from rendezvous.routing.router import RouterLimits
-from rendezvous.service.run import ServiceError, build_worker, run_worker
-from rendezvous.service.worker import ServiceSettings
 from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES
 
 
@@ -42,6 +40,10 @@ def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch
           worker_id: str | None, web_host: str, web_port: int, max_request_bytes: int, orphan_ttl_ms: float,
           log_level: str) -> None:
     """Run one rendezvous worker until SIGTERM. Run several with one --app-id to share the load."""
+    # Faust and the worker load here, not when the CLI starts: other commands stay quick.
+    from rendezvous.service.run import ServiceError, build_worker, run_worker
+    from rendezvous.service.worker import ServiceSettings
+
     try:
         settings = ServiceSettings(
             kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes),
