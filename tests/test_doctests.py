@@ -1,0 +1,25 @@
+"""The runnable examples in the docstrings are part of the suite: documentation that runs."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "canary.cusum", "canary.drift", "canary.watch",
+    "containers.spec", "containers.examples.synthetic", "containers.examples.phishing",
+    "decoy.archive", "policies",
+    "rendezvous.config", "rendezvous.documents", "rendezvous.summary", "rendezvous.topics", "rendezvous.wire",
+    "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan",
+    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
+    "rendezvous.service.metrics",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name: str):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
