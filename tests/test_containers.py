@@ -113,6 +113,16 @@ def answered_once(system: System, ids: list[str]) -> dict:
     return {rid: r[0] for rid, r in results.items()}
 
 
+def m1_in_containers_m2_as_backup(docked: DockerSystem, m1_spec: Path, replicas: int, pin: str = "") -> list[str]:
+    """Deploy m1 as containers and m2 as a local process behind it, one worker; warm up. Returns m1's replicas."""
+    names = docked.deploy(m1_spec, replicas)
+    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
+    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2", pin=pin))
+    docked.wait_ready(backup + workers)
+    docked.warm_up()
+    return names
+
+
 def running(system: DockerSystem, model: str) -> int:
     return sum(r.health == "running" for r in system.docker.replicas(model))
 
@@ -156,11 +166,7 @@ def test_two_models_two_replicas_each_score_every_request_once(docked: DockerSys
 
 
 def test_a_killed_container_is_covered_by_the_fallback_and_comes_back(docked: DockerSystem):
-    names = docked.deploy(scripted_spec(docked.directory, "m1", 0.1), 2)
-    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
-    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2"))
-    docked.wait_ready(backup + workers)
-    docked.warm_up()
+    names = m1_in_containers_m2_as_backup(docked, scripted_spec(docked.directory, "m1", 0.1), 2)
     ids = [f"kill-{i}" for i in range(800)]
     sender = send_in_background(docked, ids, rate=100)
     time.sleep(2)
@@ -203,12 +209,7 @@ def test_limits_are_applied_and_a_model_over_its_memory_is_killed_and_reported(d
 
 
 def test_scaling_up_and_down_under_load_loses_no_request(docked: DockerSystem):
-    spec = scripted_spec(docked.directory, "m1", 0.1)
-    docked.deploy(spec, 1)
-    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
-    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2"))
-    docked.wait_ready(backup + workers)
-    docked.warm_up()
+    m1_in_containers_m2_as_backup(docked, scripted_spec(docked.directory, "m1", 0.1), 1)
     ids = [f"scale-{i}" for i in range(1400)]
     sender = send_in_background(docked, ids, rate=100)
     time.sleep(2)
@@ -229,12 +230,8 @@ def test_a_version_swap_loses_no_request(docked: DockerSystem):
     v1 = scripted_spec(docked.directory, "m1", 0.1)
     v2 = docked.directory / "m1-v2.yaml"
     v2.write_text(v1.read_text().replace('version: "1"', 'version: "2"').replace("score: 0.1", "score: 0.9"))
-    docked.deploy(v1, 1)
-    backup = docked.start_models(scripted_spec(docked.directory, "m2", 0.2))
     pin = "models: {m1: {version: '%s'}, m2: {}}"
-    workers = docked.start_workers(chain_policy(docked.directory, "m1", "m2", pin=pin % "1"))
-    docked.wait_ready(backup + workers)
-    docked.warm_up()
+    m1_in_containers_m2_as_backup(docked, v1, 1, pin=pin % "1")
     ids = [f"swap-{i}" for i in range(1200)]
     sender = send_in_background(docked, ids, rate=100)
     docked.deploy(v2, 1)  # its scores flow in and are ignored: the policy pins v1

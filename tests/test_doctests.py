@@ -13,7 +13,7 @@ MODULES = [
     "decoy.archive", "policies",
     "rendezvous.config", "rendezvous.documents", "rendezvous.summary", "rendezvous.topics", "rendezvous.wire",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan",
-    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
+    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router", "rendezvous.runtime.base",
     "rendezvous.service.metrics",
 ]
 

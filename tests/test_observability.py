@@ -15,7 +15,6 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.parse
 import urllib.request
@@ -242,7 +241,10 @@ def test_the_compose_file_mounts_what_exists_and_runs_every_role():
     scrape = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
     targets = {t.split(":")[0] for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert targets <= set(services), targets - set(services)
-    policy = textwrap.dedent((REPO / "policies" / "example.yaml").read_text())
-    assert "canary:" in policy  # the stack's policy names the canary the dashboards watch
+    from policies import load_policy
+
+    policy = load_policy(REPO / "policies" / "example.yaml")
+    assert policy.canary is not None and policy.canary.model == "baseline"  # the canary the dashboards watch
+    assert "model-baseline" in services
 
 

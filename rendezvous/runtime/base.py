@@ -8,7 +8,6 @@ Engine API). A stack file's ``deploy.runtime`` picks one.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +55,22 @@ class ModelRuntime(Protocol):
         """Wait until the named replicas are ready; returns those that are not."""
 
 
+def replica_changes(running: list[int], wanted: int) -> tuple[list[int], list[int]]:
+    """Which replica indexes to start and which to stop so that ``wanted`` run.
+
+    New replicas fill the lowest free indexes; the highest go first when scaling down.
+
+    >>> replica_changes([0, 2], 4)
+    ([1, 3], [])
+    >>> replica_changes([0, 1, 2], 1)
+    ([], [2, 1])
+    """
+    taken = set(running)
+    free = (i for i in range(wanted + len(taken)) if i not in taken)
+    start = [next(free) for _ in range(max(0, wanted - len(taken)))]
+    return start, sorted(taken, reverse=True)[: max(0, len(taken) - wanted)]
+
+
 class RuntimeUnavailable(RuntimeError):
     """The engine a runtime drives cannot be reached."""
 
@@ -70,12 +85,3 @@ def fetch_ready(status_url: str | None, timeout: float = 0.5) -> bool:
     except (OSError, ValueError):
         return False
 
-
-def fetch_info(status_url: str | None, timeout: float = 0.5) -> dict:
-    if not status_url:
-        return {}
-    try:
-        with urllib.request.urlopen(f"{status_url}/info", timeout=timeout) as reply:
-            return json.loads(reply.read())
-    except (OSError, ValueError):
-        return {}

@@ -27,8 +27,8 @@ from pathlib import Path
 from containers.spec import ModelSpec, load_spec
 from rendezvous.broker import free_port
 from rendezvous.config import KafkaSettings
-from rendezvous.runtime.base import Replica, RuntimeUnavailable, fetch_ready
-from rendezvous.runtime.images import LOCAL_BASE_IMAGE, RUNNER_IMAGE
+from rendezvous.runtime.base import Replica, RuntimeUnavailable, fetch_ready, replica_changes
+from rendezvous.runtime.images import LOCAL_BASE_IMAGE, RUNNER_IMAGE, has_image
 
 LABEL = "io.rendezvous"
 
@@ -77,12 +77,12 @@ class DockerRuntime:
         spec = load_spec(spec_path)
         image = self._image_for(spec)
         wanted = spec.replicas if replicas is None else replicas
-        running = self._containers(spec.name, spec.version)
-        taken = {int(c.labels[f"{LABEL}.replica"]) for c in running}
-        for index in [i for i in range(wanted + len(taken)) if i not in taken][: max(0, wanted - len(running))]:
+        running = {int(c.labels[f"{LABEL}.replica"]): c for c in self._containers(spec.name, spec.version)}
+        start, stop = replica_changes(list(running), wanted)
+        for index in start:
             self._start_replica(spec_path, spec, image, index)
-        for container in sorted(running, key=lambda c: -int(c.labels[f"{LABEL}.replica"]))[: max(0, len(running) - wanted)]:
-            self._remove(container)
+        for index in stop:
+            self._remove(running[index])
         return [c.name for c in self._containers(spec.name, spec.version)]
 
     def scale(self, model: str, replicas: int, version: str | None = None) -> list[str]:
@@ -167,13 +167,11 @@ class DockerRuntime:
                 raise DeployError(f"model {spec.name}: building {context} failed: {exc}") from None
             return tag
         image = spec.image or RUNNER_IMAGE
-        try:
-            self.client.images.get(image)
-        except docker.errors.ImageNotFound:
+        if not has_image(self.client, image):
             hint = ("build it with `rendezvous image build` (on a machine that cannot pull images, first "
                     f"`rendezvous image base`, then `rendezvous image build --base {LOCAL_BASE_IMAGE}`)"
                     if image == RUNNER_IMAGE else f"pull or build it (docker pull {image})")
-            raise DeployError(f"model {spec.name}: image {image} is not on this machine; {hint}") from None
+            raise DeployError(f"model {spec.name}: image {image} is not on this machine; {hint}")
         return image
 
     def _start_replica(self, spec_path: Path, spec: ModelSpec, image: str, index: int) -> None:

@@ -155,14 +155,10 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
 
 
 def _require_image(client, name: str) -> None:
-    import docker.errors
-
-    try:
-        client.images.get(name)
-    except docker.errors.ImageNotFound:
+    if not has_image(client, name):
         raise ImageError(
             f"base image {name} is not on this machine. Pull it (docker pull {name}) or, without a registry, "
-            f"build one: rendezvous image base (then --base {LOCAL_BASE_IMAGE})") from None
+            f"build one: rendezvous image base (then --base {LOCAL_BASE_IMAGE})")
 
 
 def has_image(client, name: str) -> bool:

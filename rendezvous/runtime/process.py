@@ -15,7 +15,7 @@ from pathlib import Path
 from containers.spec import load_spec
 from rendezvous.config import KafkaSettings
 from rendezvous.broker import free_port
-from rendezvous.runtime.base import Replica
+from rendezvous.runtime.base import Replica, replica_changes
 from rendezvous.runtime.supervisor import ChildSpec, Supervisor
 
 
@@ -47,16 +47,16 @@ class ProcessRuntime:
         spec_path = Path(spec_path).resolve()
         spec = load_spec(spec_path)  # fail here, with the file named, rather than in a child's log
         wanted = spec.replicas if replicas is None else replicas
-        running = self._model_children(spec.name, spec.version)
-        taken = {int(c.spec.labels["replica"]) for c in running}
-        for i in [i for i in range(wanted + len(taken)) if i not in taken][: max(0, wanted - len(running))]:
+        running = {int(c.spec.labels["replica"]): c for c in self._model_children(spec.name, spec.version)}
+        start, stop = replica_changes(list(running), wanted)
+        for i in start:
             port = free_port()
             argv = [sys.executable, "-m", "containers", "--spec", str(spec_path), *self._common(),
                     "--http-port", str(port), *(extra_args or [])]
             self._add(f"model/{spec.name}/{spec.version}/{i}", argv, port, role="model", model=spec.name,
                       version=spec.version, replica=str(i), spec=str(spec_path))
-        for child in sorted(running, key=lambda c: -int(c.spec.labels["replica"]))[: max(0, len(running) - wanted)]:
-            self.supervisor.remove(child.spec.name)
+        for i in stop:
+            self.supervisor.remove(running[i].spec.name)
         return [c.spec.name for c in self._model_children(spec.name, spec.version)]
 
     start_model = deploy

@@ -16,11 +16,12 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from rendezvous.runtime.base import fetch_ready
 
 log = logging.getLogger("rendezvous.supervisor")
 
@@ -101,11 +102,7 @@ class Supervisor:
         child = self._children.get(name)
         if child is None or child.state != "running" or child.spec.http_port is None:
             return False
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{child.spec.http_port}/ready", timeout=timeout) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return fetch_ready(f"http://127.0.0.1:{child.spec.http_port}", timeout)
 
     def wait_ready(self, names: list[str], timeout: float) -> list[str]:
         """Wait until every named child is ready; returns the ones that are not."""

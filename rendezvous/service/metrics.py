@@ -119,19 +119,17 @@ class ServiceMetrics:
             if t0 is not None:
                 arrival.observe(max(now_ms - t0, 0.0) / 1000)
 
-    def attach(self, worker: RendezvousWorker) -> None:
-        """Read the worker's state at scrape time."""
-        self.registry.register(_StateCollector(worker, self))
+    def attach(self, worker: RendezvousWorker, clock: Callable[[], float]) -> None:
+        """Read the worker's state at scrape time; ``clock`` gives the time in epoch ms."""
+        self.registry.register(_StateCollector(worker, self, clock))
 
 
 class _StateCollector:
-    def __init__(self, worker: RendezvousWorker, metrics: ServiceMetrics) -> None:
-        self.worker, self.metrics = worker, metrics
+    def __init__(self, worker: RendezvousWorker, metrics: ServiceMetrics, clock: Callable[[], float]) -> None:
+        self.worker, self.metrics, self.clock = worker, metrics, clock
 
     def collect(self) -> Iterable[Metric]:
-        from rendezvous.service.worker import now_ms
-
-        w, now = self.worker, now_ms()
+        w, now = self.worker, self.clock()
         stats, compiled = w.router.stats, w.control.store.compiled
         named = compiled.models
 

@@ -76,9 +76,10 @@ class RendezvousWorker:
                               k.fetch_wait_ms, k.fetch_min_bytes)
         self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
         self.metrics = ServiceMetrics()
-        self.metrics.attach(self)
+        self.metrics.attach(self, now_ms)
         self.canary: CanaryWatch | None = None
         self._canary_key: tuple | None = None
+        self._canary_policy: Any = None
         self._watch_canary()
         self.ready = False
         self.owned: set[int] = set()
@@ -141,8 +142,11 @@ class RendezvousWorker:
     def _watch_canary(self) -> None:
         """Follow the policy in force: a new champion, canary or canary setting starts a new watch."""
         compiled = self.control.store.compiled
+        if compiled is self._canary_policy:  # called every tick: the common case is one identity check
+            return
+        self._canary_policy = compiled
         spec = compiled.doc.canary
-        key = (compiled.champion, spec.model_dump_json()) if spec else None
+        key = (compiled.champion, spec) if spec else None  # the spec is a frozen model: compared by value
         if key == self._canary_key:
             return
         self._canary_key = key
