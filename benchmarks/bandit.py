@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from policies import load_policy_text
+from rendezvous.kernel.wire import Score
 from rendezvous.routing.outcomes import ScoreIndex
 from rendezvous.routing.policy import compile_policy
 from rendezvous.routing.router import Router
-from rendezvous.wire import Score
 
 MODELS = {  # accuracy before, accuracy after the change, mean latency ms
     "m1": (0.80, 0.80, 4.0),

@@ -16,12 +16,13 @@ import time
 
 import faust
 
+from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.service.app import create_app
 
 
 def main() -> None:
     bootstrap, topic_name, n, web_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    app = create_app(f"bare-{os.getpid()}", bootstrap, "127.0.0.1", web_port, 5)
+    app = create_app(f"bare-{os.getpid()}", KafkaSettings(bootstrap), "127.0.0.1", web_port)
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
     state = {"count": 0, "first": 0.0}
 

@@ -29,24 +29,22 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import urllib.request
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from rendezvous.admin import create_topic, ensure_topics
 from rendezvous.broker import EmbeddedBroker, free_port
 from rendezvous.client import RequestSender, ResultCollector
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
+from rendezvous.kernel.admin import create_topic, ensure_topics
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import Score, ScoreBatch, encode
 from rendezvous.runtime.process import ProcessRuntime
 from rendezvous.summary import percentiles
-from rendezvous.topics import Topics
-from rendezvous.wire import Score, ScoreBatch, encode
 
 PARTITIONS = 4
 SLA_MS = 100

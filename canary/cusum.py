@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 
-
 def siegmund_arl(k: float, h: float, mean: float = 0.0) -> float:
     """Average run length of a one-sided CUSUM with reference ``k``, threshold ``h``, for N(mean, 1) values."""
     delta, b = mean - k, h + 1.166

@@ -51,7 +51,6 @@ from scipy.special import ndtri
 from canary.cusum import Cusum
 
 
-
 class NormalScores:
     """Maps a value to a standard normal one through a reference sample's ranks.
 
@@ -194,7 +193,10 @@ class DriftMonitor:
         self._reference, self._pairs = [], []
 
     def _window_statistics(self) -> dict[str, float | None]:
-        from scipy.stats import ks_2samp, wasserstein_distance  # imported by __init__ already
+        from scipy.stats import (  # imported by __init__ already
+            ks_2samp,
+            wasserstein_distance,
+        )
 
         champion = np.asarray(self._champion)
         canary = np.asarray(self._canary) if len(self._canary) >= 10 else None

@@ -12,16 +12,22 @@ import sys
 import click
 
 from containers.runner import ModelRunner, RunnerError
-from containers.spec import ModelLoadError, load_model, load_spec
-from rendezvous.cli.options import (
-    broker_option, client_options, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+from containers.spec import load_model, load_spec
+from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.lifecycle import configure_logging, stop_on_signals
+from rendezvous.kernel.options import (
+    RendezvousCommand,
+    broker_option,
+    client_options,
+    kafka_settings,
+    log_level_option,
+    topic_prefix_option,
+    topics_for,
 )
-from rendezvous.documents import DocumentError
-from rendezvous.lifecycle import configure_logging, stop_on_signals
 from rendezvous.status import StatusServer
 
 
-@click.command()
+@click.command(cls=RendezvousCommand)
 @click.option("--spec", "spec_path", envvar="RENDEZVOUS_SPEC", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The model spec (YAML).")
 @broker_option(required=True)
@@ -44,13 +50,11 @@ def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, pro
     """Run one replica of the model SPEC against the broker."""
     configure_logging(log_level)
     stop = stop_on_signals()
-    try:
-        spec = load_spec(spec_path)
-        model, identity = load_model(spec, instance)
-    except (DocumentError, ModelLoadError) as exc:
-        raise click.ClickException(str(exc)) from None
-    runner = ModelRunner(model, identity, kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes), topics_for(topic_prefix),
-                         max_batch=max_batch, linger_ms=linger_ms)
+    spec = load_spec(spec_path)
+    model, identity = load_model(spec, instance)
+    kafka = kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes)
+    check_connection(kafka)
+    runner = ModelRunner(model, identity, kafka, topics_for(topic_prefix), max_batch=max_batch, linger_ms=linger_ms)
     status = None
     if http_port >= 0:
         status = StatusServer(runner.registry, lambda: runner.ready, runner.info, http_host, http_port).start()

@@ -20,14 +20,31 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from containers.spec import Model, ModelIdentity
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
-from rendezvous.topics import Topics
-from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES, Request, Score, ScoreBatch, WireError, decode_request, encode
+from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.errors import OperationsError
+from rendezvous.kernel.kafka import poll_batch, produce
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    Request,
+    Score,
+    ScoreBatch,
+    WireError,
+    decode_request,
+    encode,
+)
 
 log = logging.getLogger("rendezvous.runner")
 
@@ -37,7 +54,7 @@ _Item = tuple[int, int, Request | None, float]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class RunnerError(RuntimeError):
+class RunnerError(OperationsError):
     """The runner cannot go on safely (e.g. it could not write scores); restart it."""
 
 
@@ -65,10 +82,6 @@ class RunnerMetrics:
         self.request_to_score_seconds = Histogram(
             "rendezvous_model_request_to_score_seconds", "From the request's timestamp to its score being ready",
             list(labels), buckets=LATENCY_BUCKETS, registry=registry).labels(**labels)
-
-
-def _now_ms() -> float:
-    return time.time() * 1000.0
 
 
 class ModelRunner:
@@ -177,7 +190,7 @@ class ModelRunner:
     # ------------------------------------------------------------------ the work
 
     def _process(self, messages: list[Message]) -> None:
-        seen = _now_ms()
+        seen = now_ms()
         items: list[_Item] = []
         for message in messages:
             if message.error():
@@ -205,32 +218,32 @@ class ModelRunner:
                     self._score_one(item, seen)
                 # An offset is covered once its request is scored (or found unreadable).
                 self._covered[item[0]] = item[1]
-                if self._first_pending_ms is not None and _now_ms() - self._first_pending_ms >= self.linger_ms:
+                if self._first_pending_ms is not None and now_ms() - self._first_pending_ms >= self.linger_ms:
                     self._flush()  # a slow model's early scores must not wait for the whole batch
         self._flush()
 
     def _score_together(self, batch: list[_Item], seen: float) -> None:
-        started = _now_ms()
+        started = now_ms()
         try:
             values = self._predict_many([request.features for _, _, request, _ in batch])
         except Exception:  # noqa: BLE001 - isolate the request(s) that broke the batch
             for item in batch:
                 self._score_one(item, seen)
             return
-        finished = _now_ms()
+        finished = now_ms()
         self.metrics.scoring_seconds.observe((finished - started) / 1000.0)
         for (partition, _, request, record_ms), value in zip(batch, values, strict=True):
             self._add(partition, Score(request.request_id, seen, started, finished, score=float(value)), record_ms)
 
     def _score_one(self, item: _Item, seen: float) -> None:
         partition, _, request, record_ms = item
-        started = _now_ms()
+        started = now_ms()
         value, error = None, None
         try:
             value = float(self.model.predict_one(request.features))
         except Exception as exc:  # noqa: BLE001 - a model's failure is reported as a score, never a crash
             error = f"{type(exc).__name__}: {exc}"[:500]
-        finished = _now_ms()
+        finished = now_ms()
         self.metrics.scoring_seconds.observe((finished - started) / 1000.0)
         self._add(partition, Score(request.request_id, seen, started, finished, value, error), record_ms)
 
@@ -262,12 +275,7 @@ class ModelRunner:
             else:
                 self._store(partition, offset)
 
-        while True:
-            try:
-                self._producer.produce(self.topics.scores, value, key, partition=partition, on_delivery=delivered)
-                return
-            except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
+        produce(self._producer, self.topics.scores, value, key, partition, delivered)
 
     def _store(self, partition: int, offset: int) -> None:
         try:

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rendezvous.documents import DocumentError, Problem, load_document
+from rendezvous.kernel.errors import ConfigError
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -128,7 +129,7 @@ class ModelIdentity:
     artifact_sha256: str | None
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ConfigError):
     """A spec's model could not be built."""
 
 

@@ -8,14 +8,21 @@ import click
 
 from decoy.archive import DEFAULT_SEGMENT_BYTES, ArchiveWriter
 from decoy.service import Decoy
-from rendezvous.cli.options import (
-    broker_option, client_options, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.lifecycle import configure_logging, stop_on_signals
+from rendezvous.kernel.options import (
+    RendezvousCommand,
+    broker_option,
+    client_options,
+    kafka_settings,
+    log_level_option,
+    topic_prefix_option,
+    topics_for,
 )
-from rendezvous.lifecycle import configure_logging, stop_on_signals
 from rendezvous.status import StatusServer
 
 
-@click.command()
+@click.command(cls=RendezvousCommand)
 @click.option("--archive", envvar="RENDEZVOUS_ARCHIVE", required=True, type=click.Path(file_okay=False),
               help="Directory of the archive (created if missing).")
 @broker_option(required=True)
@@ -34,7 +41,9 @@ def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, produ
     """Archive every request, as the models saw it, until SIGTERM."""
     configure_logging(log_level)
     stop = stop_on_signals()
-    decoy = Decoy(kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes), topics_for(topic_prefix),
+    kafka = kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes)
+    check_connection(kafka)
+    decoy = Decoy(kafka, topics_for(topic_prefix),
                   ArchiveWriter(archive, segment_bytes=segment_mb * 2**20), group=group)
     status = None
     if http_port >= 0:

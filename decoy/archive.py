@@ -38,6 +38,8 @@ from pathlib import Path
 
 import msgspec
 
+from rendezvous.kernel.errors import RendezvousError
+
 HEADER = struct.Struct(">IIQ")  # body length, crc32(body), sequence number
 ENTRY = struct.Struct(">QQqiq")  # sequence, position in .log, timestamp ms, partition, offset
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -53,7 +55,7 @@ class ArchivedRecord(msgspec.Struct, array_like=True, frozen=True):
     headers: list[tuple[str, bytes | None]] | None
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(RendezvousError):
     """The archive is damaged or cannot be used as asked."""
 
 

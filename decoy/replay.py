@@ -13,7 +13,9 @@ from collections.abc import Callable
 from confluent_kafka import Producer
 
 from decoy.archive import ArchiveReader
-from rendezvous.config import KafkaSettings
+from rendezvous.kernel.errors import BrokerUnavailable
+from rendezvous.kernel.kafka import produce
+from rendezvous.kernel.settings import KafkaSettings
 
 
 def replay(
@@ -40,21 +42,14 @@ def replay(
             continue
         if interval and (delay := start + sent * interval - time.perf_counter()) > 0:
             time.sleep(delay)
-        kwargs = {"timestamp": record.timestamp} if keep_timestamps else {}
-        if keep_partitions:
-            kwargs["partition"] = record.partition
-        while True:
-            try:
-                producer.produce(topic, record.value, record.key, headers=record.headers or None, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, record.value, record.key, record.partition if keep_partitions else -1,
+                headers=record.headers or None, timestamp=record.timestamp if keep_timestamps else 0)
         producer.poll(0)
         sent += 1
         if on_progress is not None and sent % 1000 == 0:
             on_progress(sent)
     if producer.flush(60):
-        raise RuntimeError("some replayed records were not delivered within 60 s")
+        raise BrokerUnavailable("some replayed records were not delivered within 60 s")
     if on_progress is not None:
         on_progress(sent)
     return sent

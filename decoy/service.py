@@ -17,9 +17,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
 from decoy.archive import ArchivedRecord, ArchiveWriter
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
-from rendezvous.topics import Topics
+from rendezvous.kernel.kafka import poll_batch
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
 
 log = logging.getLogger("rendezvous.decoy")
 

@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rendezvous.config import state_dir
+from rendezvous.kernel.errors import BrokerUnavailable
+from rendezvous.kernel.settings import state_dir
 from rendezvous.runtime.supervisor import die_with_parent
 
 LOOPBACK = "127.0.0.1"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(BrokerUnavailable):
     """The embedded broker could not be found, started, or reached."""
 
 
@@ -72,6 +73,9 @@ class EmbeddedBroker:
     host: str = LOOPBACK
     storage: str = "memory://tansu/"
     log_path: Path | None = None
+    #: The port clients are told to connect to, when a TLS terminator (stunnel) listens in front
+    #: of Tansu, which cannot speak TLS itself. None: ``port``.
+    advertised_port: int | None = None
     _process: subprocess.Popen | None = None
 
     @property
@@ -88,11 +92,12 @@ class EmbeddedBroker:
         elif port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} on {self.host} is already in use")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(
                 [str(tansu_binary()), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", self.storage],
+                 "--advertised-listener-url", advertised, "--storage-engine", self.storage],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C in the terminal is ours to forward, not Tansu's
                 preexec_fn=die_with_parent,  # and if we are killed, Tansu goes too

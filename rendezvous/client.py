@@ -18,14 +18,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
-from rendezvous.topics import Topics
-from rendezvous.wire import Outcome, Result, WireError, decode_result, encode
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
+from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.kafka import poll_batch, produce
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
 
 
 @dataclass
@@ -131,13 +128,8 @@ class RequestSender:
     def send_outcome(self, request_id: str, outcome: float | bool, partition: int) -> None:
         """The truth about a request, to its partition of the outcomes topic."""
         record = Outcome(request_id, outcome, now_ms())
-        while True:
-            try:
-                self._producer.produce(self.topics.outcomes, encode(record), request_id.encode(), partition=partition)
-                self._producer.poll(0)
-                return
-            except BufferError:
-                self._producer.poll(0.01)
+        produce(self._producer, self.topics.outcomes, encode(record), request_id.encode(), partition)
+        self._producer.poll(0)
 
     def flush(self) -> None:
         self._producer.flush(30)
@@ -147,10 +139,5 @@ class RequestSender:
         self._producer.flush(30)
 
     def _produce(self, key: bytes | None, value: bytes | None) -> None:
-        while True:
-            try:
-                self._producer.produce(self.topics.requests, value, key)
-                self._producer.poll(0)
-                return
-            except BufferError:
-                self._producer.poll(0.01)
+        produce(self._producer, self.topics.requests, value, key)
+        self._producer.poll(0)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import urllib.request
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ from decoy.archive import ArchiveReader
 from policies import EXAMPLE, load_policy
 from policies.schema import Policy
 from rendezvous.client import RequestSender, ResultCollector
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
+from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.kafka import poll_batch
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
+from rendezvous.kernel.wire import decode_score_batch
 from rendezvous.stack import Progress, StackError, StackOptions, running_stack
 from rendezvous.summary import summarize
-from rendezvous.topics import DEFAULT_PARTITIONS, Topics
-from rendezvous.wire import decode_score_batch
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DemoOptions:
     #: After this share of the requests, the input shifts: only phishing pages are sent (a
     #: campaign starts), so the models' score distributions move. 0 or 1: no shift.
     shift_at: float = 0.5
+    client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, with --broker
 
 
 def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collector: ResultCollector,
@@ -89,7 +91,7 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
         stack_options = StackOptions(
             options.policy_path, options.broker, options.topic_prefix, options.partitions,
             log_dir=workdir / "logs", archive_dir=workdir / "archive",
-            startup_timeout_s=options.startup_timeout_s, find_running_broker=False,
+            startup_timeout_s=options.startup_timeout_s, find_running_broker=False, client=options.client,
         )
         with running_stack(stack_options, policy, progress) as stack:
             kafka, topics = stack.kafka, stack.topics

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
+from rendezvous.kernel.errors import ConfigError
+
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
@@ -44,7 +46,7 @@ class FieldError(ValueError):
         self.loc, self.message = loc, message
 
 
-class DocumentError(ValueError):
+class DocumentError(ConfigError):
     """A document that cannot be used, with every problem found in it."""
 
     def __init__(self, source: str, problems: list[Problem]) -> None:

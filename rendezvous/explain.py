@@ -13,12 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
-from rendezvous.topics import Topics
-from rendezvous.wire import DLQ_REASON, Result, WireError, decode_outcome, decode_request, decode_result, decode_score_batch
+from rendezvous.kernel.kafka import read_range, since_offsets
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import (
+    DLQ_REASON,
+    Result,
+    WireError,
+    decode_outcome,
+    decode_request,
+    decode_result,
+    decode_score_batch,
+)
 
 
 @dataclass
@@ -39,27 +47,7 @@ class Story:
 def _scan(kafka: KafkaSettings, topic: str, since_ms: float, timeout: float = 30.0):  # noqa: ANN202
     consumer = Consumer(kafka.consumer(f"explain-{time.time_ns()}", **{"enable.auto.commit": False}))
     try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        starts, ends = [], {}
-        for p in partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            found = consumer.offsets_for_times([TopicPartition(topic, p, int(since_ms))], timeout=timeout)[0].offset
-            start = found if found >= 0 else high
-            if start < high:
-                starts.append(TopicPartition(topic, p, start))
-                ends[p] = high
-        if not starts:
-            return
-        consumer.assign(starts)
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            for m in poll_batch(consumer, 10_000, 0.2):
-                if m.error():
-                    continue
-                if m.offset() >= ends[m.partition()] - 1:
-                    done.add(m.partition())
-                yield m
+        yield from read_range(consumer, topic, since_offsets(consumer, topic, since_ms, timeout), timeout)
     finally:
         consumer.close()
 
@@ -115,9 +103,16 @@ def render(story: Story) -> list[str]:
         lines.append(f"  dead-lettered: {story.deadletter['reason']}")
     else:
         lines.append("  not found in the requests topic (outside the time range, or never sent)")
-    answered_at = story.results[0].decided_ms if story.results else None
+    # "In time" is the worker's own judgement: a score is in time if it had arrived at the
+    # worker when it decided (it is then among the result's candidates), whatever the runner's clock says.
+    decided = story.results[0] if story.results else None
     for s in sorted(story.scores, key=lambda s: s["written_ms"]):
-        when = "late, after the answer" if answered_at is not None and s["written_ms"] > answered_at else "in time"
+        if decided is None:
+            when = "no answer yet"
+        elif s["model"] in decided.candidates:
+            when = f"arrived at +{decided.candidates[s['model']].arrived_ms:.1f} ms, in time"
+        else:
+            when = "late: had not arrived when the answer was decided"
         what = f"score {s['score']:.4f}" if s["score"] is not None else f"error {s['error']}"
         lines.append(f"  {rel(s['finished_ms'])}  {s['model']} {s['version']} on {s['instance']}: {what} "
                      f"(scored in {s['finished_ms'] - s['started_ms']:.2f} ms; {when})")

@@ -15,18 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from policies.schema import Policy
-from rendezvous.admin import ensure_topics
 from rendezvous.broker import EmbeddedBroker, find_running
-from rendezvous.config import KafkaSettings
+from rendezvous.kernel.admin import ensure_topics
+from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.errors import OperationsError
+from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
 from rendezvous.runtime.base import ModelRuntime
 from rendezvous.runtime.docker import DockerRuntime
 from rendezvous.runtime.process import ProcessRuntime
-from rendezvous.topics import DEFAULT_PARTITIONS, Topics
 
 Progress = Callable[[str, dict[str, Any]], None]
 
 
-class StackError(RuntimeError):
+class StackError(OperationsError):
     """The declared system could not be brought up."""
 
 
@@ -40,6 +43,7 @@ class StackOptions:
     archive_dir: Path | None = None  # None: the policy's deploy.decoy.archive
     find_running_broker: bool = True  # without --broker, use a `rendezvous broker` running here
     startup_timeout_s: float = 90.0
+    client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, handed on to every child
 
 
 @dataclass
@@ -65,7 +69,8 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
         bootstrap = broker.start()
     runtime, models = None, None
     try:
-        kafka, topics = KafkaSettings(bootstrap), Topics.with_prefix(options.topic_prefix)
+        kafka, topics = KafkaSettings(bootstrap, client=options.client), Topics.with_prefix(options.topic_prefix)
+        check_connection(kafka)
         ensure_topics(kafka, topics, options.partitions)
         runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix)
         if deploy.runtime == "docker":

@@ -6,7 +6,7 @@
   (the result's ``latency_ms``), which is the rendezvous's promise.
 - ``latency_ms``: end to end, from the client's send to its receipt of the result.
 
->>> from rendezvous.wire import Result
+>>> from rendezvous.kernel.wire import Result
 >>> r = Result("a", "m1", "1", 0.9, "preferred", "", 12.0, 1.0, "p", 1, {}, 0.0, 12.0, "w")
 >>> s = summarize({"a": 0.0, "b": 0.0}, {"a": [(r, 15.0)]}, sla_ms=100)
 >>> s["answered"], s["lost"], s["within_sla"], s["by_model"], s["latency_ms"]["p50"]
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rendezvous.wire import Result
+from rendezvous.kernel.wire import Result
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rendezvous.admin import TopicError, create_topic, ensure_topics
-from rendezvous.topics import Topics
+from rendezvous.kernel.admin import TopicError, create_topic, ensure_topics
+from rendezvous.kernel.topics import Topics
 from tests.conftest import REPO, fresh_topics
 
 pytestmark = pytest.mark.slow

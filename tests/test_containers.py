@@ -23,10 +23,10 @@ import msgspec
 import pytest
 
 from containers.spec import load_spec
+from rendezvous.kernel.wire import ScoreBatch
 from rendezvous.runtime.base import RuntimeUnavailable
 from rendezvous.runtime.docker import DockerRuntime, connect
 from rendezvous.runtime.images import ImageError, ensure_runner_image
-from rendezvous.wire import ScoreBatch
 from tests.conftest import REPO, System, cli, eventually, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow

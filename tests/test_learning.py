@@ -8,7 +8,14 @@ from collections import Counter
 import pytest
 
 from policies import load_policy_text
-from rendezvous.routing.bandit import BetaBernoulli, Decay, Learner, NormalGamma, Observation, Window
+from rendezvous.routing.bandit import (
+    BetaBernoulli,
+    Decay,
+    Learner,
+    NormalGamma,
+    Observation,
+    Window,
+)
 from rendezvous.routing.outcomes import RewardRule, ScoreIndex
 from rendezvous.routing.policy import compile_policy
 from rendezvous.routing.ramp import RampLimits, RampMonitor, RampSchedule

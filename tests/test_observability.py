@@ -95,7 +95,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dict[str, int]]]:
-    from rendezvous.config import KafkaSettings
+    from rendezvous.kernel.settings import KafkaSettings
 
     directory = tmp_path_factory.mktemp("observed")
     system = System(KafkaSettings(broker.bootstrap), directory)

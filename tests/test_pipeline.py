@@ -12,8 +12,16 @@ import time
 
 import pytest
 
-from rendezvous.config import KafkaSettings
-from rendezvous.wire import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, Score, ScoreBatch, encode
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.wire import (
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+    Score,
+    ScoreBatch,
+    encode,
+)
 from tests.conftest import CHAIN_POLICY, System, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rendezvous.kernel.wire import Score
 from rendezvous.routing.policy import FixedChain
 from rendezvous.routing.router import Router, RouterLimits
-from rendezvous.wire import Score
 
 POLICY = FixedChain("p", 7, [("m3", 40), ("m2", 30), ("m1", None)], sla_ms=100, default_score=0.5)
 

@@ -2,8 +2,13 @@
 
 import pytest
 
-from rendezvous.wire import (
-    ScoreBatch, WireError, decode_request, decode_request_head, decode_score_batch, encode,
+from rendezvous.kernel.wire import (
+    ScoreBatch,
+    WireError,
+    decode_request,
+    decode_request_head,
+    decode_score_batch,
+    encode,
 )
 
 

@@ -18,7 +18,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from containers.examples.phishing import FEATURES, RiverClassifier, SklearnClassifier, dataset
+from containers.examples.phishing import (
+    FEATURES,
+    RiverClassifier,
+    SklearnClassifier,
+    dataset,
+)
 
 TRAIN_ROWS = 1000  # rows 0..999 train, 1000..1249 are held out for the card's metrics
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -12,9 +12,10 @@ from rendezvous.cli.models import deploy, image, logs, models, scale, stop
 from rendezvous.cli.policy import policy
 from rendezvous.cli.serve import serve
 from rendezvous.cli.stack import up
+from rendezvous.kernel.options import RendezvousGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=RendezvousGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rendezvous")
 def main() -> None:
     """rendezvous: route streaming model scores by policy, within an SLA.

@@ -8,10 +8,16 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from decoy.archive import ArchiveError, ArchiveReader
+from decoy.archive import ArchiveReader
 from decoy.replay import replay as replay_records
-from rendezvous.broker import BrokerError, resolve_broker
-from rendezvous.cli.options import stderr_console, broker_option, kafka_settings, topic_prefix_option, topics_for
+from rendezvous.broker import resolve_broker
+from rendezvous.kernel.options import (
+    broker_option,
+    kafka_settings,
+    stderr_console,
+    topic_prefix_option,
+    topics_for,
+)
 
 
 def _time_ms(value: str | None) -> int | None:
@@ -40,22 +46,16 @@ def _time_ms(value: str | None) -> int | None:
 def replay(archive_dir: Path, broker: str | None, topic_prefix: str, topic: str | None, from_seq: int,
            to_seq: int | None, since: str | None, until: str | None, rate: float, keep_timestamps: bool) -> None:
     """Send a range of the decoy's archive back onto a topic, byte for byte."""
-    try:
-        kafka = kafka_settings(resolve_broker(broker))
-        reader = ArchiveReader(archive_dir)
-    except (BrokerError, ArchiveError) as exc:
-        raise click.ClickException(str(exc)) from None
+    kafka = kafka_settings(resolve_broker(broker))
+    reader = ArchiveReader(archive_dir)
     target = topic or topics_for(topic_prefix).requests
     total = len(reader) if since is None and until is None else None
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=stderr_console()) as bars:
         task = bars.add_task("replay", total=total)
-        try:
-            sent = replay_records(reader, kafka, target, from_seq=from_seq, to_seq=to_seq,
-                                  since_ms=_time_ms(since), until_ms=_time_ms(until), rate=rate,
-                                  keep_timestamps=keep_timestamps,
-                                  on_progress=lambda n: bars.update(task, completed=n))
-        except ArchiveError as exc:
-            raise click.ClickException(str(exc)) from None
+        sent = replay_records(reader, kafka, target, from_seq=from_seq, to_seq=to_seq,
+                              since_ms=_time_ms(since), until_ms=_time_ms(until), rate=rate,
+                              keep_timestamps=keep_timestamps,
+                              on_progress=lambda n: bars.update(task, completed=n))
     click.echo(f"replayed {sent} records from {archive_dir} to {target}")
 
 

@@ -7,16 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from policies import EXAMPLE
-from rendezvous.admin import TopicError
-from rendezvous.broker import BrokerError
-from rendezvous.cli.options import broker_option, stderr_console, topic_prefix_option
 from rendezvous.demo import DemoOptions, run_demo
-from rendezvous.stack import StackError
-from rendezvous.documents import DocumentError
+from rendezvous.kernel.options import (
+    broker_option,
+    client_config,
+    stderr_console,
+    topic_prefix_option,
+)
 
 
 @click.command()
@@ -57,11 +64,10 @@ def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, to
             bars.update(tasks["answered"], completed=min(data["answered"], data["sent"]))
 
     options = DemoOptions(requests=n_requests, rate=rate, policy_path=policy_path, broker=broker,
-                          topic_prefix=topic_prefix, workdir=workdir, shift_at=shift_at)
+                          topic_prefix=topic_prefix, workdir=workdir, shift_at=shift_at,
+                          client=client_config())
     try:
         summary = run_demo(options, progress)
-    except (BrokerError, StackError, DocumentError, TopicError) as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bars.stop()
     console.print(_table(summary))

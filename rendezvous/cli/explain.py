@@ -7,11 +7,16 @@ import time
 
 import click
 
-from rendezvous.broker import BrokerError, resolve_broker
+from rendezvous.broker import resolve_broker
 from rendezvous.cli.archive import _time_ms
-from rendezvous.cli.options import broker_option, kafka_settings, topic_prefix_option, topics_for
 from rendezvous.explain import explain as explain_request
 from rendezvous.explain import render
+from rendezvous.kernel.options import (
+    broker_option,
+    kafka_settings,
+    topic_prefix_option,
+    topics_for,
+)
 
 
 @click.command()
@@ -22,10 +27,7 @@ from rendezvous.explain import render
 @click.option("--json", "as_json", is_flag=True, help="The story as JSON.")
 def explain(request_id: str, broker: str | None, topic_prefix: str, since: str | None, as_json: bool) -> None:
     """Tell the whole story of REQUEST_ID: request, scores and timings, decision and why, outcome."""
-    try:
-        kafka = kafka_settings(resolve_broker(broker))
-    except BrokerError as exc:
-        raise click.ClickException(str(exc)) from None
+    kafka = kafka_settings(resolve_broker(broker))
     since_ms = _time_ms(since) if since else time.time() * 1000 - 3_600_000
     story = explain_request(kafka, topics_for(topic_prefix), request_id, since_ms)
     if as_json:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import click
 
-from rendezvous.admin import TopicError, ensure_topics
-from rendezvous.broker import BrokerError, EmbeddedBroker, forget_running, record_running, resolve_broker
-from rendezvous.cli.options import broker_option, kafka_settings, topic_prefix_option, topics_for
-from rendezvous.lifecycle import stop_on_signals
-from rendezvous.topics import DEFAULT_PARTITIONS
+from rendezvous.broker import (
+    EmbeddedBroker,
+    forget_running,
+    record_running,
+    resolve_broker,
+)
+from rendezvous.kernel.admin import ensure_topics
+from rendezvous.kernel.errors import RendezvousError
+from rendezvous.kernel.lifecycle import stop_on_signals
+from rendezvous.kernel.options import (
+    broker_option,
+    kafka_settings,
+    topic_prefix_option,
+    topics_for,
+)
+from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 
 
 @click.command()
@@ -26,9 +37,9 @@ def broker(port: int, partitions: int, topic_prefix: str) -> None:
     try:
         bootstrap = embedded.start()
         ensure_topics(kafka_settings(bootstrap), topics_for(topic_prefix), partitions)
-    except (BrokerError, TopicError) as exc:
+    except RendezvousError:
         embedded.stop()
-        raise click.ClickException(str(exc)) from None
+        raise
     record_running(embedded)
     click.echo(f"broker listening on {bootstrap} (Tansu, in memory); stop with Ctrl-C or SIGTERM")
     try:
@@ -51,9 +62,6 @@ def topics() -> None:
 @click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True)
 def topics_create(broker: str | None, topic_prefix: str, partitions: int) -> None:
     """Create the system's topics (co-partitioned) where they are missing."""
-    try:
-        counts = ensure_topics(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), partitions)
-    except (BrokerError, TopicError) as exc:
-        raise click.ClickException(str(exc)) from None
+    counts = ensure_topics(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), partitions)
     for name, count in counts.items():
         click.echo(f"{name}\t{count} partitions")

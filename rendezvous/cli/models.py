@@ -20,14 +20,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from rendezvous.broker import BrokerError, resolve_broker
-from rendezvous.cli.options import broker_option, client_options, kafka_settings, stderr_console, topic_prefix_option
-from rendezvous.documents import DocumentError
-from rendezvous.runtime.base import Replica, RuntimeUnavailable
+from rendezvous.broker import resolve_broker
+from rendezvous.kernel.options import (
+    broker_option,
+    client_options,
+    kafka_settings,
+    stderr_console,
+    topic_prefix_option,
+)
+from rendezvous.runtime.base import Replica
 from rendezvous.runtime.docker import DeployError, DockerRuntime, connect
-from rendezvous.runtime.images import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE, RUNNER_IMAGE, ImageError
-
-_FAILURES = (BrokerError, DeployError, DocumentError, ImageError, RuntimeUnavailable)
+from rendezvous.runtime.images import (
+    DEFAULT_BASE_IMAGE,
+    LOCAL_BASE_IMAGE,
+    RUNNER_IMAGE,
+)
 
 
 def _runtime(broker: str | None, topic_prefix: str, fetch_wait_ms: int = 5, producer_linger_ms: float = 0.0,
@@ -53,19 +60,16 @@ def deploy(spec_path: Path, replicas: int | None, wait: bool, timeout: float, br
     """
     console = stderr_console()
     started = time.monotonic()
-    try:
-        runtime = _runtime(broker, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True)
-        names = runtime.deploy(spec_path, replicas)
-        console.log(f"deployed {len(names)} replica(s): {', '.join(names) or '-'}")
-        if wait and names:
-            with console.status("waiting for the replicas to join the requests stream"):
-                not_ready = runtime.wait_ready(names, timeout)
-            if not_ready:
-                raise DeployError(f"not consuming after {timeout:.0f}s: {', '.join(not_ready)}; "
-                                  "see `rendezvous logs MODEL`")
-            console.log(f"ready in {time.monotonic() - started:.1f}s")
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    runtime = _runtime(broker, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True)
+    names = runtime.deploy(spec_path, replicas)
+    console.log(f"deployed {len(names)} replica(s): {', '.join(names) or '-'}")
+    if wait and names:
+        with console.status("waiting for the replicas to join the requests stream"):
+            not_ready = runtime.wait_ready(names, timeout)
+        if not_ready:
+            raise DeployError(f"not consuming after {timeout:.0f}s: {', '.join(not_ready)}; "
+                              "see `rendezvous logs MODEL`")
+        console.log(f"ready in {time.monotonic() - started:.1f}s")
 
 
 @click.command()
@@ -76,10 +80,7 @@ def deploy(spec_path: Path, replicas: int | None, wait: bool, timeout: float, br
 @topic_prefix_option
 def scale(model: str, replicas: int, version: str | None, broker: str | None, topic_prefix: str) -> None:
     """Run REPLICAS replicas of MODEL: new ones join its consumer group, removed ones finish their batch first."""
-    try:
-        names = _runtime(broker, topic_prefix, need_broker=True).scale(model, replicas, version)
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    names = _runtime(broker, topic_prefix, need_broker=True).scale(model, replicas, version)
     stderr_console().log(f"{model}: {len(names)} replica(s): {', '.join(names) or '-'}")
 
 
@@ -90,10 +91,7 @@ def scale(model: str, replicas: int, version: str | None, broker: str | None, to
 @topic_prefix_option
 def stop(model: str, version: str | None, broker: str | None, topic_prefix: str) -> None:
     """Stop and remove MODEL's replicas. Policies still naming it fall back, as for any silent model."""
-    try:
-        names = _runtime(None, topic_prefix).stop_model(model, version)
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    names = _runtime(None, topic_prefix).stop_model(model, version)
     stderr_console().log(f"stopped {', '.join(names)}")
 
 
@@ -106,10 +104,7 @@ def stop(model: str, version: str | None, broker: str | None, topic_prefix: str)
 @topic_prefix_option
 def models(model: str | None, as_json: bool, rate_window: float, broker: str | None, topic_prefix: str) -> None:
     """List deployed model replicas: health, restarts, scores per second."""
-    try:
-        replicas = _runtime(None, topic_prefix).replicas(model)
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    replicas = _runtime(None, topic_prefix).replicas(model)
     rates = _score_rates(replicas, rate_window) if rate_window > 0 else {}
     if as_json:
         for r in replicas:
@@ -134,10 +129,7 @@ def models(model: str | None, as_json: bool, rate_window: float, broker: str | N
 @topic_prefix_option
 def logs(model: str, tail: int, broker: str | None, topic_prefix: str) -> None:
     """Print the last lines each of MODEL's replicas logged."""
-    try:
-        found = _runtime(None, topic_prefix).logs(model, tail)
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    found = _runtime(None, topic_prefix).logs(model, tail)
     if not found:
         raise click.ClickException(f"no replicas of {model}; see `rendezvous models`")
     for name, text in found.items():
@@ -157,10 +149,7 @@ def image_base(tag: str, mirror: str | None) -> None:
     from rendezvous.runtime.images import build_base_image
 
     console = stderr_console()
-    try:
-        build_base_image(connect(), tag, console.log, mirror)
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    build_base_image(connect(), tag, console.log, mirror)
 
 
 @image.command("build")
@@ -173,14 +162,11 @@ def image_build(base: str, tag: str, force: bool) -> None:
     from rendezvous.runtime.images import build_runner_image, runner_image_is_current
 
     console = stderr_console()
-    try:
-        client = connect()
-        if not force and runner_image_is_current(client, tag, base):
-            console.log(f"{tag} is current with this source tree (--force rebuilds it)")
-            return
-        build_runner_image(client, base, tag, console.log)
-    except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from None
+    client = connect()
+    if not force and runner_image_is_current(client, tag, base):
+        console.log(f"{tag} is current with this source tree (--force rebuilds it)")
+        return
+    build_runner_image(client, base, tag, console.log)
 
 
 def _score_rates(replicas: list[Replica], window_s: float) -> dict[str, float]:

@@ -11,13 +11,18 @@ import yaml
 
 from policies import load_policy
 from policies.schema import Policy
-from rendezvous.admin import TopicError, ensure_topics
-from rendezvous.broker import BrokerError, resolve_broker
-from rendezvous.cli.options import broker_option, kafka_settings, topic_prefix_option, topics_for
-from rendezvous.documents import DocumentError, parse_document
+from rendezvous.broker import resolve_broker
+from rendezvous.documents import parse_document
+from rendezvous.kernel.admin import ensure_topics
+from rendezvous.kernel.options import (
+    broker_option,
+    kafka_settings,
+    topic_prefix_option,
+    topics_for,
+)
+from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.service.control import ControlFeed, decode_policy_record
 from rendezvous.service.policies import publish_policy
-from rendezvous.topics import DEFAULT_PARTITIONS
 
 
 @click.group()
@@ -26,10 +31,7 @@ def policy() -> None:
 
 
 def _load(path: Path) -> Policy:
-    try:
-        return load_policy(path)
-    except DocumentError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_policy(path)
 
 
 @policy.command()
@@ -49,13 +51,10 @@ def validate(path: Path) -> None:
 def apply(path: Path, reason: str, broker: str | None, topic_prefix: str) -> None:
     """Put FILE in force on every worker (within a second), if valid and of a higher version."""
     doc = _load(path)
-    try:
-        kafka = kafka_settings(resolve_broker(broker))
-        topics = topics_for(topic_prefix)
-        ensure_topics(kafka, topics, DEFAULT_PARTITIONS)
-        current = _history(kafka, topics)
-    except (BrokerError, TopicError) as exc:
-        raise click.ClickException(str(exc)) from None
+    kafka = kafka_settings(resolve_broker(broker))
+    topics = topics_for(topic_prefix)
+    ensure_topics(kafka, topics, DEFAULT_PARTITIONS)
+    current = _history(kafka, topics)
     if current and current[-1][0].version >= doc.version:
         raise click.ClickException(f"version {doc.version} is not higher than v{current[-1][0].version} in force; "
                                    "bump `version` in the file")
@@ -70,10 +69,7 @@ def apply(path: Path, reason: str, broker: str | None, topic_prefix: str) -> Non
 @topic_prefix_option
 def show(history: bool, as_json: bool, broker: str | None, topic_prefix: str) -> None:
     """Show the policy in force (the highest valid version on the policies topic)."""
-    try:
-        versions = _history(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix))
-    except BrokerError as exc:
-        raise click.ClickException(str(exc)) from None
+    versions = _history(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix))
     if not versions:
         raise click.ClickException("no policy has been applied yet")
     if history:

@@ -6,14 +6,17 @@ from pathlib import Path
 
 import click
 
-from rendezvous.admin import TopicError
-from rendezvous.broker import BrokerError, resolve_broker
-from rendezvous.cli.options import (
-    broker_option, client_options, kafka_settings, log_level_option, topic_prefix_option, topics_for,
+from rendezvous.broker import resolve_broker
+from rendezvous.kernel.options import (
+    broker_option,
+    client_options,
+    kafka_settings,
+    log_level_option,
+    topic_prefix_option,
+    topics_for,
 )
-from rendezvous.documents import DocumentError
+from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
 from rendezvous.routing.router import RouterLimits
-from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES
 
 
 @click.command()
@@ -41,18 +44,15 @@ def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch
           log_level: str) -> None:
     """Run one rendezvous worker until SIGTERM. Run several with one --app-id to share the load."""
     # Faust and the worker load here, not when the CLI starts: other commands stay quick.
-    from rendezvous.service.run import ServiceError, build_worker, run_worker
+    from rendezvous.service.run import build_worker, run_worker
     from rendezvous.service.worker import ServiceSettings
 
-    try:
-        settings = ServiceSettings(
-            kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes),
-            topics=topics_for(topic_prefix),
-            app_id=app_id or topic_prefix, web_host=web_host, web_port=web_port, max_request_bytes=max_request_bytes,
-            limits=RouterLimits(orphan_ttl_ms=orphan_ttl_ms),
-            **({"worker_id": worker_id} if worker_id else {}),
-        )
-        worker = build_worker(settings, policy_path)
-    except (BrokerError, DocumentError, TopicError, ServiceError) as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = ServiceSettings(
+        kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes),
+        topics=topics_for(topic_prefix),
+        app_id=app_id or topic_prefix, web_host=web_host, web_port=web_port, max_request_bytes=max_request_bytes,
+        limits=RouterLimits(orphan_ttl_ms=orphan_ttl_ms),
+        **({"worker_id": worker_id} if worker_id else {}),
+    )
+    worker = build_worker(settings, policy_path)
     run_worker(worker, log_level)

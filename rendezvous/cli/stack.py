@@ -10,15 +10,16 @@ from rich.console import Console
 from rich.table import Table
 
 from policies import load_policy
-from rendezvous.admin import TopicError
-from rendezvous.broker import BrokerError
-from rendezvous.cli.options import broker_option, stderr_console, topic_prefix_option
-from rendezvous.documents import DocumentError
-from rendezvous.lifecycle import stop_on_signals
-from rendezvous.runtime.base import RuntimeUnavailable
-from rendezvous.runtime.docker import DeployError, DockerRuntime
-from rendezvous.stack import RunningStack, StackError, StackOptions, running_stack
-from rendezvous.topics import DEFAULT_PARTITIONS
+from rendezvous.kernel.lifecycle import stop_on_signals
+from rendezvous.kernel.options import (
+    broker_option,
+    client_config,
+    stderr_console,
+    topic_prefix_option,
+)
+from rendezvous.kernel.topics import DEFAULT_PARTITIONS
+from rendezvous.runtime.docker import DockerRuntime
+from rendezvous.stack import RunningStack, StackOptions, running_stack
 
 
 @click.command()
@@ -36,16 +37,13 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
     """
     console = stderr_console()
     stop = stop_on_signals()
-    try:
-        policy = load_policy(policy_path)
-        options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs")
-        with running_stack(options, policy, lambda kind, data: console.log(data.get("text", ""))) as stack:
-            console.print(_status_table(stack, policy.name))
-            console.log(f"up: broker {stack.kafka.bootstrap}, policy {policy.name} v{policy.version}; "
-                        "stop with Ctrl-C or SIGTERM")
-            _watch(stack, stop, console)
-    except (BrokerError, DeployError, DocumentError, RuntimeUnavailable, StackError, TopicError) as exc:
-        raise click.ClickException(str(exc)) from None
+    policy = load_policy(policy_path)
+    options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs", client=client_config())
+    with running_stack(options, policy, lambda kind, data: console.log(data.get("text", ""))) as stack:
+        console.print(_status_table(stack, policy.name))
+        console.log(f"up: broker {stack.kafka.bootstrap}, policy {policy.name} v{policy.version}; "
+                    "stop with Ctrl-C or SIGTERM")
+        _watch(stack, stop, console)
 
 
 def _watch(stack: RunningStack, stop: Any, console: Console) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from rendezvous.wire import Reason
+from rendezvous.kernel.wire import Reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from policies.schema import EpsilonGreedyRouting, Policy, ThompsonRouting, WeightedRouting
+from policies.schema import (
+    EpsilonGreedyRouting,
+    Policy,
+    ThompsonRouting,
+    WeightedRouting,
+)
 from rendezvous.routing.bandit import BetaBernoulli, Family, Learner, NormalGamma
 from rendezvous.routing.outcomes import RewardRule
 from rendezvous.routing.plan import Plan

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rendezvous.kernel.wire import Score
 from rendezvous.routing.plan import Choice, Plan, choose, describe, next_change_ms
 from rendezvous.routing.state import (
     DeadlineQueue,
@@ -32,7 +33,6 @@ from rendezvous.routing.state import (
     PendingRequest,
     ScoreView,
 )
-from rendezvous.wire import Score
 
 
 class RoutingPolicy(Protocol):

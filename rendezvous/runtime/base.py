@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from rendezvous.kernel.errors import OperationsError
+
 #: running: up and consuming; starting: up, not yet assigned partitions; restarting: between
 #: restarts after a crash; failed: crashed too often, or killed for exceeding its memory, and left
 #: down; stopped: exited cleanly.
@@ -71,7 +73,7 @@ def replica_changes(running: list[int], wanted: int) -> tuple[list[int], list[in
     return start, sorted(taken, reverse=True)[: max(0, len(taken) - wanted)]
 
 
-class RuntimeUnavailable(RuntimeError):
+class RuntimeUnavailable(OperationsError):
     """The engine a runtime drives cannot be reached."""
 
 

@@ -26,14 +26,20 @@ from pathlib import Path
 
 from containers.spec import ModelSpec, load_spec
 from rendezvous.broker import free_port
-from rendezvous.config import KafkaSettings
-from rendezvous.runtime.base import Replica, RuntimeUnavailable, fetch_ready, replica_changes
+from rendezvous.kernel.errors import OperationsError
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.runtime.base import (
+    Replica,
+    RuntimeUnavailable,
+    fetch_ready,
+    replica_changes,
+)
 from rendezvous.runtime.images import LOCAL_BASE_IMAGE, RUNNER_IMAGE, has_image
 
 LABEL = "io.rendezvous"
 
 
-class DeployError(RuntimeError):
+class DeployError(OperationsError):
     """A model could not be deployed, scaled or stopped; the message says what to change."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import containers
 from rendezvous import __version__
+from rendezvous.kernel.errors import OperationsError
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LOCAL_BASE_IMAGE = "local/python:3.11"
@@ -36,7 +37,7 @@ DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version rendezvous is lock
 Progress = Callable[[str], None]
 
 
-class ImageError(RuntimeError):
+class ImageError(OperationsError):
     """An image could not be built."""
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from containers.spec import load_spec
-from rendezvous.config import KafkaSettings
 from rendezvous.broker import free_port
+from rendezvous.kernel.client_config import ENV_PREFIX
+from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.runtime.base import Replica, replica_changes
 from rendezvous.runtime.supervisor import ChildSpec, Supervisor
 
@@ -27,17 +28,27 @@ class ProcessRuntime:
     app_id: str | None = None  # default: the topic prefix
 
     def __post_init__(self) -> None:
+        self._client_file_written = False
         self.supervisor = Supervisor()
         self.supervisor.start_background()
 
     def _common(self) -> list[str]:
         k = self.kafka
-        return ["--broker", k.bootstrap, "--topic-prefix", self.topic_prefix, "--fetch-wait-ms", str(k.fetch_wait_ms),
-                "--producer-linger-ms", str(k.producer_linger_ms), "--fetch-min-bytes", str(k.fetch_min_bytes)]
+        security = []
+        if k.client:  # children read the secrets from a private file, not from argv or the environment
+            path = self.log_dir.parent / "kafka-client.properties"
+            if not self._client_file_written:
+                k.client.write(path)
+                self._client_file_written = True
+            security = ["--kafka-config", str(path)]
+        return ["--broker", k.bootstrap, *security, "--topic-prefix", self.topic_prefix,
+                "--fetch-wait-ms", str(k.fetch_wait_ms), "--producer-linger-ms", str(k.producer_linger_ms),
+                "--fetch-min-bytes", str(k.fetch_min_bytes)]
 
     def _add(self, name: str, argv: list[str], port: int, **labels: str) -> str:
         log = self.log_dir / (name.replace("/", "-") + ".log")
-        self.supervisor.add(ChildSpec(name, argv, log, http_port=port, labels=labels))
+        self.supervisor.add(ChildSpec(name, argv, log, http_port=port, labels=labels,
+                                      env_drop_prefixes=(ENV_PREFIX,) if self.kafka.client else ()))
         return name
 
     # ------------------------------------------------------------------ models (ModelRuntime)

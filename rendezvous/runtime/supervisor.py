@@ -46,6 +46,7 @@ class ChildSpec:
     argv: list[str]
     log_path: Path
     env: dict[str, str] | None = None
+    env_drop_prefixes: tuple[str, ...] = ()  # inherited variables it must not see (secrets it gets by file)
     http_port: int | None = None  # its status endpoint, for /ready
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -151,7 +152,8 @@ class Supervisor:
         with open(spec.log_path, "ab") as out:
             child.process = subprocess.Popen(
                 spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(spec.env or {})}, preexec_fn=die_with_parent,
+                env={**{k: v for k, v in os.environ.items() if not k.startswith(spec.env_drop_prefixes or ("\0",))},
+                     **(spec.env or {})}, preexec_fn=die_with_parent,
             )
         child.state = "running"
 

@@ -15,7 +15,8 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from rendezvous.config import DEFAULT_FETCH_WAIT_MS
+from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -67,18 +68,30 @@ class RendezvousApp(faust.App):
         await super().on_stop()
 
 
-def create_app(app_id: str, bootstrap: str, web_host: str, web_port: int, fetch_wait_ms: int,
-               fetch_min_bytes: int = 1, **conf: Any) -> RendezvousApp:
+def broker_credentials(client: ClientConfig) -> faust.types.auth.CredentialsT | None:
+    """The Faust (aiokafka) form of the client's security settings: the same TLS context and SASL login."""
+    context, sasl = client.ssl_context(), client.sasl()
+    if sasl is not None:
+        mechanism, username, password = sasl
+        return faust.SASLCredentials(username=username, password=password, mechanism=mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def create_app(app_id: str, kafka: KafkaSettings, web_host: str, web_port: int, **conf: Any) -> RendezvousApp:
     """The app every rendezvous worker of one deployment runs (``app_id`` is its consumer group)."""
     return RendezvousApp(
         app_id,
-        broker=f"kafka://{bootstrap}",
-        fetch_wait_ms=fetch_wait_ms,
-        fetch_min_bytes=fetch_min_bytes,
+        broker=[f"kafka://{server.strip()}" for server in kafka.bootstrap.split(",")],
+        broker_credentials=broker_credentials(kafka.client),
+        fetch_wait_ms=kafka.fetch_wait_ms,
+        fetch_min_bytes=kafka.fetch_min_bytes,
         web_host=web_host,
+        web_bind=web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host
         web_port=web_port,
         web_in_thread=False,
-        broker_session_timeout=6.0,  # Tansu holds a group join for about half of it
+        broker_session_timeout=kafka.session_timeout_ms / 1000,  # Tansu holds a group join for about half of it
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,  # less to re-read after a crash
         consumer_auto_offset_reset="earliest",

@@ -23,10 +23,11 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
+from rendezvous.kernel.errors import BrokerUnavailable
+from rendezvous.kernel.kafka import poll_batch, since_offsets
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
 from rendezvous.routing.bandit import Observation
-from rendezvous.topics import Topics
 
 log = logging.getLogger("rendezvous.control")
 
@@ -70,7 +71,7 @@ def _read_to_end(consumer: Consumer, out: Drained, ends: dict[tuple[str, int], i
     positions = {tp: -1 for tp in ends}
     while any(positions[tp] < end - 1 for tp, end in ends.items() if end > 0):
         if time.monotonic() > deadline:
-            raise TimeoutError("reading the control topics took too long")
+            raise BrokerUnavailable(f"reading the control topics took longer than {timeout:.0f}s")
         for m in poll_batch(consumer, 10_000, 0.1):
             if not m.error():
                 positions[(m.topic(), m.partition())] = m.offset()
@@ -85,7 +86,7 @@ def _take(message: Any, out: Drained, topics: Topics) -> None:
         return
     try:
         record = decode_bandit_record(message.value())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError):  # see wire._decode
         out.undecodable += 1
         return
     out.observations.extend(Observation(*o) for o in record.observations)
@@ -108,17 +109,10 @@ class ControlFeed:
 
     def _read(self, topic: str, since_ms: float | None, timeout: float) -> Drained:
         c = self._consumer
-        meta = c.list_topics(topic, timeout=timeout).topics[topic]
-        ends, added = {}, []
-        for p in meta.partitions:
-            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            start = 0
-            if since_ms is not None:
-                found = c.offsets_for_times([TopicPartition(topic, p, max(int(since_ms), 0))], timeout=timeout)[0]
-                start = found.offset if found.offset >= 0 else high
-            added.append(TopicPartition(topic, p, start))
-            ends[(topic, p)] = high if start < high else 0
-        c.incremental_assign(added)  # keeps the positions of what is already assigned
+        span = since_offsets(c, topic, since_ms, timeout)
+        ends = {(topic, p): end if start < end else 0 for p, (start, end) in span.items()}
+        # incremental: keeps the positions of the topic already assigned (it is followed from there)
+        c.incremental_assign([TopicPartition(topic, p, start) for p, (start, _) in span.items()])
         out = Drained()
         _read_to_end(c, out, ends, self.topics, timeout)
         return out

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from rendezvous.kernel.wire import WireError, decode_outcome
 from rendezvous.routing.outcomes import ScoreIndex
 from rendezvous.routing.router import Decision, Router
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.learning import OutcomeCrediting
 from rendezvous.service.policies import PolicyStore, demoted, publish_policy
 from rendezvous.service.writer import Ack, ResultWriter
-from rendezvous.wire import WireError, decode_outcome
 
 log = logging.getLogger("rendezvous.control")
 

@@ -17,14 +17,14 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from rendezvous.config import KafkaSettings
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import Outcome, encode
 from rendezvous.routing.bandit import Learner, Observation
 from rendezvous.routing.outcomes import RewardRule, ScoreIndex
 from rendezvous.routing.router import Decision
 from rendezvous.service.control import BanditRecord
 from rendezvous.service.writer import Ack
-from rendezvous.topics import Topics
-from rendezvous.wire import Outcome, encode
 
 log = logging.getLogger("rendezvous.learning")
 

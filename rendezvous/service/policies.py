@@ -20,13 +20,18 @@ import msgspec
 from confluent_kafka import Producer
 
 from policies.schema import ModelEntry, Policy
-from rendezvous.config import KafkaSettings
 from rendezvous.documents import DocumentError, parse_document
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import encode
 from rendezvous.routing.bandit import Learner
-from rendezvous.routing.policy import CompiledPolicy, compile_policy, learner_for, same_learning
+from rendezvous.routing.policy import (
+    CompiledPolicy,
+    compile_policy,
+    learner_for,
+    same_learning,
+)
 from rendezvous.service.control import POLICY_KEY, PolicyRecord, decode_policy_record
-from rendezvous.topics import Topics
-from rendezvous.wire import encode
 
 log = logging.getLogger("rendezvous.policies")
 

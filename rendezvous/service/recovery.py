@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
-from rendezvous.config import KafkaSettings
-from rendezvous.consume import poll_batch
-from rendezvous.topics import Topics
-from rendezvous.wire import Result, WireError, decode_result
+from rendezvous.kernel.kafka import read_range, since_offsets
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import Result, WireError, decode_result
 
 
 @dataclass
@@ -90,27 +90,15 @@ def _results_since(consumer: Consumer, topic: str, partition: int, since_ms: flo
                    timeout: float) -> tuple[set[str], list[Result]]:
     """Keys of the results in ``partition`` written at or after ``since_ms``, and the
     results themselves from ``decode_since`` on."""
-    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-    start = consumer.offsets_for_times([TopicPartition(topic, partition, max(int(since_ms), 0))], timeout=timeout)[0].offset
-    if start < 0 or start >= high:
-        return set(), []
-    consumer.assign([TopicPartition(topic, partition, start)])
     ids: set[str] = set()
     results: list[Result] = []
-    deadline = time.monotonic() + timeout
-    position = start
-    while position < high:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic}[{partition}] for recovery took longer than {timeout:.0f}s")
-        for message in poll_batch(consumer, 10_000, timeout=0.2):
-            if message.error():
-                continue
-            position = message.offset() + 1
-            if message.key() is not None:
-                ids.add(message.key().decode(errors="replace"))
-            if decode_since is not None and message.timestamp()[1] >= decode_since:
-                try:
-                    results.append(decode_result(message.value()))
-                except WireError:
-                    pass  # not ours to judge here; the results topic holds only what we wrote
+    span = since_offsets(consumer, topic, since_ms, timeout, [partition])
+    for message in read_range(consumer, topic, span, timeout):
+        if message.key() is not None:
+            ids.add(message.key().decode(errors="replace"))
+        if decode_since is not None and message.timestamp()[1] >= decode_since:
+            try:
+                results.append(decode_result(message.value()))
+            except WireError:
+                pass  # not ours to judge here; the results topic holds only what we wrote
     return ids, results

@@ -16,13 +16,15 @@ import faust
 
 from policies import load_policy
 from policies.schema import Policy
-from rendezvous.admin import partition_count
+from rendezvous.kernel.admin import partition_count
+from rendezvous.kernel.errors import RendezvousError
+from rendezvous.kernel.kafka import check_connection
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.policies import PolicyStore, publish_policy, who
 from rendezvous.service.worker import RendezvousWorker, ServiceSettings
 
 
-class ServiceError(RuntimeError):
+class ServiceError(RendezvousError):
     """The worker cannot start as configured."""
 
 
@@ -44,6 +46,7 @@ def history_start_ms(doc: Policy, now_ms: float) -> float | None:
 
 def build_worker(settings: ServiceSettings, policy_path: Path | None, rng: random.Random | None = None) -> RendezvousWorker:
     file_doc = load_policy(policy_path) if policy_path else None  # a bad file is refused before anything else
+    check_connection(settings.kafka)
     check_topics(settings)
     feed = ControlFeed(settings.kafka, settings.topics)
     store = PolicyStore(rng or random.Random())

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canary.drift import DriftSettings
 from canary.watch import CanaryWatch
-from rendezvous.config import KafkaSettings
+from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RecordTooLarge,
+    WireError,
+    decode_request_head,
+    decode_score_batch,
+)
 from rendezvous.routing.router import Router, RouterLimits, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
@@ -35,16 +43,10 @@ from rendezvous.service.metrics import ServiceMetrics
 from rendezvous.service.policies import PolicyStore
 from rendezvous.service.recovery import recover_partitions
 from rendezvous.service.writer import Ack, ResultWriter
-from rendezvous.topics import Topics
-from rendezvous.wire import DEFAULT_MAX_REQUEST_BYTES, WireError, decode_request_head, decode_score_batch
 
 log = logging.getLogger("rendezvous.service")
 
 HOUSEKEEPING_S = 0.005
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,7 @@ class RendezvousWorker:
         self.topics = settings.topics
         self.router = Router(store.compiled, settings.limits)
         self.control = ControlPlane(settings, store, feed, self.router, self._fatal)
-        k = settings.kafka
-        self.app = create_app(settings.app_id, k.bootstrap, settings.web_host, settings.web_port,
-                              k.fetch_wait_ms, k.fetch_min_bytes)
+        self.app = create_app(settings.app_id, settings.kafka, settings.web_host, settings.web_port)
         self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
         self.metrics = ServiceMetrics()
         self.metrics.attach(self, now_ms)
@@ -211,7 +211,7 @@ class RendezvousWorker:
         try:
             head = decode_request_head(message.value, self.settings.max_request_bytes)
         except WireError as exc:
-            kind = "too_large" if "too large" in str(exc) else "invalid_request"
+            kind = "too_large" if isinstance(exc, RecordTooLarge) else "invalid_request"
             self.writer.dead_letter(hold, message.key, message.value, str(exc),
                                     message.topic, message.partition, message.offset, kind)
             return

@@ -8,19 +8,18 @@ worker re-reads exactly the records whose work was not yet durable.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import logging
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from rendezvous.config import KafkaSettings
+from rendezvous.kernel.kafka import produce
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import Candidate, Result, deadletter_headers, encode
 from rendezvous.routing.router import Decision
-from rendezvous.topics import Topics
-from rendezvous.wire import Candidate, Result, deadletter_headers, encode
 
 log = logging.getLogger("rendezvous.service")
 
@@ -115,12 +114,7 @@ class ResultWriter:
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
                  on_delivery: Callable[[KafkaError | None, Message], None],
                  headers: list[tuple[str, bytes]] | None = None) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery, headers=headers)
-                return
-            except BufferError:  # local queue full: serve deliveries, then retry
-                self._producer.poll(0.01)
+        produce(self._producer, topic, value, key, partition, on_delivery, headers)
 
     def poll(self) -> int:
         """Serve delivery reports (which acknowledge input records)."""

@@ -12,6 +12,9 @@ load enough to matter, since our records are keyed or sent to explicit partition
 and batches stay small, while it added its full value to every hop. Raise it
 (``--producer-linger-ms``) for unkeyed high-rate producers on a real cluster.
 
+Security (TLS, SASL) comes from a :class:`~rendezvous.kernel.client_config.ClientConfig`
+and reaches every client built from these settings; ``repr`` never shows a secret.
+
 >>> KafkaSettings("127.0.0.1:9092").consumer("g")["fetch.wait.max.ms"]
 5
 """
@@ -22,6 +25,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rendezvous.kernel.client_config import ClientConfig
+
+__all__ = ["KafkaSettings", "state_dir", "DEFAULT_FETCH_WAIT_MS", "DEFAULT_PRODUCER_LINGER_MS",
+           "DEFAULT_SESSION_TIMEOUT_MS"]
 
 DEFAULT_FETCH_WAIT_MS = 5
 DEFAULT_PRODUCER_LINGER_MS = 0
@@ -42,7 +50,7 @@ class KafkaSettings:
     fetch_min_bytes: int = 1
     producer_linger_ms: float = DEFAULT_PRODUCER_LINGER_MS
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. security settings for a real cluster
+    client: ClientConfig = field(default_factory=ClientConfig)  # security: TLS, SASL
 
     def producer(self, **overrides: Any) -> dict[str, Any]:
         """A confluent-kafka producer config: idempotent, ordered per partition, briefly lingering."""
@@ -52,7 +60,7 @@ class KafkaSettings:
             "enable.idempotence": True,  # a retry never duplicates or reorders a record
             "queue.buffering.max.messages": 1_000_000,
             "log_level": 3,
-            **self.extra,
+            **self.client.confluent(),
             **overrides,
         }
 
@@ -69,9 +77,9 @@ class KafkaSettings:
             "fetch.wait.max.ms": self.fetch_wait_ms,
             "fetch.min.bytes": self.fetch_min_bytes,
             "log_level": 3,
-            **self.extra,
+            **self.client.confluent(),
             **overrides,
         }
 
     def admin(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **self.extra}
+        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **self.client.confluent()}

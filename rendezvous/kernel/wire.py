@@ -10,7 +10,7 @@ message naming the field, which is what lands in the dead-letter topic.
 >>> decode_request(b'{"features": {}}')
 Traceback (most recent call last):
 ...
-rendezvous.wire.WireError: Object missing required field `request_id`
+rendezvous.kernel.errors.WireError: Object missing required field `request_id`
 """
 
 from __future__ import annotations
@@ -19,6 +19,15 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from rendezvous.kernel.errors import WireError
+
+__all__ = [
+    "WireError", "RecordTooLarge", "Request", "RequestHead", "Score", "ScoreBatch", "Candidate", "Result",
+    "Outcome", "Reason", "encode", "decode_request", "decode_request_head", "decode_score_batch",
+    "decode_result", "decode_outcome", "deadletter_headers", "DEFAULT_MAX_REQUEST_BYTES",
+    "DLQ_REASON", "DLQ_TOPIC", "DLQ_PARTITION", "DLQ_OFFSET", "DLQ_SERVICE",
+]
+
 #: Largest request the system accepts, in bytes; larger ones are dead-lettered.
 DEFAULT_MAX_REQUEST_BYTES = 1_048_576
 
@@ -26,8 +35,10 @@ RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
-class WireError(ValueError):
-    """A record that does not follow the wire contract."""
+class RecordTooLarge(WireError):
+    """A record over the size limit; dead-lettered under its own kind so it can be alerted on."""
+
+    kind = "too_large"
 
 
 # --------------------------------------------------------------------------- requests
@@ -140,10 +151,18 @@ encode = _encoder.encode
 
 
 def _decode(decoder: msgspec.json.Decoder, data: bytes) -> Any:
+    # Any record bytes at all must end as a WireError (and so as a dead letter), never
+    # as an exception that stops a consumer: msgspec raises DecodeError/ValidationError
+    # for bad JSON or schema, but RecursionError for deeply nested values and
+    # UnicodeDecodeError for invalid UTF-8 inside strings.
     try:
         return decoder.decode(data)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         raise WireError(str(exc)) from None
+    except RecursionError:
+        raise WireError("JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
+        raise WireError(f"undecodable record: {type(exc).__name__}: {exc}") from None
 
 
 def decode_request(data: bytes) -> Request:
@@ -155,7 +174,7 @@ def decode_request_head(data: bytes | None, max_bytes: int = DEFAULT_MAX_REQUEST
     if data is None:
         raise WireError("empty record: a request needs a JSON value")
     if len(data) > max_bytes:
-        raise WireError(f"request too large: {len(data)} bytes > limit {max_bytes}")
+        raise RecordTooLarge(f"request too large: {len(data)} bytes > limit {max_bytes}")
     head: RequestHead = _decode(_request_head_decoder, data)
     if bytes(head.features)[:1] != b"{":
         raise WireError("Expected `object` - at `$.features`")

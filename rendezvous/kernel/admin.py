@@ -7,12 +7,12 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from rendezvous.config import KafkaSettings
-from rendezvous.topics import Topics
+from rendezvous.kernel.errors import TopicError
+from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
 
-
-class TopicError(RuntimeError):
-    """Topics are missing or laid out in a way the join cannot work with."""
+__all__ = ["ensure_topics", "partition_count", "end_offsets", "create_topic", "TopicError"]
 
 
 def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
@@ -29,6 +29,7 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics, partitions: int, timeout
     Returns the partition count of every topic. Raises :class:`TopicError` if a
     co-partitioned topic already exists with a different partition count.
     """
+    check_connection(kafka, timeout)  # a TLS or SASL mistake is reported naming the setting, once
     admin = AdminClient(kafka.admin())
     existing = _partition_counts(admin, timeout)
     wanted = {name: partitions for name in topics.copartitioned}

@@ -1,0 +1,160 @@
+"""The Kafka client layer every component uses: batched polls, produce with
+back-pressure, reading a range of a topic, and a fail-fast connection check.
+
+Security and tuning come from :class:`~rendezvous.kernel.settings.KafkaSettings`;
+nothing here builds client configs by hand.
+
+Why :func:`poll_batch`: ``Consumer.consume(n, timeout)`` returns only when ``n``
+messages have arrived or ``timeout`` has passed, so at low load every hop would
+wait out the timeout. :func:`poll_batch` waits for the first message only, then
+takes whatever else is already fetched: batches grow with load, and latency
+stays at one hop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from rendezvous.kernel.errors import BrokerUnavailable, KafkaConfigError
+from rendezvous.kernel.settings import KafkaSettings
+
+__all__ = ["poll_batch", "produce", "since_offsets", "read_range", "check_connection", "DeliveryCallback"]
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages`` messages; waits at most ``timeout`` seconds, and only for the first."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
+
+
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
+            on_delivery: DeliveryCallback | None = None, headers: list[tuple[str, bytes]] | None = None,
+            timestamp: int = 0) -> None:
+    """Queue one record; when the local queue is full, serve delivery reports until there is room.
+
+    ``partition`` -1 leaves the choice to the partitioner (by key). Raises
+    :class:`confluent_kafka.KafkaException` for a record the client refuses (e.g. too large).
+    """
+    kwargs: dict[str, Any] = {"partition": partition}
+    if timestamp:
+        kwargs["timestamp"] = timestamp
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    if headers:
+        kwargs["headers"] = headers
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:  # back-pressure: the broker is slower than we produce
+            producer.poll(0.01)
+
+
+def since_offsets(consumer: Consumer, topic: str, since_ms: float | None, timeout: float,
+                  partitions: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
+    """``{partition: (first offset at or after since_ms, end offset)}`` for ``partitions`` (default: all).
+
+    ``since_ms`` None: from the start of each partition.
+    """
+    if partitions is None:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+    out = {}
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        start = low
+        if since_ms is not None:
+            found = consumer.offsets_for_times([TopicPartition(topic, p, max(int(since_ms), 0))], timeout=timeout)[0]
+            start = found.offset if found.offset >= 0 else high
+        out[p] = (start, high)
+    return out
+
+
+def read_range(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]],
+               timeout: float) -> Iterator[Message]:
+    """Yield the records of ``ranges`` (``{partition: (start, end)}``, end exclusive), in order per partition.
+
+    Assigns ``consumer`` to the ranges; raises :class:`BrokerUnavailable` if they are
+    not read within ``timeout`` seconds.
+    """
+    todo = {p: end for p, (start, end) in ranges.items() if start < end}
+    if not todo:
+        return
+    consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in todo])
+    deadline = time.monotonic() + timeout
+    while todo:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"reading {topic} partitions {sorted(todo)} took longer than {timeout:.0f}s")
+        for message in poll_batch(consumer, 10_000, 0.2):
+            if message.error():
+                continue
+            p = message.partition()
+            if p not in todo:
+                continue
+            if message.offset() >= todo[p] - 1:
+                del todo[p]
+            if message.offset() < ranges[p][1]:
+                yield message
+
+
+# librdkafka reports TLS and SASL failures through the error callback, not as exceptions;
+# each is mapped to the setting that most likely causes it.
+_FAILURE_HINTS = (
+    ("certificate verify failed", "ssl.ca.location",
+     "the broker's certificate is not signed by the CA in ssl.ca.location (or the host name does not match; "
+     "see ssl.endpoint.identification.algorithm)"),
+    ("alert", "ssl.certificate.location",
+     "the broker refused the TLS handshake: it may require a client certificate (ssl.certificate.location, "
+     "ssl.key.location)"),
+    ("SASL authentication", "sasl.password", "the broker refused the SASL credentials (sasl.username, sasl.password)"),
+    ("Authentication failed", "sasl.password", "the broker refused the SASL credentials (sasl.username, sasl.password)"),
+    ("SSL handshake failed", "security.protocol",
+     "the TLS handshake failed: is the broker's listener TLS (security.protocol SSL / SASL_SSL)?"),
+)
+
+
+def check_connection(kafka: KafkaSettings, timeout: float = 15.0) -> None:
+    """Fail fast: reach the broker with these settings, or raise naming the setting at fault.
+
+    Raises :class:`KafkaConfigError` for a TLS or SASL failure, and
+    :class:`BrokerUnavailable` when the broker cannot be reached at all.
+    """
+    errors: list[str] = []
+    config = kafka.admin()
+    config["error_cb"] = lambda err: errors.append(err.str())
+    config["log_level"] = 0  # the failure is reported once, by the exception below, not per retry on stderr
+    try:
+        admin = AdminClient(config)
+    except KafkaException as exc:
+        raise kafka.client.explain_refusal(exc) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(2.0, max(deadline - time.monotonic(), 0.1)))
+            return
+        except KafkaException:
+            pass
+        admin.poll(0)  # serves error_cb, where librdkafka reports TLS and SASL failures
+        for text in errors:
+            for needle, setting, problem in _FAILURE_HINTS:
+                if needle.lower() in text.lower():
+                    raise KafkaConfigError(setting, f"{problem} ({text})")
+        if time.monotonic() > deadline:
+            seen = f": {errors[-1]}" if errors else ""
+            raise BrokerUnavailable(f"cannot reach the broker at {kafka.bootstrap} within {timeout:.0f}s{seen}",
+                                    hint="check --broker (RENDEZVOUS_BROKER) and the Kafka client settings")

@@ -1,0 +1,157 @@
+"""Options shared by every command that talks to a broker (also read from RENDEZVOUS_* variables)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+from confluent_kafka import KafkaException
+from rich.console import Console
+
+from rendezvous.kernel.client_config import CONFIG_ENV, ClientConfig
+from rendezvous.kernel.errors import RendezvousError
+from rendezvous.kernel.settings import (
+    DEFAULT_FETCH_WAIT_MS,
+    DEFAULT_PRODUCER_LINGER_MS,
+    KafkaSettings,
+)
+from rendezvous.kernel.topics import DEFAULT_PREFIX, Topics
+
+
+class _UserError(click.ClickException):
+    """A :class:`RendezvousError` as the CLI shows it: one message, the hint, its own exit code."""
+
+    def __init__(self, exc: RendezvousError) -> None:
+        message = str(exc) + (f"\n  hint: {exc.hint}" if exc.hint else "")
+        super().__init__(message)
+        self.exit_code = exc.exit_code
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The one place where errors become messages and exit codes (see ``rendezvous.kernel.errors``)."""
+    try:
+        yield
+    except RendezvousError as exc:
+        raise _UserError(exc) from None
+    except KafkaException as exc:  # a client refused its configuration or the cluster refused us
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
+        raise _UserError(RendezvousError(f"Kafka: {text}", hint="check --broker and --kafka-config")) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+class RendezvousGroup(click.Group):
+    """A command group whose commands report :class:`RendezvousError` as a message and exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with user_errors():
+            return super().invoke(ctx)
+
+
+class RendezvousCommand(click.Command):
+    """A stand-alone command (``python -m containers``, ``python -m decoy``) with the same error reporting."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with user_errors():
+            return super().invoke(ctx)
+
+
+
+
+
+_CLIENT_KEY = "rendezvous.kafka_client"
+
+
+def _load_client_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    try:
+        ctx.meta[_CLIENT_KEY] = ClientConfig.load(path)
+    except RendezvousError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint="--kafka-config / RENDEZVOUS_KAFKA_*") from None
+
+
+def _broker_or_bootstrap(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return value or client_config().bootstrap
+
+
+def client_config() -> ClientConfig:
+    """The Kafka client properties of the running command (``--kafka-config`` and ``RENDEZVOUS_KAFKA_*``)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        found = ctx.find_root().meta.get(_CLIENT_KEY) or ctx.meta.get(_CLIENT_KEY)
+        if found is not None:
+            return found
+    return ClientConfig.load()
+
+
+def broker_option(required: bool = False) -> Callable[[Any], Any]:
+    """``--broker`` and ``--kafka-config``: where the cluster is and how to connect to it securely."""
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--broker", envvar="RENDEZVOUS_BROKER", required=required, metavar="HOST:PORT",
+            callback=_broker_or_bootstrap, show_envvar=True,
+            help="Kafka bootstrap address. Default: bootstrap.servers of --kafka-config, else the embedded "
+                 "broker running on this machine.",
+        )(f)
+        return click.option(
+            "--kafka-config", envvar=CONFIG_ENV, metavar="FILE", is_eager=True, expose_value=False,
+            callback=_load_client_config, show_envvar=True, type=click.Path(dir_okay=False),
+            help="Kafka client .properties file (security.protocol, ssl.*, sasl.*), as Confluent Cloud or MSK "
+                 "give it; any property can also be set as RENDEZVOUS_KAFKA_<NAME> (e.g. "
+                 "RENDEZVOUS_KAFKA_SASL_PASSWORD, or ..._FILE to read it from a file). Secrets are never shown.",
+        )(f)
+    return decorate
+
+
+def topic_prefix_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--topic-prefix", envvar="RENDEZVOUS_TOPIC_PREFIX", default=DEFAULT_PREFIX, show_default=True,
+        help="Prefix of the system's topics (PREFIX.requests, PREFIX.scores, ...).",
+    )(f)
+
+
+def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Client tuning shared by every component; passed on as a ``kafka_tuning`` dict."""
+    f = click.option(
+        "--fetch-min-bytes", envvar="RENDEZVOUS_FETCH_MIN_BYTES", type=click.IntRange(1), default=1,
+        show_default=True,
+        help="Bytes a fetch waits for (up to --fetch-wait-ms). Larger: fewer fetches, less broker load, more latency.",
+    )(f)
+    f = click.option(
+        "--producer-linger-ms", envvar="RENDEZVOUS_PRODUCER_LINGER_MS", type=click.FloatRange(0, 1000),
+        default=DEFAULT_PRODUCER_LINGER_MS, show_default=True,
+        help="How long a producer waits to batch records; fewer batches cost the broker less.",
+    )(f)
+    return click.option(
+        "--fetch-wait-ms", envvar="RENDEZVOUS_FETCH_WAIT_MS", type=click.IntRange(1, 10_000),
+        default=DEFAULT_FETCH_WAIT_MS, show_default=True,
+        help="Longest a consumer's fetch waits on the broker; bounds each hop's latency on Tansu.",
+    )(f)
+
+
+def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--log-level", envvar="RENDEZVOUS_LOG_LEVEL", default="info", show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+    )(f)
+
+
+def kafka_settings(broker: str, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS,
+                   producer_linger_ms: float = DEFAULT_PRODUCER_LINGER_MS, fetch_min_bytes: int = 1) -> KafkaSettings:
+    """The settings every client of this command uses, with the command's Kafka client properties."""
+    return KafkaSettings(broker, fetch_wait_ms=fetch_wait_ms, producer_linger_ms=producer_linger_ms,
+                         fetch_min_bytes=fetch_min_bytes, client=client_config())
+
+
+def topics_for(prefix: str) -> Topics:
+    return Topics.with_prefix(prefix)
+
+
+def stderr_console() -> Console:
+    """The console for progress and logs. Piped to a file or CI log, lines are not wrapped."""
+    return Console(stderr=True, log_path=False, width=None if sys.stderr.isatty() else 200)

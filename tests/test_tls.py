@@ -1,0 +1,115 @@
+"""The whole pipeline over a real TLS hop (stunnel in front of Tansu), one-way and mutual.
+
+Models, the decoy, a rendezvous worker (Faust/aiokafka) and the client all get
+their security from one set of ``--kafka-config`` properties; a wrong CA or a
+missing client certificate fails at start with the setting named.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rendezvous.kernel.client_config import ClientConfig, write_properties
+from rendezvous.kernel.errors import BrokerUnavailable, KafkaConfigError
+from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.settings import KafkaSettings
+from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, write_policy
+from tests.tls import KEY_PASSWORD, Pki, TlsBroker, make_pki, stunnel_binary
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(stunnel_binary() is None, reason="needs stunnel4 (Debian: apt-get install stunnel4)"),
+]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module", params=["tls", "mtls"])
+def tls_broker(request: pytest.FixtureRequest, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[TlsBroker]:
+    broker = TlsBroker(pki, tmp_path_factory.mktemp(request.param), mutual=request.param == "mtls").start()
+    yield broker
+    broker.stop()
+
+
+def _secured(broker: TlsBroker, **kwargs: object) -> KafkaSettings:
+    return KafkaSettings(broker.bootstrap, client=ClientConfig.parse(broker.client_properties(**kwargs)))
+
+
+def test_whole_pipeline_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path):
+    kafka = _secured(tls_broker)
+    system = System(kafka, tmp_path)
+    try:
+        models = system.start_models(*(scripted_spec(tmp_path, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+        decoy = system.runtime.start_decoy(tmp_path / "archive")
+        workers = system.start_workers(write_policy(tmp_path, CHAIN_POLICY))
+        system.wait_ready(models + [decoy] + workers)
+        system.warm_up()
+        ids = [f"tls-{i}" for i in range(100)]
+        system.send([(rid, {}) for rid in ids], rate=100)
+        results = system.results_for(ids)
+        assert all(len(r) == 1 for r in results.values()), {k: len(v) for k, v in results.items() if len(v) != 1}
+        answered = [r[0] for r in results.values()]
+        assert max(r.latency_ms for r in answered) <= 100, "answered after the SLA, by the worker's own clock"
+        # every model's scores crossed the TLS hop (and reached the worker through aiokafka's SSL context)
+        assert set().union(*(r.candidates for r in answered)) == {"m1", "m2", "m3"}
+        port = system.runtime.supervisor.get(decoy).spec.http_port
+
+        def archived() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=5) as response:
+                return json.loads(response.read())["next_seq"] >= len(ids)
+        assert eventually(archived), "the decoy did not archive the requests it read over TLS"
+        # The secrets reached the children in a private file, not in their arguments or environment.
+        for name in models + [decoy] + workers:
+            pid = system.pid(name)
+            for part in ("cmdline", "environ"):
+                assert KEY_PASSWORD.encode() not in Path(f"/proc/{pid}/{part}").read_bytes(), (name, part)
+    finally:
+        system.close()
+
+
+def test_plaintext_client_is_refused_by_the_tls_listener(tls_broker: TlsBroker):
+    with pytest.raises((BrokerUnavailable, KafkaConfigError)):
+        check_connection(KafkaSettings(tls_broker.bootstrap), timeout=4)
+
+
+def test_wrong_ca_fails_fast_naming_the_setting(tls_broker: TlsBroker, pki: Pki):
+    with pytest.raises(KafkaConfigError) as caught:
+        check_connection(_secured(tls_broker, ca=pki.other_ca), timeout=10)
+    assert caught.value.setting == "ssl.ca.location"
+
+
+def test_cli_reports_a_wrong_ca_without_a_traceback(tls_broker: TlsBroker, pki: Pki, tmp_path: Path):
+    config = write_properties(tmp_path / "client.properties", tls_broker.client_properties(ca=pki.other_ca))
+    done = subprocess.run([sys.executable, "-m", "rendezvous", "topics", "create", "--broker", tls_broker.bootstrap,
+                           "--kafka-config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "ssl.ca.location" in done.stderr and "Traceback" not in done.stderr
+    assert KEY_PASSWORD not in done.stderr + done.stdout
+
+
+def test_missing_client_certificate_fails_fast_under_mutual_tls(tls_broker: TlsBroker):
+    if not tls_broker.mutual:
+        pytest.skip("only a mutual-TLS listener asks for a client certificate")
+    with pytest.raises(KafkaConfigError) as caught:
+        check_connection(_secured(tls_broker, with_cert=False), timeout=10)
+    assert caught.value.setting == "ssl.certificate.location"
+
+
+def test_wrong_key_password_is_refused_before_connecting(pki: Pki):
+    with pytest.raises(KafkaConfigError) as caught:
+        ClientConfig.parse({"security.protocol": "SSL", "ssl.ca.location": str(pki.ca),
+                            "ssl.certificate.location": str(pki.client_cert),
+                            "ssl.key.location": str(pki.client_key), "ssl.key.password": "wrong"})
+    assert caught.value.setting == "ssl.key.password"
+    assert "wrong" not in str(caught.value)
