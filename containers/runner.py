@@ -31,6 +31,7 @@ from confluent_kafka import (
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from containers.spec import Model, ModelIdentity
+from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import poll_batch, produce
@@ -101,6 +102,7 @@ class ModelRunner:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.model, self.identity, self.topics = model, identity, topics
+        self._kafka = {"bootstrap": kafka.bootstrap, **describe(kafka.client)}  # redacted: shown by /info
         self.max_batch, self.linger_ms, self.max_request_bytes = max_batch, linger_ms, max_request_bytes
         self.registry = registry or CollectorRegistry()
         self.metrics = RunnerMetrics(self.registry, identity)
@@ -125,7 +127,8 @@ class ModelRunner:
 
     def info(self) -> dict[str, Any]:
         return {"model": self.identity.name, "version": self.identity.version, "instance": self.identity.instance,
-                "artifact_sha256": self.identity.artifact_sha256, "partitions": sorted(self._assigned or ())}
+                "artifact_sha256": self.identity.artifact_sha256, "partitions": sorted(self._assigned or ()),
+                "kafka": self._kafka}
 
     def run(self, stop: threading.Event) -> None:
         """Score until ``stop`` is set, then flush and commit. Raises :class:`RunnerError`."""

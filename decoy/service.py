@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
 from decoy.archive import ArchivedRecord, ArchiveWriter
+from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
@@ -27,6 +28,7 @@ class Decoy:
     def __init__(self, kafka: KafkaSettings, topics: Topics, archive: ArchiveWriter, *,
                  group: str | None = None, max_batch: int = 2000, registry: CollectorRegistry | None = None) -> None:
         self.topics, self.archive, self.max_batch = topics, archive, max_batch
+        self._kafka = {"bootstrap": kafka.bootstrap, **describe(kafka.client)}  # redacted: shown by /info
         self.registry = registry or CollectorRegistry()
         self.records = Counter("rendezvous_decoy_records", "Records archived by the decoy", registry=self.registry)
         self.bytes = Counter("rendezvous_decoy_bytes", "Key and value bytes archived by the decoy", registry=self.registry)
@@ -41,7 +43,7 @@ class Decoy:
 
     def info(self) -> dict[str, Any]:
         return {"role": "decoy", "archive": str(self.archive.directory), "next_seq": self.archive.next_seq,
-                "partitions": sorted(self._assigned or ())}
+                "partitions": sorted(self._assigned or ()), "kafka": self._kafka}
 
     def run(self, stop: threading.Event) -> None:
         self._consumer.subscribe([self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)

@@ -23,11 +23,14 @@ import msgspec
 import pytest
 
 from containers.spec import load_spec
+from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.wire import ScoreBatch
 from rendezvous.runtime.base import RuntimeUnavailable
-from rendezvous.runtime.docker import DockerRuntime, connect
+from rendezvous.runtime.docker import CLIENT_MOUNT, DockerRuntime, connect
 from rendezvous.runtime.images import ImageError, ensure_runner_image
 from tests.conftest import REPO, System, cli, eventually, scripted_spec, write_policy
+from tests.tls import KEY_PASSWORD, TlsBroker, make_pki, stunnel_binary
 
 pytestmark = pytest.mark.slow
 EXAMPLES = REPO / "containers" / "examples"
@@ -296,3 +299,33 @@ def _answer(system: System):  # noqa: ANN202
     rid = f"up-{time.monotonic_ns()}"
     system.send([(rid, {})])
     return system.collector.results[rid][0].result if system.collector.wait_for([rid], 5) else None
+
+
+@pytest.fixture(scope="module")
+def mtls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    if stunnel_binary() is None:
+        pytest.skip("needs stunnel4 (Debian: apt-get install stunnel4)")
+    broker = TlsBroker(make_pki(tmp_path_factory.mktemp("pki")), tmp_path_factory.mktemp("mtls"), mutual=True).start()
+    yield broker
+    broker.stop()
+
+
+def test_containers_get_the_kafka_config_mounted_read_only_and_score_over_mutual_tls(
+        mtls_broker: TlsBroker, tmp_path: Path, docker_client, runner_image):
+    kafka = KafkaSettings(mtls_broker.bootstrap, client=ClientConfig.parse(mtls_broker.client_properties()))
+    s = DockerSystem(kafka, tmp_path, docker_client)
+    try:
+        names = s.deploy(scripted_spec(tmp_path, "m1", 0.1), 1)
+        backup = s.start_models(scripted_spec(tmp_path, "m2", 0.2))
+        workers = s.start_workers(chain_policy(tmp_path, "m1", "m2"))
+        s.wait_ready(backup + workers)
+        s.warm_up()
+        assert eventually(lambda: s.ask(f"mtls-{time.monotonic_ns()}", {}).model == "m1", timeout=30)
+        container = docker_client.containers.get(names[0])
+        config = container.attrs["Config"]
+        seen = repr((config.get("Env"), config.get("Cmd"), config.get("Labels")))
+        assert KEY_PASSWORD not in seen and "ssl.key.password" not in seen
+        mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+        assert mounts[CLIENT_MOUNT]["RW"] is False
+    finally:
+        s.close()

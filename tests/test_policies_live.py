@@ -153,7 +153,7 @@ def test_explain_tells_the_story_of_a_request(system: System):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "request story-1" in out and "a 1 on" in out and "b 1 on" in out
-    assert "late, after the answer" in out and f"answered with {result.model} (fallback)" in out
+    assert "late: had not arrived when the answer was decided" in out and f"answered with {result.model} (fallback)" in out
     assert "policy live v1" in out and "outcome True" in out
     story = json.loads(cli(system, "explain", "story-1", "--json").stdout)
     assert {s["model"] for s in story["scores"]} == {"a", "b"} and len(story["results"]) == 1
@@ -165,7 +165,7 @@ def test_policy_commands_validate_and_refuse(system: System, tmp_path):
     bad.write_text("name: p\nversion: 1\nsla_ms: 100\nrouting: {strategy: thompson, explore: 2, chain: [{model: a}]}\n")
     done = subprocess.run([sys.executable, "-m", "rendezvous", "policy", "validate", str(bad)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "routing.explore: Input should be less than or equal to 1" in done.stderr
+    assert done.returncode == 2 and "routing.explore: Input should be less than or equal to 1" in done.stderr
     good = tmp_path / "good.yaml"
     good.write_text("name: p\nversion: 3\nsla_ms: 100\nrouting: {strategy: fixed, chain: [{model: a}]}\n")
     assert cli(system, "policy", "apply", str(good)).returncode == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,17 @@ def test_whole_pipeline_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=5) as response:
                 return json.loads(response.read())["next_seq"] >= len(ids)
         assert eventually(archived), "the decoy did not archive the requests it read over TLS"
+        # Status pages say how the worker and the models connect, never with what secret.
+        worker_stats = system.stats(workers[0])
+        assert worker_stats["kafka"]["security_protocol"] == "SSL"
+        for name in (workers[0], models[0]):
+            port = system.runtime.supervisor.get(name).spec.http_port
+            for page in ("/stats", "/info"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as response:
+                        assert KEY_PASSWORD.encode() not in response.read(), (name, page)
+                except urllib.error.HTTPError:
+                    pass  # a page this service does not serve
         # The secrets reached the children in a private file, not in their arguments or environment.
         for name in models + [decoy] + workers:
             pid = system.pid(name)

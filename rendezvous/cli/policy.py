@@ -37,7 +37,7 @@ def _load(path: Path) -> Policy:
 @policy.command()
 @click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def validate(path: Path) -> None:
-    """Check a policy file; exit 1 naming file, line, field and problem if it is wrong."""
+    """Check a policy file; exit 2 naming file, line, field and problem if it is wrong."""
     doc = _load(path)
     chain = " -> ".join(f"{e.model}" + (f" ({e.wait_ms:g} ms)" if e.wait_ms is not None else "") for e in doc.routing.chain)
     click.echo(f"{path}: valid: {doc.name} v{doc.version}, {doc.routing.strategy}, SLA {doc.sla_ms:g} ms, chain {chain}")

@@ -40,7 +40,7 @@ from confluent_kafka import KafkaException
 from rendezvous.kernel.errors import KafkaConfigError
 
 __all__ = ["ClientConfig", "ENV_PREFIX", "CONFIG_ENV", "SUPPORTED", "SECRETS", "FILE_PROPERTIES", "read_properties",
-           "write_properties"]
+           "write_properties", "describe"]
 
 ENV_PREFIX = "RENDEZVOUS_KAFKA_"
 CONFIG_ENV = "RENDEZVOUS_KAFKA_CONFIG"  # the file itself, not a property

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
 
 from containers.spec import ModelSpec, load_spec
 from rendezvous.broker import free_port
+from rendezvous.kernel.client_config import FILE_PROPERTIES, write_properties
 from rendezvous.kernel.errors import OperationsError
-from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.settings import KafkaSettings, state_dir
 from rendezvous.runtime.base import (
     Replica,
     RuntimeUnavailable,
@@ -58,6 +60,20 @@ def connect(timeout: float = 10.0):
             f"cannot reach the Docker engine at {where} ({exc}). Start it (systemctl start docker, or "
             f"`dockerd &` as root; Debian: apt-get install docker.io), set DOCKER_HOST, or run models as local "
             f"processes with `deploy: {{runtime: process}}` and `rendezvous up`.") from None
+
+
+CLIENT_MOUNT = "/etc/rendezvous/kafka"
+_CONTAINER_UID = 65534
+
+
+def _hand_to_container(path: Path, directory: bool = False) -> None:
+    """Readable by the container's user only: owned by it when we are root, else world-readable
+    (the private state directory above still keeps other host users out)."""
+    if os.geteuid() == 0:
+        os.chown(path, _CONTAINER_UID, _CONTAINER_UID)
+        path.chmod(0o500 if directory else 0o400)
+    else:
+        path.chmod(0o755 if directory else 0o444)
 
 
 def _slug(text: str) -> str:
@@ -196,6 +212,10 @@ class DockerRuntime:
         command = ["--spec", f"/model/{spec_path.name}", "--broker", k.bootstrap, "--topic-prefix", self.topic_prefix,
                    "--fetch-wait-ms", str(k.fetch_wait_ms), "--producer-linger-ms", str(k.producer_linger_ms),
                    "--fetch-min-bytes", str(k.fetch_min_bytes), "--http-host", "127.0.0.1", "--http-port", str(port)]
+        volumes = {str(spec.base_dir): {"bind": "/model", "mode": "ro"}}
+        if k.client:
+            volumes[str(self._client_dir())] = {"bind": CLIENT_MOUNT, "mode": "ro"}
+            command += ["--kafka-config", f"{CLIENT_MOUNT}/client.properties"]
         labels = {f"{LABEL}.stack": self.topic_prefix, f"{LABEL}.role": "model", f"{LABEL}.model": spec.name,
                   f"{LABEL}.version": spec.version, f"{LABEL}.replica": str(index), f"{LABEL}.spec": str(spec_path),
                   f"{LABEL}.http-port": str(port), f"{LABEL}.memory": limits.memory}
@@ -203,7 +223,7 @@ class DockerRuntime:
             self.client.containers.run(
                 image, command, name=name, detach=True, labels=labels,
                 environment={**spec.env, "RENDEZVOUS_INSTANCE": f"{socket.gethostname()}/{name}"},
-                volumes={str(spec.base_dir): {"bind": "/model", "mode": "ro"}},
+                volumes=volumes,
                 network_mode="host", init=True, user="65534:65534", privileged=False,
                 security_opt=["no-new-privileges:true"], cap_drop=["ALL"], read_only=True,
                 tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
@@ -217,6 +237,31 @@ class DockerRuntime:
                 raise DeployError(f"a container named {name} already exists outside rendezvous' control; "
                                   f"remove it (docker rm -f {name})") from None
             raise DeployError(f"the Docker engine refused to start {name}: {exc.explanation or exc}") from None
+
+    def _client_dir(self) -> Path:
+        """The Kafka client properties and the files they name, as the containers see them.
+
+        Mounted read-only at ``CLIENT_MOUNT``: never in the image, the labels or the
+        environment. The container's user (uid 65534) must read them; the host copy
+        lives under the user's private state directory (mode 0700), so no other host
+        user can.
+        """
+        assert self.kafka is not None
+        directory = state_dir() / "kafka-client" / _slug(self.topic_prefix)
+        directory.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        props = self.kafka.client.properties()
+        for key in FILE_PROPERTIES:
+            if key in props:
+                source = Path(props[key])
+                target = directory / f"{key.replace('.', '-')}{source.suffix}"
+                target.unlink(missing_ok=True)  # a read-only copy from an earlier deploy
+                shutil.copyfile(source, target)
+                _hand_to_container(target)
+                props[key] = f"{CLIENT_MOUNT}/{target.name}"
+        _hand_to_container(write_properties(directory / "client.properties", props))
+        _hand_to_container(directory, directory=True)
+        return directory
 
     def _remove(self, container) -> None:
         import docker.errors

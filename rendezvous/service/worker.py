@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canary.drift import DriftSettings
 from canary.watch import CanaryWatch
+from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
@@ -183,6 +184,7 @@ class RendezvousWorker:
         stats = self.router.stats
         return {
             "worker": self.settings.worker_id,
+            "kafka": {"bootstrap": self.settings.kafka.bootstrap, **describe(self.settings.kafka.client)},
             "ready": self.ready,
             "partitions": sorted(self.owned),
             "pending": self.router.pending_count,
