@@ -32,15 +32,15 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from containers.examples.synthetic import __file__ as _synthetic
-from rendezvous.broker import EmbeddedBroker
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import ScoreBatch
-from rendezvous.runtime.docker import DockerRuntime, connect
-from rendezvous.runtime.images import ensure_runner_image
-from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.operations.broker import EmbeddedBroker
+from rendezvous.operations.docker import DockerRuntime, connect
+from rendezvous.operations.images import ensure_runner_image
+from rendezvous.operations.process import ProcessRuntime
 
 PARTITIONS = 4
 TRIVIAL = Path(_synthetic).parent / "trivial.yaml"

@@ -55,7 +55,7 @@ def false_alarm(seed: int, n: int) -> int | None:
     rng = np.random.default_rng(seed)
     champion, canary = stream(rng, SETTINGS.reference_size + n, None, 0.0, "input")
     monitor = DriftMonitor(SETTINGS)
-    for c, k in zip(champion.tolist(), canary.tolist()):
+    for c, k in zip(champion.tolist(), canary.tolist(), strict=False):
         monitor.learn_one(c, k)
         if monitor.alarms:
             return monitor.monitored
@@ -69,7 +69,7 @@ def delay(args: tuple[int, float, str, int]) -> int | None:
     warm = SETTINGS.reference_size + 1000
     champion, canary = stream(rng, warm + limit, warm, delta, kind)
     monitor = DriftMonitor(SETTINGS)
-    for i, (c, k) in enumerate(zip(champion.tolist(), canary.tolist())):
+    for i, (c, k) in enumerate(zip(champion.tolist(), canary.tolist(), strict=False)):
         monitor.learn_one(c, k)
         if monitor.alarms:
             return i - warm + 1 if i >= warm else -1  # -1: a false alarm before the change

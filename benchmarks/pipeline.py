@@ -37,14 +37,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from rendezvous.broker import EmbeddedBroker, free_port
-from rendezvous.client import RequestSender, ResultCollector
 from rendezvous.kernel.admin import create_topic, ensure_topics
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Score, ScoreBatch, encode
-from rendezvous.runtime.process import ProcessRuntime
-from rendezvous.summary import percentiles
+from rendezvous.operations.broker import EmbeddedBroker, free_port
+from rendezvous.operations.process import ProcessRuntime
+from rendezvous.tools.client import RequestSender, ResultCollector
+from rendezvous.tools.summary import percentiles
 
 PARTITIONS = 4
 SLA_MS = 100
@@ -198,7 +198,7 @@ class LiveSystem:
                 options: {{score: 0.{name[1]}}}
             """))
             names += self.runtime.start_model(spec)
-        self.models = dict(zip(("t1", "t2", "t3"), names))
+        self.models = dict(zip(("t1", "t2", "t3"), names, strict=False))
         policy = workdir / "live-policy.yaml"
         policy.write_text(POLICY)
         [self.worker] = self.runtime.start_rendezvous(policy)

@@ -40,7 +40,7 @@ def threshold_for(k: float, arl0: float) -> float:
     high = 1.0
     while siegmund_arl(k, high) < arl0:  # bracket the root; the ARL grows like exp(2kh)
         high *= 2
-    return brentq(lambda h: siegmund_arl(k, h) - arl0, 0.0, high)
+    return float(brentq(lambda h: siegmund_arl(k, h) - arl0, 0.0, high))
 
 
 @dataclass

@@ -44,6 +44,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
@@ -69,7 +70,7 @@ class NormalScores:
     def _raw(self, x: np.ndarray | float) -> np.ndarray:
         ref, n = self.sorted, len(self.sorted)
         rank = (np.searchsorted(ref, x, "left") + np.searchsorted(ref, x, "right")) / 2  # ties count half
-        return ndtri(np.clip(rank / n, 0.5 / n, 1 - 0.5 / n))
+        return np.asarray(ndtri(np.clip(rank / n, 0.5 / n, 1 - 0.5 / n)))
 
     def normal(self, x: float) -> float:
         if self.sd < 1e-9:
@@ -111,7 +112,7 @@ class DriftReport:
     wasserstein_canary: float | None = None
     paired_mean_diff: float | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -198,6 +199,7 @@ class DriftMonitor:
             wasserstein_distance,
         )
 
+        assert self._ref is not None  # set with the reference, before any champion score counts
         champion = np.asarray(self._champion)
         canary = np.asarray(self._canary) if len(self._canary) >= 10 else None
         out: dict[str, float | None] = {
@@ -221,6 +223,7 @@ class DriftMonitor:
             phase="monitoring" if self._ref is not None else "reference",
             scores=self.scores, monitored=self.monitored, drifting=self._drifting,
             direction=direction if self._drifting else 0, alarms=self.alarms,
-            first_alarm_after=self.first_alarm_after, first_alarm_at=self.first_alarm_at, cusum_reference=self.vs_reference.statistic,
+            first_alarm_after=self.first_alarm_after, first_alarm_at=self.first_alarm_at,
+            cusum_reference=self.vs_reference.statistic,
             cusum_canary=self.vs_canary.statistic, threshold=self.vs_reference.h, **self._stats,
         )

@@ -71,7 +71,8 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
     ]),
     "sla-backlog": ("rendezvous — SLA and backlog", [
         ("SLA compliance (5 min)", "percentunit",
-         [("within SLA", "1 - sum(increase(rendezvous_sla_misses_total[5m])) / clamp_min(sum(increase(rendezvous_results_total[5m])), 1)")],
+         [("within SLA", "1 - sum(increase(rendezvous_sla_misses_total[5m]))"
+                         " / clamp_min(sum(increase(rendezvous_results_total[5m])), 1)")],
          "stat"),
         ("Result latency", "s",
          [("p50", "histogram_quantile(0.5, sum by (le) (rate(rendezvous_result_latency_seconds_bucket[1m])))"),

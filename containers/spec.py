@@ -27,7 +27,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rendezvous.documents import DocumentError, Problem, load_document
+from rendezvous.kernel.documents import DocumentError, Problem, load_document
 from rendezvous.kernel.errors import ConfigError
 
 EXAMPLES = Path(__file__).parent / "examples"

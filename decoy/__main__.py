@@ -19,7 +19,7 @@ from rendezvous.kernel.options import (
     topic_prefix_option,
     topics_for,
 )
-from rendezvous.status import StatusServer
+from rendezvous.kernel.status import StatusServer
 
 
 @click.command(cls=RendezvousCommand)

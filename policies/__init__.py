@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policies.schema import Policy
-from rendezvous.documents import DocumentError, load_document, load_document_text
+from rendezvous.kernel.documents import DocumentError, load_document, load_document_text
 
 EXAMPLE = Path(__file__).parent / "example.yaml"
 

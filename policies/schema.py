@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rendezvous.documents import FieldError
+from rendezvous.kernel.documents import FieldError
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 
@@ -199,17 +199,17 @@ class Policy(Strict):
             if entry.wait_ms is None and i < len(chain) - 1:
                 raise FieldError(("routing", "chain", i, "wait_ms"), "needed on every entry but the last")
         chain_models = {e.model for e in chain}
-        for name, entry in self.models.items():
+        for name, model in self.models.items():
             where = ("models", name)
-            if entry.role == "ramp":
+            if model.role == "ramp":
                 if name in chain_models:
                     raise FieldError(where + ("role",), f"{name} is in the chain; a ramped model joins it when promoted")
-                if entry.ramp is None:
+                if model.ramp is None:
                     raise FieldError(where + ("ramp",), "a ramp model needs its ramp schedule and limits")
-                if entry.wait_ms is None:
+                if model.wait_ms is None:
                     raise FieldError(where + ("wait_ms",), "how long to wait for it when it is preferred")
-            elif entry.ramp is not None:
-                raise FieldError(where + ("ramp",), f"only a model with role ramp has a ramp (this one is {entry.role})")
+            elif model.ramp is not None:
+                raise FieldError(where + ("ramp",), f"only a model with role ramp has a ramp (this one is {model.role})")
         if isinstance(self.routing, WeightedRouting):
             for name in self.routing.weights:
                 if name not in chain_models:

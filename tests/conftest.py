@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from rendezvous.broker import EmbeddedBroker
-from rendezvous.client import RequestSender, ResultCollector
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.operations.broker import EmbeddedBroker
+from rendezvous.operations.process import ProcessRuntime
+from rendezvous.tools.client import RequestSender, ResultCollector
 
 REPO = Path(__file__).resolve().parent.parent
 _names = itertools.count()

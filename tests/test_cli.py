@@ -48,7 +48,8 @@ def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path)
 
 def test_a_bad_policy_is_refused_at_start_naming_file_line_and_field(broker, tmp_path: Path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: p\nversion: 1\nsla_ms: 100\nrouting:\n  strategy: fixed\n  chain:\n    - model: m1\n      wait_ms: -3\n    - model: m2\n")
+    bad.write_text("name: p\nversion: 1\nsla_ms: 100\nrouting:\n  strategy: fixed\n  chain:\n"
+                   "    - model: m1\n      wait_ms: -3\n    - model: m2\n")
     done = rendezvous("serve", "--policy", str(bad), "--broker", broker.bootstrap, timeout=60)
     assert done.returncode != 0
     assert f"{bad}:8: routing.chain[0].wait_ms: Input should be greater than or equal to 0" in done.stderr

@@ -26,9 +26,9 @@ from containers.spec import load_spec
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.wire import ScoreBatch
-from rendezvous.runtime.base import RuntimeUnavailable
-from rendezvous.runtime.docker import CLIENT_MOUNT, DockerRuntime, connect
-from rendezvous.runtime.images import ImageError, ensure_runner_image
+from rendezvous.operations.base import RuntimeUnavailable
+from rendezvous.operations.docker import CLIENT_MOUNT, DockerRuntime, connect
+from rendezvous.operations.images import ImageError, ensure_runner_image
 from tests.conftest import REPO, System, cli, eventually, scripted_spec, write_policy
 from tests.tls import KEY_PASSWORD, TlsBroker, make_pki, stunnel_binary
 

@@ -13,9 +13,9 @@ MODULES = [
     "decoy.archive", "policies",
     "rendezvous.kernel.client_config", "rendezvous.kernel.clock", "rendezvous.kernel.errors",
     "rendezvous.kernel.settings", "rendezvous.kernel.topics", "rendezvous.kernel.wire",
-    "rendezvous.documents", "rendezvous.summary",
+    "rendezvous.kernel.documents", "rendezvous.tools.summary", "rendezvous.tools.data",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan",
-    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router", "rendezvous.runtime.base",
+    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router", "rendezvous.operations.base",
     "rendezvous.service.metrics",
 ]
 

@@ -35,7 +35,7 @@ def scores(rng: np.random.Generator, n: int, shift_at: int | None = None, ks: fl
 
 def first_alarm(champion: list[float], canary: list[float], settings: DriftSettings = SETTINGS) -> int | None:
     monitor = DriftMonitor(settings)
-    for i, (c, k) in enumerate(zip(champion, canary)):
+    for i, (c, k) in enumerate(zip(champion, canary, strict=False)):
         monitor.learn_one(c, k)
         if monitor.alarms:
             return i
@@ -82,7 +82,7 @@ def test_normal_scores_of_a_reference_are_standard_and_ties_do_not_fool_them():
 def test_window_statistics_describe_the_shift():
     champion, canary = scores(np.random.default_rng(3), 2000 + 1000, 2000, 0.3, champion_only=True)
     monitor = DriftMonitor(DriftSettings(reference_size=2000, window=500, every=50))
-    for c, k in zip(champion, canary):
+    for c, k in zip(champion, canary, strict=False):
         monitor.learn_one(c, k)
     report = monitor.report()
     assert report.drifting and report.direction == 1

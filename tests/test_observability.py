@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rendezvous.broker import free_port
+from rendezvous.operations.broker import free_port
 from tests.conftest import REPO, System, eventually, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow

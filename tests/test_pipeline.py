@@ -37,7 +37,7 @@ def chain(broker, tmp_path_factory) -> System:
                               extra=["--max-request-bytes", "4096", "--orphan-ttl-ms", "1000"])
     s.wait_ready(models + workers)
     s.warm_up()
-    s.models, s.worker = dict(zip(("m1", "m2", "m3"), models)), workers[0]
+    s.models, s.worker = dict(zip(("m1", "m2", "m3"), models, strict=False)), workers[0]
     yield s
     s.close()
 

@@ -35,7 +35,7 @@ def start(system: System, models: dict[str, float], policy: str, workers: int = 
     names = system.start_models(*(scripted_spec(d, m, s) for m, s in models.items()))
     system.workers = system.start_workers(write_policy(d, policy), workers)
     system.wait_ready(names + system.workers)
-    system.model_names = dict(zip(models, names))
+    system.model_names = dict(zip(models, names, strict=False))
     system.warm_up()
     return system.workers
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from policies import EXAMPLE, load_policy, load_policy_text
-from rendezvous.documents import DocumentError
+from rendezvous.kernel.documents import DocumentError
 from rendezvous.routing.policy import compile_policy
 
 GOOD = """\

@@ -195,7 +195,7 @@ def test_every_request_is_answered_once_within_the_sla_by_the_best_acceptable_mo
         t += gaps[i % len(gaps)]
         events.append((t, seq, "request", (f"r{i}",)))
         seq += 1
-        for name, when in zip(("m3", "m2", "m1"), models):
+        for name, when in zip(("m3", "m2", "m1"), models, strict=False):
             if when is not None:
                 events.append((t + when[0], seq, "score", (f"r{i}", name, when[1])))
                 seq += 1

@@ -11,7 +11,7 @@ import pytest
 from containers.examples.phishing import dataset
 from containers.examples.train import ARTIFACTS, train_all
 from containers.spec import EXAMPLES, ModelLoadError, load_model, load_spec
-from rendezvous.documents import DocumentError
+from rendezvous.kernel.documents import DocumentError
 
 
 @pytest.mark.parametrize("name", ["baseline", "forest", "boosted"])

@@ -8,7 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from rendezvous.runtime.supervisor import ChildSpec, Supervisor
+from rendezvous.operations.supervisor import ChildSpec, Supervisor
 
 
 def wait_until(condition, timeout=10.0):
@@ -67,7 +67,7 @@ def test_children_die_with_their_supervisor(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from rendezvous.runtime.supervisor import ChildSpec, Supervisor
+        from rendezvous.operations.supervisor import ChildSpec, Supervisor
         sup = Supervisor()
         c = sup.add(ChildSpec("c", [sys.executable, "-c", "import time; time.sleep(60)"], Path({str(tmp_path)!r}) / "c.log"))
         print(c.pid, flush=True)

@@ -51,7 +51,8 @@ def test_too_large_requests_are_refused_before_parsing():
 def test_score_batches():
     raw = encode(ScoreBatch("m1", "1", "h", [], "h/1", None))
     assert decode_score_batch(raw).model == "m1"
-    raw = b'{"model": "m1", "model_version": "1", "host": "h", "scores": [{"request_id": "r", "seen_ms": 1, "started_ms": 1, "finished_ms": 2, "score": 0.3}]}'
+    raw = (b'{"model": "m1", "model_version": "1", "host": "h", "scores": '
+           b'[{"request_id": "r", "seen_ms": 1, "started_ms": 1, "finished_ms": 2, "score": 0.3}]}')
     assert decode_score_batch(raw).scores[0].score == 0.3
     with pytest.raises(WireError, match="model"):
         decode_score_batch(b'{"model_version": "1", "host": "h", "scores": []}')

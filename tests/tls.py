@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rendezvous.broker import EmbeddedBroker, free_port, port_open
+from rendezvous.operations.broker import EmbeddedBroker, free_port, port_open
 
 KEY_PASSWORD = "key-pass-d41d8cd9"  # a distinctive value, so a leak is easy to find
 

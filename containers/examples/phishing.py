@@ -26,17 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from rendezvous.tools.data import (
+    phishing_rows as dataset,  # noqa: F401 - the rows these models learn from
+)
+
 FEATURES = (
     "empty_server_form_handler", "popup_window", "https", "request_from_other_domain",
     "anchor_from_other_domain", "is_popular", "long_url", "age_of_domain", "ip_in_url",
 )
-
-
-def dataset() -> list[tuple[dict[str, float], bool]]:
-    """The Phishing rows as (features, is_phishing), in the order river ships them."""
-    from river import datasets
-
-    return [({k: float(v) for k, v in x.items()}, bool(y)) for x, y in datasets.Phishing()]
 
 
 class RiverClassifier:

@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from decoy.archive import ArchiveReader
 from decoy.replay import replay as replay_records
-from rendezvous.broker import resolve_broker
 from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
@@ -18,6 +17,7 @@ from rendezvous.kernel.options import (
     topic_prefix_option,
     topics_for,
 )
+from rendezvous.operations.broker import resolve_broker
 
 
 def _time_ms(value: str | None) -> int | None:
@@ -41,7 +41,8 @@ def _time_ms(value: str | None) -> int | None:
 @click.option("--to-seq", type=click.IntRange(0), default=None, help="Last record, inclusive. Default: the end.")
 @click.option("--since", default=None, help="Only records with a Kafka timestamp at or after this (epoch ms or ISO time).")
 @click.option("--until", default=None, help="Only records with a Kafka timestamp at or before this.")
-@click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Records per second (0: as fast as possible).")
+@click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Records per second (0: as fast as possible).")
 @click.option("--keep-timestamps", is_flag=True, help="Keep the original timestamps (default: now, so they are answered as new).")
 def replay(archive_dir: Path, broker: str | None, topic_prefix: str, topic: str | None, from_seq: int,
            to_seq: int | None, since: str | None, until: str | None, rate: float, keep_timestamps: bool) -> None:

@@ -17,13 +17,13 @@ from rich.progress import (
 from rich.table import Table
 
 from policies import EXAMPLE
-from rendezvous.demo import DemoOptions, run_demo
 from rendezvous.kernel.options import (
     broker_option,
     client_config,
     stderr_console,
     topic_prefix_option,
 )
+from rendezvous.tools.demo import DemoOptions, run_demo
 
 
 @click.command()

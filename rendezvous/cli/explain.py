@@ -7,16 +7,16 @@ import time
 
 import click
 
-from rendezvous.broker import resolve_broker
 from rendezvous.cli.archive import _time_ms
-from rendezvous.explain import explain as explain_request
-from rendezvous.explain import render
 from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
     topic_prefix_option,
     topics_for,
 )
+from rendezvous.operations.broker import resolve_broker
+from rendezvous.tools.explain import explain as explain_request
+from rendezvous.tools.explain import render
 
 
 @click.command()

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import click
 
-from rendezvous.broker import (
-    EmbeddedBroker,
-    forget_running,
-    record_running,
-    resolve_broker,
-)
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.errors import RendezvousError
 from rendezvous.kernel.lifecycle import stop_on_signals
@@ -20,6 +14,12 @@ from rendezvous.kernel.options import (
     topics_for,
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
+from rendezvous.operations.broker import (
+    EmbeddedBroker,
+    forget_running,
+    record_running,
+    resolve_broker,
+)
 
 
 @click.command()

@@ -20,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from rendezvous.broker import resolve_broker
 from rendezvous.kernel.options import (
     broker_option,
     client_options,
@@ -28,9 +27,10 @@ from rendezvous.kernel.options import (
     stderr_console,
     topic_prefix_option,
 )
-from rendezvous.runtime.base import Replica
-from rendezvous.runtime.docker import DeployError, DockerRuntime, connect
-from rendezvous.runtime.images import (
+from rendezvous.operations.base import Replica
+from rendezvous.operations.broker import resolve_broker
+from rendezvous.operations.docker import DeployError, DockerRuntime, connect
+from rendezvous.operations.images import (
     DEFAULT_BASE_IMAGE,
     LOCAL_BASE_IMAGE,
     RUNNER_IMAGE,
@@ -146,7 +146,7 @@ def image() -> None:
 @click.option("--mirror", default=None, help="Debian mirror URL for debootstrap.")
 def image_base(tag: str, mirror: str | None) -> None:
     """Build a Debian + Python 3.11 base image with no registry (debootstrap, docker import; needs root)."""
-    from rendezvous.runtime.images import build_base_image
+    from rendezvous.operations.images import build_base_image
 
     console = stderr_console()
     build_base_image(connect(), tag, console.log, mirror)
@@ -159,7 +159,7 @@ def image_base(tag: str, mirror: str | None) -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if the image is current with this source tree.")
 def image_build(base: str, tag: str, force: bool) -> None:
     """Build the model runner image (containers/Dockerfile) that `deploy` runs by default."""
-    from rendezvous.runtime.images import build_runner_image, runner_image_is_current
+    from rendezvous.operations.images import build_runner_image, runner_image_is_current
 
     console = stderr_console()
     client = connect()

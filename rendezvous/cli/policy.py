@@ -11,9 +11,8 @@ import yaml
 
 from policies import load_policy
 from policies.schema import Policy
-from rendezvous.broker import resolve_broker
-from rendezvous.documents import parse_document
 from rendezvous.kernel.admin import ensure_topics
+from rendezvous.kernel.documents import parse_document
 from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
@@ -21,6 +20,7 @@ from rendezvous.kernel.options import (
     topics_for,
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
+from rendezvous.operations.broker import resolve_broker
 from rendezvous.service.control import ControlFeed, decode_policy_record
 from rendezvous.service.policies import publish_policy
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from rendezvous.broker import resolve_broker
 from rendezvous.kernel.options import (
     broker_option,
     client_options,
@@ -16,6 +15,7 @@ from rendezvous.kernel.options import (
     topics_for,
 )
 from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
+from rendezvous.operations.broker import resolve_broker
 from rendezvous.routing.router import RouterLimits
 
 
@@ -38,7 +38,8 @@ from rendezvous.routing.router import RouterLimits
               default=RouterLimits.orphan_ttl_ms, show_default=True,
               help="How long a score may wait for its request before it is dropped as unknown.")
 @log_level_option
-def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
+def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float,
+          fetch_min_bytes: int,
           app_id: str | None,
           worker_id: str | None, web_host: str, web_port: int, max_request_bytes: int, orphan_ttl_ms: float,
           log_level: str) -> None:

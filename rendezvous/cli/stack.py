@@ -18,8 +18,8 @@ from rendezvous.kernel.options import (
     topic_prefix_option,
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
-from rendezvous.runtime.docker import DockerRuntime
-from rendezvous.stack import RunningStack, StackOptions, running_stack
+from rendezvous.operations.docker import DockerRuntime
+from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
 
 
 @click.command()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from rendezvous.kernel.errors import TopicError
 from rendezvous.kernel.kafka import check_connection

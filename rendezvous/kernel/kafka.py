@@ -103,12 +103,12 @@ def read_range(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]
         for message in poll_batch(consumer, 10_000, 0.2):
             if message.error():
                 continue
-            p = message.partition()
-            if p not in todo:
+            p, offset = message.partition(), message.offset()
+            if p is None or offset is None or p not in todo:
                 continue
-            if message.offset() >= todo[p] - 1:
+            if offset >= todo[p] - 1:
                 del todo[p]
-            if message.offset() < ranges[p][1]:
+            if offset < ranges[p][1]:
                 yield message
 
 

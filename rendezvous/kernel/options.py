@@ -84,7 +84,7 @@ def client_config() -> ClientConfig:
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         found = ctx.find_root().meta.get(_CLIENT_KEY) or ctx.meta.get(_CLIENT_KEY)
-        if found is not None:
+        if isinstance(found, ClientConfig):
             return found
     return ClientConfig.load()
 

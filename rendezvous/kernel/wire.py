@@ -15,7 +15,7 @@ rendezvous.kernel.errors.WireError: Object missing required field `request_id`
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -30,6 +30,8 @@ __all__ = [
 
 #: Largest request the system accepts, in bytes; larger ones are dead-lettered.
 DEFAULT_MAX_REQUEST_BYTES = 1_048_576
+
+T = TypeVar("T")
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -150,7 +152,7 @@ _outcome_decoder = msgspec.json.Decoder(Outcome)
 encode = _encoder.encode
 
 
-def _decode(decoder: msgspec.json.Decoder, data: bytes) -> Any:
+def _decode(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
     # Any record bytes at all must end as a WireError (and so as a dead letter), never
     # as an exception that stops a consumer: msgspec raises DecodeError/ValidationError
     # for bad JSON or schema, but RecursionError for deeply nested values and

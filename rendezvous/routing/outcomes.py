@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rendezvous.routing.bandit import Observation
 
@@ -56,7 +56,7 @@ class ScoreIndex:
     def __init__(self, horizon_ms: float, max_entries: int) -> None:
         self.horizon_ms, self.max_entries = horizon_ms, max_entries
         # request id -> [recorded_ms, {model: score}, chosen model, credited]
-        self._entries: OrderedDict[str, list] = OrderedDict()
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()
         self._credited_early: OrderedDict[str, float] = OrderedDict()  # credited before we saw it (replay)
 
     def record(self, request_id: str, scores: dict[str, float], chosen: str | None, now_ms: float) -> None:
@@ -95,12 +95,12 @@ class ScoreIndex:
                             for m in models if m in scores]
 
     def expire(self, now_ms: float) -> None:
-        for store in (self._entries, self._credited_early):
-            while store:
-                first = next(iter(store.values()))
-                if now_ms - (first[0] if isinstance(first, list) else first) < self.horizon_ms:
-                    break
-                store.popitem(last=False)
+        # both are in insertion (hence time) order: the oldest is first
+        entries, early = self._entries, self._credited_early
+        while entries and now_ms - next(iter(entries.values()))[0] >= self.horizon_ms:
+            entries.popitem(last=False)
+        while early and now_ms - next(iter(early.values())) >= self.horizon_ms:
+            early.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from policies.schema import (
     EpsilonGreedyRouting,
@@ -106,7 +107,7 @@ class CompiledPolicy:
         return self._models
 
     def plan(self, request_id: str, now_ms: float) -> Plan:
-        audit: dict = {"strategy": self.routing.strategy}
+        audit: dict[str, Any] = {"strategy": self.routing.strategy}
         preferred = self._ramped(now_ms, audit) or self._preferred(now_ms, audit)
         if isinstance(self.routing, EpsilonGreedyRouting | ThompsonRouting):
             rest = sorted((m for m in self.chain if m != preferred), key=lambda m: -self.learner.mean(m, now_ms))
@@ -118,7 +119,7 @@ class CompiledPolicy:
         return Plan.chain(stages, d.sla_ms, d.default.score, policy=d.name, policy_version=d.version, audit=audit,
                           versions=self.versions or None)
 
-    def _ramped(self, now_ms: float, audit: dict) -> str | None:
+    def _ramped(self, now_ms: float, audit: dict[str, Any]) -> str | None:
         for ramp in self.ramps:
             share = ramp.share(now_ms)
             if self.rng.random() < share:
@@ -126,7 +127,7 @@ class CompiledPolicy:
                 return ramp.model
         return None
 
-    def _preferred(self, now_ms: float, audit: dict) -> str:
+    def _preferred(self, now_ms: float, audit: dict[str, Any]) -> str:
         routing, chain, rng = self.routing, self.chain, self.rng
         if isinstance(routing, WeightedRouting):
             weights = [routing.weights.get(m, 0.0) for m in chain]

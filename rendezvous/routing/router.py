@@ -86,9 +86,9 @@ class RouterStats:
     duplicate_requests: int = 0
     scores: int = 0
     #: (kind, model) -> scores not used; kinds: late, duplicate, unknown_model, unknown_request
-    dropped: Counter = field(default_factory=Counter)
-    model_errors: Counter = field(default_factory=Counter)  # model -> scores that carried an error
-    decisions: Counter = field(default_factory=Counter)  # (reason, model or "")
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    model_errors: Counter[str] = field(default_factory=Counter)  # model -> scores that carried an error
+    decisions: Counter[tuple[str, str | None]] = field(default_factory=Counter)  # (reason, model or "")
 
 
 class Router:

@@ -77,7 +77,7 @@ class LoopHistogram:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, child in sorted(self._children.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip([*map(str, child.bounds), "+Inf"], child.counts):
+            for bound, count in zip([*map(str, child.bounds), "+Inf"], child.counts, strict=False):
                 cumulative += count
                 buckets.append((bound, cumulative))
             family.add_metric(list(values), buckets, child.total)

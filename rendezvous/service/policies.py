@@ -20,7 +20,7 @@ import msgspec
 from confluent_kafka import Producer
 
 from policies.schema import ModelEntry, Policy
-from rendezvous.documents import DocumentError, parse_document
+from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import encode

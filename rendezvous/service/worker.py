@@ -276,6 +276,11 @@ class RendezvousWorker:
         self._apply(self.router.on_tick(now_ms()))
 
     async def _housekeeping(self) -> None:
+        # Two ways a deadline fires, on purpose: the timer above fires at the exact
+        # deadline while the loop is idle; this loop re-ticks the router every 5 ms as a
+        # backstop, because a call_later callback runs late when the loop is busy with a
+        # long batch, and because it must serve delivery reports anyway. Both call the
+        # same router.on_tick, which is idempotent: a deadline is decided once.
         while True:
             self.writer.poll()
             now = now_ms()

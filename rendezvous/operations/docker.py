@@ -26,17 +26,17 @@ import time
 from pathlib import Path
 
 from containers.spec import ModelSpec, load_spec
-from rendezvous.broker import free_port
 from rendezvous.kernel.client_config import FILE_PROPERTIES, write_properties
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.settings import KafkaSettings, state_dir
-from rendezvous.runtime.base import (
+from rendezvous.operations.base import (
     Replica,
     RuntimeUnavailable,
     fetch_ready,
     replica_changes,
 )
-from rendezvous.runtime.images import LOCAL_BASE_IMAGE, RUNNER_IMAGE, has_image
+from rendezvous.operations.broker import free_port
+from rendezvous.operations.images import LOCAL_BASE_IMAGE, RUNNER_IMAGE, has_image
 
 LABEL = "io.rendezvous"
 

@@ -8,18 +8,19 @@ with errors that name the file, the line, the field and the problem.
 >>> load_document_text("name: a\\nreplicas: many\\n", Doc, source="spec.yaml")
 Traceback (most recent call last):
 ...
-rendezvous.documents.DocumentError: spec.yaml is invalid:
+rendezvous.kernel.documents.DocumentError: spec.yaml is invalid:
   spec.yaml:2: replicas: Input should be a valid integer, unable to parse string as an integer (got 'many')
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 
 from rendezvous.kernel.errors import ConfigError
 
@@ -96,7 +97,7 @@ def _document_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _problem(error: dict[str, Any], root: yaml.Node | None, data: Any) -> Problem:
+def _problem(error: Mapping[str, Any], root: yaml.Node | None, data: Any) -> Problem:
     loc = _document_path(tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))), data)
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, FieldError):

@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from policies.schema import Policy
-from rendezvous.broker import EmbeddedBroker, find_running
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
-from rendezvous.runtime.base import ModelRuntime
-from rendezvous.runtime.docker import DockerRuntime
-from rendezvous.runtime.process import ProcessRuntime
+from rendezvous.operations.base import ModelRuntime
+from rendezvous.operations.broker import EmbeddedBroker, find_running
+from rendezvous.operations.docker import DockerRuntime
+from rendezvous.operations.process import ProcessRuntime
 
 Progress = Callable[[str, dict[str, Any]], None]
 

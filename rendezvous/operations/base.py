@@ -1,8 +1,8 @@
 """What every runtime offers for model replicas, whichever engine runs them.
 
-Two runtimes implement :class:`ModelRuntime`: :class:`~rendezvous.runtime.process.ProcessRuntime`
+Two runtimes implement :class:`ModelRuntime`: :class:`~rendezvous.operations.process.ProcessRuntime`
 (local processes under a supervisor, the embedded default) and
-:class:`~rendezvous.runtime.docker.DockerRuntime` (containers through the Docker
+:class:`~rendezvous.operations.docker.DockerRuntime` (containers through the Docker
 Engine API). A stack file's ``deploy.runtime`` picks one.
 """
 

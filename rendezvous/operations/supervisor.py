@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rendezvous.runtime.base import fetch_ready
+from rendezvous.operations.base import fetch_ready
 
 log = logging.getLogger("rendezvous.supervisor")
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from containers.spec import load_spec
-from rendezvous.broker import free_port
 from rendezvous.kernel.client_config import ENV_PREFIX
 from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.runtime.base import Replica, replica_changes
-from rendezvous.runtime.supervisor import ChildSpec, Supervisor
+from rendezvous.operations.base import Replica, replica_changes
+from rendezvous.operations.broker import free_port
+from rendezvous.operations.supervisor import ChildSpec, Supervisor
 
 
 @dataclass
@@ -121,7 +121,8 @@ class ProcessRuntime:
         for i in range(first_index, first_index + workers):
             port = free_port()
             argv = [sys.executable, "-m", "rendezvous", "serve", "--policy", str(policy_path), *self._common(),
-                    "--app-id", self.app_id or self.topic_prefix, "--web-port", str(port), "--worker-id", f"{socket.gethostname()}/rendezvous-{i}",
+                    "--app-id", self.app_id or self.topic_prefix, "--web-port", str(port),
+                    "--worker-id", f"{socket.gethostname()}/rendezvous-{i}",
                     "--log-level", "warning", *(extra_args or [])]
             names.append(self._add(f"rendezvous/{i}", argv, port, role="rendezvous"))
         return names

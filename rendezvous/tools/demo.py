@@ -21,18 +21,23 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from containers.examples.phishing import dataset
 from decoy.archive import ArchiveReader
 from policies import EXAMPLE, load_policy
 from policies.schema import Policy
-from rendezvous.client import RequestSender, ResultCollector
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
 from rendezvous.kernel.wire import decode_score_batch
-from rendezvous.stack import Progress, StackError, StackOptions, running_stack
-from rendezvous.summary import summarize
+from rendezvous.operations.stack import (
+    Progress,
+    StackError,
+    StackOptions,
+    running_stack,
+)
+from rendezvous.tools.client import RequestSender, ResultCollector
+from rendezvous.tools.data import phishing_rows
+from rendezvous.tools.summary import summarize
 
 
 @dataclass
@@ -60,7 +65,7 @@ def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collec
     """
     scores = Consumer(kafka.consumer(f"rendezvous-demo-warmup-{time.time_ns()}", **{"enable.auto.commit": False}))
     scores.subscribe([topics.scores])
-    features = dataset()[0][0]
+    features = phishing_rows()[0][0]
     scored: set[str] = set()
     deadline = time.monotonic() + timeout
     try:
@@ -83,8 +88,9 @@ def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collec
 
 def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
     policy = load_policy(options.policy_path)
-    rows = dataset()
-    workdir_ctx = contextlib.nullcontext(options.workdir) if options.workdir else tempfile.TemporaryDirectory(prefix="rendezvous-demo-")
+    rows = phishing_rows()
+    workdir_ctx = (contextlib.nullcontext(options.workdir) if options.workdir
+                   else tempfile.TemporaryDirectory(prefix="rendezvous-demo-"))
     with workdir_ctx as wd:
         workdir = Path(wd)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.settings import state_dir
-from rendezvous.runtime.supervisor import die_with_parent
+from rendezvous.operations.supervisor import die_with_parent
 
 LOOPBACK = "127.0.0.1"
 
