@@ -17,7 +17,8 @@ Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a quoted "100" is a string, not a number; YAML users get a clear error instead of a guess
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ChainEntry(Strict):

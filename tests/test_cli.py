@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ deploy:
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                                                    text=True).stdout.split()]
         assert len(children) == 4  # two replicas, the decoy, one worker
+        with urllib.request.urlopen("http://127.0.0.1:6066/metrics", timeout=5) as response:  # the documented port
+            assert b"rendezvous_" in response.read()
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -111,3 +114,19 @@ def test_commands_without_a_broker_say_what_to_do(tmp_path: Path):
     done = rendezvous("topics", "create", env={"RENDEZVOUS_HOME": str(tmp_path)}, timeout=60)
     assert done.returncode != 0
     assert "pass --broker HOST:PORT, or start one with `rendezvous broker`" in done.stderr
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("model: forest", "model: forrest"), "names forrest, which deploy.models does not start"),
+    (("sla_ms: 100", 'sla_ms: "100"'), "sla_ms: Input should be a valid number"),
+])
+def test_policy_validate_refuses_typos_and_quoted_numbers(tmp_path: Path, change: tuple[str, str], message: str):
+    text = (REPO / "policies" / "example.yaml").read_text()
+    assert change[0] in text
+    path = REPO / "policies" / f".test-{os.getpid()}-{tmp_path.name}.yaml"  # beside the specs it names
+    path.write_text(text.replace(*change))
+    try:
+        done = rendezvous("policy", "validate", str(path), timeout=60)
+    finally:
+        path.unlink()
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -247,3 +247,59 @@ def test_rollback_is_the_next_version_with_the_model_in_shadow():
     back = demoted(doc, "new", "p99 latency 90 ms > limit 40 ms")
     assert back.version == 2 and back.models["new"].role == "shadow" and back.models["new"].ramp is None
     assert "rolled back" in back.description
+
+
+# ---------------------------------------------------------------------- three defects, fixed (issue 12)
+
+def test_credit_chosen_learns_nothing_from_a_default_answer():
+    """A default answer returned no model's score: its outcome says nothing about any model."""
+    index = ScoreIndex(HOUR_MS, 10)
+    index.record("r", {"a": 0.9, "b": 0.3}, chosen=None, now_ms=0)  # both scored, too late: the default answered
+    index.add_late("r", "c", 0.7)
+    status, obs = index.credit("r", True, 0, RewardRule("bernoulli", credit="chosen"), 0)
+    assert (status, obs) == ("credited", [])
+    index.record("s", {"a": 0.9, "b": 0.3}, chosen=None, now_ms=0)
+    _, every = index.credit("s", True, 0, RewardRule("bernoulli", credit="all"), 0)
+    assert {o.model for o in every} == {"a", "b"}  # full information: every model that scored is credited
+
+
+@pytest.mark.parametrize("change", [
+    "    reward: {threshold: 0.8}", "    reward: {credit: chosen}",
+    "    reward: {kind: gaussian, target: outcome}",
+])
+def test_a_policy_that_changes_what_a_reward_means_starts_afresh(change: str):
+    from rendezvous.routing.policy import same_learning
+
+    base = load_policy_text(policy("  strategy: thompson"))
+    changed = load_policy_text(policy("  strategy: thompson", "learning:\n" + change).replace("version: 1", "version: 2"))
+    assert not same_learning(base, changed)
+    assert same_learning(base, load_policy_text(policy("  strategy: epsilon-greedy")))  # routing alone: carry on
+
+
+def test_the_outcome_horizon_follows_the_policy_in_force():
+    from rendezvous.kernel.settings import KafkaSettings
+    from rendezvous.routing.router import Router
+    from rendezvous.service.control import Drained
+    from rendezvous.service.control_plane import ControlPlane
+    from rendezvous.service.policies import PolicyStore, policy_record
+    from rendezvous.service.settings import ServiceSettings
+    from rendezvous.service.writer import ResultWriter
+
+    settings = ServiceSettings(KafkaSettings("127.0.0.1:9"))  # clients are built, never connected
+    store = PolicyStore(random.Random(1))
+    store.adopt(load_policy_text(policy("  strategy: fixed", "learning: {outcome_horizon_s: 60}")), 0)
+    v2 = load_policy_text(policy("  strategy: fixed", "learning: {outcome_horizon_s: 600}").replace("version: 1", "version: 2"))
+
+    class Feed:
+        def __init__(self) -> None:
+            self.pending = Drained(policies=[(policy_record(v2), 1.0)])
+
+        def drain(self) -> Drained:
+            out, self.pending = self.pending, Drained()
+            return out
+
+    writer = ResultWriter(settings.kafka, settings.topics, "w", lambda _: None)
+    plane = ControlPlane(settings, store, Feed(), Router(store.compiled), writer, lambda _: None)  # type: ignore[arg-type]
+    assert plane.crediting.index.horizon_ms == 60_000
+    plane.tick(2.0)
+    assert store.doc.version == 2 and plane.crediting.index.horizon_ms == 600_000

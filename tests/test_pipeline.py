@@ -11,6 +11,7 @@ import signal
 import time
 
 import pytest
+from confluent_kafka import Producer
 
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.wire import (
@@ -18,11 +19,12 @@ from rendezvous.kernel.wire import (
     DLQ_PARTITION,
     DLQ_REASON,
     DLQ_TOPIC,
+    DLQ_VALUE_DROPPED,
     Score,
     ScoreBatch,
     encode,
 )
-from tests.conftest import CHAIN_POLICY, System, scripted_spec, write_policy
+from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow
 SLA = 100.0
@@ -136,6 +138,7 @@ def test_duplicate_and_unknown_scores_are_counted_and_dropped(chain: System):
         (b"k3", b'{"request_id": "r", "features": [1, 2]}', "$.features"),
         (b"k4", encode({"request_id": "big", "features": {"blob": "x" * 5000}}), "too large"),
         (None, None, "empty record"),
+        (b"k5", b'{"request_id": "deep", "features": {"x": ' + b"[" * 3000 + b"]" * 3000 + b"}}", "nested too deeply"),
     ],
 )
 def test_bad_requests_go_to_the_dead_letter_topic_with_reason_and_bytes(chain: System, key, value, reason):
@@ -153,3 +156,38 @@ def test_bad_requests_go_to_the_dead_letter_topic_with_reason_and_bytes(chain: S
     assert reason in dict(letter.headers())[DLQ_REASON].decode()
     assert (letter.key(), letter.value()) == (key, value)  # the original bytes, untouched
     assert chain.ask(f"after-bad-{time.monotonic_ns()}", {}).model == "m3"  # the service carries on
+
+
+def _dead_letter_for(chain: System, topic: str, partition: int, offset: int):  # noqa: ANN202
+    def find():  # noqa: ANN202
+        for m in chain.read_topic(chain.topics.deadletter, 10**6, timeout=1):
+            h = dict(m.headers())
+            if (h[DLQ_TOPIC].decode(), int(h[DLQ_PARTITION]), int(h[DLQ_OFFSET])) == (topic, partition, offset):
+                return m
+        return None
+    return eventually(find, timeout=15, every=0)
+
+
+def test_a_request_too_large_to_copy_is_dead_lettered_without_its_value(chain: System):
+    """Over the producer's 1,000,000-byte limit the original cannot be copied: it is parked by reference."""
+    producer, landed = Producer(chain.kafka.producer(**{"message.max.bytes": 4_000_000})), []
+    value = encode({"request_id": "huge", "features": {"blob": "x" * 1_500_000}})
+    producer.produce(chain.topics.requests, value, b"huge", partition=2,
+                     on_delivery=lambda err, msg: landed.append((err, msg.partition(), msg.offset())))
+    assert producer.flush(30) == 0 and landed and landed[0][0] is None, landed
+    letter = _dead_letter_for(chain, chain.topics.requests, landed[0][1], landed[0][2])
+    assert letter is not None, "no dead letter for the oversized request"
+    headers = dict(letter.headers())
+    assert "too large" in headers[DLQ_REASON].decode() and letter.value() is None
+    assert headers[DLQ_VALUE_DROPPED].decode().startswith(f"{len(value)} bytes")
+    assert chain.ask(f"after-huge-{time.monotonic_ns()}", {}).model == "m3"  # the service carries on
+
+
+def test_undecodable_scores_and_requests_stop_nothing(chain: System):
+    """Invalid UTF-8 on the scores topic is dead-lettered; in a request it is refused by the models, not fatal."""
+    p, o = chain.produce_raw(chain.topics.scores, b'{"model": "m1", "model_version": "\xff\xfe"}', b"s", partition=0)
+    assert _dead_letter_for(chain, chain.topics.scores, p, o) is not None
+    pids = {name: chain.pid(name) for name in chain.models.values()}
+    chain.produce_raw(chain.topics.requests, b'{"request_id": "utf", "features": {"x": "\xff\xfe"}}', b"utf")
+    assert chain.ask(f"after-utf-{time.monotonic_ns()}", {}).model == "m3"
+    assert {name: chain.pid(name) for name in chain.models.values()} == pids  # no model runner died

@@ -168,7 +168,9 @@ def test_policy_commands_validate_and_refuse(system: System, tmp_path):
     assert done.returncode == 2 and "routing.explore: Input should be less than or equal to 1" in done.stderr
     good = tmp_path / "good.yaml"
     good.write_text("name: p\nversion: 3\nsla_ms: 100\nrouting: {strategy: fixed, chain: [{model: a}]}\n")
-    assert cli(system, "policy", "apply", str(good)).returncode == 0
+    unknown = cli(system, "policy", "apply", str(good))  # no model "a" scores on this system
+    assert unknown.returncode == 2 and "a has not scored" in unknown.stderr and "--allow-missing" in unknown.stderr
+    assert cli(system, "policy", "apply", str(good), "--allow-missing").returncode == 0
     good.write_text(good.read_text().replace("version: 3", "version: 2"))
-    refused = cli(system, "policy", "apply", str(good))
+    refused = cli(system, "policy", "apply", str(good), "--allow-missing")
     assert refused.returncode == 1 and "not higher than v3" in refused.stderr

@@ -13,6 +13,7 @@ from policies import load_policy
 from policies.schema import Policy
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.documents import parse_document
+from rendezvous.kernel.errors import ConfigError
 from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
@@ -21,8 +22,10 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.operations.broker import resolve_broker
+from rendezvous.operations.stack import check_deployed_models
 from rendezvous.service.control import ControlFeed, decode_policy_record
 from rendezvous.service.policies import publish_policy
+from rendezvous.tools.inventory import scoring_models
 
 
 @click.group()
@@ -39,6 +42,7 @@ def _load(path: Path) -> Policy:
 def validate(path: Path) -> None:
     """Check a policy file; exit 2 naming file, line, field and problem if it is wrong."""
     doc = _load(path)
+    check_deployed_models(doc, path)
     chain = " -> ".join(f"{e.model}" + (f" ({e.wait_ms:g} ms)" if e.wait_ms is not None else "") for e in doc.routing.chain)
     click.echo(f"{path}: valid: {doc.name} v{doc.version}, {doc.routing.strategy}, SLA {doc.sla_ms:g} ms, chain {chain}")
 
@@ -46,10 +50,16 @@ def validate(path: Path) -> None:
 @policy.command()
 @click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--reason", default="", help="Why: recorded with the policy, shown by `policy show --history`.")
+@click.option("--allow-missing", is_flag=True, envvar="RENDEZVOUS_ALLOW_MISSING", show_envvar=True,
+              help="Apply even if a model it names has not scored in the last 5 minutes (you deploy it next).")
 @broker_option()
 @topic_prefix_option
-def apply(path: Path, reason: str, broker: str | None, topic_prefix: str) -> None:
-    """Put FILE in force on every worker (within a second), if valid and of a higher version."""
+def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topic_prefix: str) -> None:
+    """Put FILE in force on every worker (within a second), if valid and of a higher version.
+
+    Refused if it names a model that has not scored recently (a typo would
+    otherwise never be chosen), unless --allow-missing.
+    """
     doc = _load(path)
     kafka = kafka_settings(resolve_broker(broker))
     topics = topics_for(topic_prefix)
@@ -58,6 +68,14 @@ def apply(path: Path, reason: str, broker: str | None, topic_prefix: str) -> Non
     if current and current[-1][0].version >= doc.version:
         raise click.ClickException(f"version {doc.version} is not higher than v{current[-1][0].version} in force; "
                                    "bump `version` in the file")
+    if not allow_missing:
+        scoring = scoring_models(kafka, topics)
+        missing = sorted(set(doc.model_roles) - set(scoring))
+        if missing:
+            raise ConfigError(
+                f"{path}: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} not scored in the last "
+                f"5 minutes (scoring: {', '.join(sorted(scoring)) or 'no model'})",
+                hint="check the spelling, deploy the model first, or pass --allow-missing")
     publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}")
     click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}")
 

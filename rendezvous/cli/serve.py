@@ -46,7 +46,7 @@ def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch
     """Run one rendezvous worker until SIGTERM. Run several with one --app-id to share the load."""
     # Faust and the worker load here, not when the CLI starts: other commands stay quick.
     from rendezvous.service.run import build_worker, run_worker
-    from rendezvous.service.worker import ServiceSettings
+    from rendezvous.service.settings import ServiceSettings
 
     settings = ServiceSettings(
         kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes),

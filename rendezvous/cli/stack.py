@@ -30,7 +30,10 @@ from rendezvous.operations.stack import RunningStack, StackOptions, running_stac
               help="Partition count for topics that do not exist yet.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rendezvous"),
               show_default=True, help="Where the components' logs go.")
-def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path) -> None:
+@click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", show_envvar=True, type=click.IntRange(1, 65535),
+              default=6066, show_default=True,
+              help="Port of the first rendezvous worker's /metrics, /stats and /ready; worker i uses PORT+i.")
+def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int) -> None:
     """Run the models, decoy and rendezvous workers that FILE declares, until SIGTERM or Ctrl-C.
 
     Without --broker, uses the embedded broker running on this machine, or starts one.
@@ -38,7 +41,8 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
     console = stderr_console()
     stop = stop_on_signals()
     policy = load_policy(policy_path)
-    options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs", client=client_config())
+    options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
+                           web_port=web_port)
     with running_stack(options, policy, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
         console.log(f"up: broker {stack.kafka.bootstrap}, policy {policy.name} v{policy.version}; "

@@ -25,7 +25,7 @@ __all__ = [
     "WireError", "RecordTooLarge", "Request", "RequestHead", "Score", "ScoreBatch", "Candidate", "Result",
     "Outcome", "Reason", "encode", "decode_request", "decode_request_head", "decode_score_batch",
     "decode_result", "decode_outcome", "deadletter_headers", "DEFAULT_MAX_REQUEST_BYTES",
-    "DLQ_REASON", "DLQ_TOPIC", "DLQ_PARTITION", "DLQ_OFFSET", "DLQ_SERVICE",
+    "DLQ_REASON", "DLQ_TOPIC", "DLQ_PARTITION", "DLQ_OFFSET", "DLQ_SERVICE", "DLQ_VALUE_DROPPED",
 ]
 
 #: Largest request the system accepts, in bytes; larger ones are dead-lettered.
@@ -206,6 +206,7 @@ DLQ_TOPIC = "rendezvous.error.topic"
 DLQ_PARTITION = "rendezvous.error.partition"
 DLQ_OFFSET = "rendezvous.error.offset"
 DLQ_SERVICE = "rendezvous.error.service"
+DLQ_VALUE_DROPPED = "rendezvous.error.value-dropped"  # set when the value was too large to copy
 
 
 def deadletter_headers(reason: str, topic: str, partition: int, offset: int, service: str) -> list[tuple[str, bytes]]:

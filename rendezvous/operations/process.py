@@ -14,9 +14,10 @@ from pathlib import Path
 
 from containers.spec import load_spec
 from rendezvous.kernel.client_config import ENV_PREFIX
+from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.operations.base import Replica, replica_changes
-from rendezvous.operations.broker import free_port
+from rendezvous.operations.broker import free_port, port_open
 from rendezvous.operations.supervisor import ChildSpec, Supervisor
 
 
@@ -116,10 +117,14 @@ class ProcessRuntime:
         return self._add("decoy", argv, port, role="decoy")
 
     def start_rendezvous(self, policy_path: Path, workers: int = 1, extra_args: list[str] | None = None,
-                         first_index: int = 0) -> list[str]:
+                         first_index: int = 0, web_port: int = 0) -> list[str]:
+        """Start ``workers`` rendezvous workers; worker i serves /metrics on ``web_port + i`` (0: free ports)."""
         names = []
         for i in range(first_index, first_index + workers):
-            port = free_port()
+            port = web_port + i if web_port else free_port()
+            if web_port and port_open("127.0.0.1", port):
+                raise OperationsError(f"port {port} for rendezvous worker {i}'s metrics is in use",
+                                      hint="pass another --web-port (RENDEZVOUS_WEB_PORT), or stop what uses it")
             argv = [sys.executable, "-m", "rendezvous", "serve", "--policy", str(policy_path), *self._common(),
                     "--app-id", self.app_id or self.topic_prefix, "--web-port", str(port),
                     "--worker-id", f"{socket.gethostname()}/rendezvous-{i}",

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from containers.spec import load_spec
 from policies.schema import Policy
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.client_config import ClientConfig
-from rendezvous.kernel.errors import OperationsError
+from rendezvous.kernel.errors import ConfigError, OperationsError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
@@ -44,6 +45,7 @@ class StackOptions:
     find_running_broker: bool = True  # without --broker, use a `rendezvous broker` running here
     startup_timeout_s: float = 90.0
     client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, handed on to every child
+    web_port: int = 0  # worker i's /metrics on web_port + i; 0: free ports (the demo, tests)
 
 
 @dataclass
@@ -56,11 +58,24 @@ class RunningStack:
     models: ModelRuntime | None = None  # where the models run: ``runtime`` itself, or a DockerRuntime
 
 
+def check_deployed_models(policy: Policy, policy_path: Path) -> None:
+    """Refuse a policy whose ``deploy.models`` do not start every model it names (e.g. a typo)."""
+    if policy.deploy is None or not policy.deploy.models:
+        return
+    started = {load_spec((policy_path.parent / model.spec).resolve()).name for model in policy.deploy.models}
+    missing = sorted(set(policy.model_roles) - started)
+    if missing:
+        raise ConfigError(f"{policy_path}: the policy names {', '.join(missing)}, which deploy.models does "
+                          f"not start (it starts {', '.join(sorted(started))})",
+                          hint="check the spelling of the model names against the specs' `name:`")
+
+
 @contextlib.contextmanager
 def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> Iterator[RunningStack]:
     deploy = policy.deploy
     if deploy is None or not deploy.models:
         raise StackError(f"{options.policy_path} has no deploy.models section: nothing says what to start")
+    check_deployed_models(policy, options.policy_path)
     broker, bootstrap = None, options.broker or (find_running() if options.find_running_broker else None)
     if bootstrap is None:
         broker = EmbeddedBroker(log_path=options.log_dir / "tansu.log")
@@ -92,7 +107,8 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
             names += model_names
         if deploy.decoy.enabled:
             names.append(runtime.start_decoy(options.archive_dir or Path(deploy.decoy.archive)))
-        workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers)
+        workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers,
+                                           web_port=options.web_port)
         progress("status", {"text": f"starting {len(names)} model/decoy processes and {len(workers)} rendezvous worker(s)"})
         not_ready = runtime.wait_ready(names + workers, options.startup_timeout_s)
         if not_ready:

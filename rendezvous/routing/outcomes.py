@@ -90,7 +90,12 @@ class ScoreIndex:
             return "duplicate", []
         entry[3] = True
         _, scores, chosen, _ = entry
-        models = [chosen] if rule.credit == "chosen" and chosen is not None else list(scores)
+        if rule.credit == "chosen":
+            # Only the returned answer's outcome is known; a default answer returned no model's
+            # score, so the outcome says nothing about any model.
+            models = [chosen] if chosen is not None else []
+        else:
+            models = list(scores)
         return "credited", [Observation(request_id, m, rule.reward(scores[m], outcome), t_ms)
                             for m in models if m in scores]
 

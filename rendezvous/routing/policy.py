@@ -73,7 +73,9 @@ def learner_for(policy: Policy) -> Learner:
 
 
 def same_learning(a: Policy, b: Policy) -> bool:
-    return a.learning.reward.kind == b.learning.reward.kind and a.learning.prior == b.learning.prior \
+    """Whether ``b``'s posteriors may carry on from ``a``'s: the same reward (kind, threshold,
+    target and credit: what a reward means), prior and forgetting."""
+    return a.learning.reward == b.learning.reward and a.learning.prior == b.learning.prior \
         and a.learning.forgetting == b.learning.forgetting
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from rendezvous.kernel.wire import WireError, decode_outcome
 from rendezvous.routing.outcomes import ScoreIndex
 from rendezvous.routing.router import Decision, Router
-from rendezvous.service.control import ControlFeed
+from rendezvous.service.control import POLICY_KEY, ControlFeed
 from rendezvous.service.learning import OutcomeCrediting
-from rendezvous.service.policies import PolicyStore, demoted, publish_policy
+from rendezvous.service.policies import PolicyStore, demoted, policy_record
+from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
 log = logging.getLogger("rendezvous.control")
@@ -29,9 +30,9 @@ RAMP_CHECK_EVERY_MS = 1000.0
 
 
 class ControlPlane:
-    def __init__(self, settings: Any, store: PolicyStore, feed: ControlFeed, router: Router,
-                 on_fatal: Callable[[str], None]) -> None:
-        self.settings, self.store, self.feed, self.router = settings, store, feed, router
+    def __init__(self, settings: ServiceSettings, store: PolicyStore, feed: ControlFeed, router: Router,
+                 writer: ResultWriter, on_fatal: Callable[[str], None]) -> None:
+        self.settings, self.store, self.feed, self.router, self.writer = settings, store, feed, router, writer
         horizon_ms = 1000.0 * store.doc.learning.outcome_horizon_s
         self.crediting = OutcomeCrediting(settings.kafka, settings.topics, settings.worker_id,
                                           ScoreIndex(horizon_ms, settings.outcome_index_size), on_fatal)
@@ -79,6 +80,8 @@ class ControlPlane:
             compiled = self.store.offer(value, record_ms)
             if compiled is not None:
                 self.router.set_policy(compiled)
+                # the outcome horizon is the policy's in force, not the first one's
+                self.crediting.index.horizon_ms = 1000.0 * compiled.doc.learning.outcome_horizon_s
         if drained.observations:
             self.crediting.absorb(drained.observations, self.store.learner, now_ms)
         if now_ms >= self._next_flush:
@@ -98,8 +101,9 @@ class ControlPlane:
             doc = demoted(self.store.doc, ramp.model, why)
             log.warning("rolling %s back to shadow (policy v%d): %s", ramp.model, doc.version, why)
             self.rollbacks.append(f"v{doc.version}: {ramp.model}: {why}")
-            publish_policy(self.settings.kafka, self.settings.topics, doc, reason=f"automatic rollback: {why}",
-                           by=f"rendezvous/{self.settings.worker_id}")
+            # on the writer's producer, without waiting: this runs on the worker's event loop
+            self.writer.publish(self.settings.topics.policies, policy_record(
+                doc, reason=f"automatic rollback: {why}", by=f"rendezvous/{self.settings.worker_id}"), POLICY_KEY)
             ramp.halt(why)  # preferred no more, here and now; the new version demotes it everywhere
             return
 

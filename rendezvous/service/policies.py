@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 
 from policies.schema import ModelEntry, Policy
 from rendezvous.kernel.documents import DocumentError, parse_document
+from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import encode
@@ -43,13 +44,18 @@ def who() -> str:
         return socket.gethostname()
 
 
+def policy_record(doc: Policy, reason: str = "", by: str | None = None) -> bytes:
+    """The policies-topic record (key ``POLICY_KEY``, partition 0) that puts ``doc`` in force."""
+    return encode(PolicyRecord(doc.model_dump(mode="json", exclude_none=True), time.time() * 1000, by or who(), reason))
+
+
 def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None) -> None:
-    """Write ``doc`` to the policies topic, for every worker to apply."""
-    record = PolicyRecord(doc.model_dump(mode="json", exclude_none=True), time.time() * 1000, by or who(), reason)
+    """Blocking: write ``doc`` to the policies topic, for every worker to apply (CLI and startup only;
+    a running worker publishes through its writer's producer, without blocking its loop)."""
     producer = Producer(kafka.producer())
-    producer.produce(topics.policies, encode(record), POLICY_KEY, partition=0)
+    producer.produce(topics.policies, policy_record(doc, reason, by), POLICY_KEY, partition=0)
     if producer.flush(15):
-        raise RuntimeError(f"could not write the policy to {topics.policies} within 15 s")
+        raise BrokerUnavailable(f"could not write the policy to {topics.policies} within 15 s")
 
 
 def demoted(doc: Policy, model: str, reason: str) -> Policy:
@@ -94,7 +100,7 @@ class PolicyStore:
         try:
             record = decode_policy_record(value)
             doc = parse_document(record.policy, Policy, source=f"policy record of {record.by or 'unknown'}")
-        except (msgspec.DecodeError, DocumentError) as exc:
+        except (msgspec.DecodeError, DocumentError, RecursionError, ValueError) as exc:  # any bytes: see wire._decode
             self.refused += 1
             log.error("refused a policy record, keeping v%s in force: %s", self.doc.version if self.doc else "-", exc)
             return None

@@ -21,7 +21,8 @@ from rendezvous.kernel.errors import RendezvousError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.policies import PolicyStore, publish_policy, who
-from rendezvous.service.worker import RendezvousWorker, ServiceSettings
+from rendezvous.service.settings import ServiceSettings
+from rendezvous.service.worker import RendezvousWorker
 
 
 class ServiceError(RendezvousError):

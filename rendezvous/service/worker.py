@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from faust.types import TP
@@ -27,43 +24,25 @@ from canary.drift import DriftSettings
 from canary.watch import CanaryWatch
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
-from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import (
-    DEFAULT_MAX_REQUEST_BYTES,
     RecordTooLarge,
     WireError,
     decode_request_head,
     decode_score_batch,
 )
-from rendezvous.routing.router import Router, RouterLimits, Step
+from rendezvous.routing.router import Router, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.control_plane import ControlPlane
 from rendezvous.service.metrics import ServiceMetrics
 from rendezvous.service.policies import PolicyStore
 from rendezvous.service.recovery import recover_partitions
+from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
 log = logging.getLogger("rendezvous.service")
 
 HOUSEKEEPING_S = 0.005
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    kafka: KafkaSettings
-    topics: Topics = Topics()
-    app_id: str = "rendezvous"  # the consumer group shared by all workers of a deployment
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}")
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    limits: RouterLimits = RouterLimits()
-    recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
-    catch_up_timeout_s: float = 5.0
-    outcome_index_size: int = 500_000  # answered requests whose scores await an outcome
-    outcome_rebuild_s: float = 3600.0  # after a takeover, re-index the results of the last hour
 
 
 class RendezvousWorker:
@@ -73,9 +52,9 @@ class RendezvousWorker:
         self.settings = settings
         self.topics = settings.topics
         self.router = Router(store.compiled, settings.limits)
-        self.control = ControlPlane(settings, store, feed, self.router, self._fatal)
-        self.app = create_app(settings.app_id, settings.kafka, settings.web_host, settings.web_port)
         self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
+        self.control = ControlPlane(settings, store, feed, self.router, self.writer, self._fatal)
+        self.app = create_app(settings.app_id, settings.kafka, settings.web_host, settings.web_port)
         self.metrics = ServiceMetrics()
         self.metrics.attach(self, now_ms)
         self.canary: CanaryWatch | None = None

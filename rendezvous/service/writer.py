@@ -13,12 +13,12 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from rendezvous.kernel.kafka import produce
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.wire import Candidate, Result, deadletter_headers, encode
+from rendezvous.kernel.wire import DLQ_VALUE_DROPPED, Candidate, Result, deadletter_headers, encode
 from rendezvous.routing.router import Decision
 
 log = logging.getLogger("rendezvous.service")
@@ -99,22 +99,44 @@ class ResultWriter:
 
     def dead_letter(self, hold: Ack, key: bytes | None, value: bytes | None, reason: str,
                     topic: str, partition: int, offset: int, kind: str = "invalid") -> None:
-        """Park a record the service cannot use; ``kind`` is a short, bounded label for metrics."""
-        self.deadletters[kind] += 1
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
+        """Park a record the service cannot use; ``kind`` is a short, bounded label for metrics.
+
+        A record too large for the producer (or the broker) is parked without its value,
+        with a header saying so: the original stays where the headers point.
+        """
+        headers = deadletter_headers(reason, topic, partition, offset, f"rendezvous/{self.worker}")
+
+        def without_value(why: str) -> None:
+            dropped = [*headers, (DLQ_VALUE_DROPPED, f"{len(value or b'')} bytes not copied: {why}".encode())]
+            self._produce(self.topics.deadletter, None, key, -1, delivered, dropped)
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE and msg.value() is not None:
+                without_value(err.str())
+            elif err is not None:
                 self._on_fatal(f"could not write a dead letter to {self.topics.deadletter}: {err.str()}")
             else:
                 hold.release()
 
-        headers = deadletter_headers(reason, topic, partition, offset, f"rendezvous/{self.worker}")
-        self._produce(self.topics.deadletter, value, key, -1, delivered, headers)  # -1: the partitioner's choice
+        try:
+            self._produce(self.topics.deadletter, value, key, -1, delivered, headers)  # -1: the partitioner's choice
+        except KafkaException as exc:  # refused locally, e.g. over the producer's message.max.bytes
+            without_value(exc.args[0].str() if exc.args else str(exc))
+        self.deadletters[kind] += 1
         self.deadletters_written += 1
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
                  on_delivery: Callable[[KafkaError | None, Message], None],
                  headers: list[tuple[str, bytes]] | None = None) -> None:
         produce(self._producer, topic, value, key, partition, on_delivery, headers)
+
+    def publish(self, topic: str, value: bytes, key: bytes, partition: int = 0) -> None:
+        """Queue a control record (e.g. a rollback's policy) without waiting; a failure is logged."""
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                log.error("could not write to %s: %s", topic, err.str())
+
+        self._produce(topic, value, key, partition, delivered)
 
     def poll(self) -> int:
         """Serve delivery reports (which acknowledge input records)."""

@@ -1,0 +1,30 @@
+"""How one rendezvous worker is configured: Kafka, topics, its identity and its limits."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
+from rendezvous.routing.router import RouterLimits
+
+__all__ = ["ServiceSettings"]
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    kafka: KafkaSettings
+    topics: Topics = Topics()
+    app_id: str = "rendezvous"  # the consumer group shared by all workers of a deployment
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    limits: RouterLimits = RouterLimits()
+    recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
+    catch_up_timeout_s: float = 5.0
+    outcome_index_size: int = 500_000  # answered requests whose scores await an outcome
+    outcome_rebuild_s: float = 3600.0  # after a takeover, re-index the results of the last hour
