@@ -89,6 +89,8 @@ class ModelSpec(BaseModel):
     artifact_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     options: dict[str, Any] = {}
     description: str = ""
+    #: The request features the model reads (shown by the gateway's model metadata, checked nowhere).
+    inputs: list[Annotated[str, Field(min_length=1, max_length=256)]] = []
     #: The model card (JSON or YAML), relative to the spec: the artifact's hash must match it.
     card: str | None = None
 

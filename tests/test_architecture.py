@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"rendezvous", "rendezvous.kernel"},  # foundation: wire, topics, settings, Kafka layer, clock, errors
     {"policies"},  # the policy document's schema
     {"rendezvous.routing", "canary"},  # pure decision logic
-    {"rendezvous.service", "containers", "decoy"},  # the services and the components
+    {"rendezvous.service", "rendezvous.gateway", "containers", "decoy"},  # the services and the components
     {"rendezvous.operations"},  # runtimes, supervisor, embedded broker, stacks
     {"rendezvous.tools"},  # demo, client, explain, summary
     {"rendezvous.cli"},  # the command line, on top

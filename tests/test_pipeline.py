@@ -61,7 +61,7 @@ def test_every_request_gets_exactly_one_result(chain: System):
         ({"m3_delay_ms": 70}, "m2", "fallback", 30, 40),  # m2 is taken when its stage opens
         ({"m3_delay_ms": 45, "m2_delay_ms": 10}, "m2", "fallback", 30, 40),
         ({"m3_delay_ms": 80, "m2_delay_ms": 80}, "m1", "fallback", 60, 70),
-        ({"m3_delay_ms": 80, "m2_delay_ms": 40}, "m2", "fallback", 40, 55),  # m2 late but before m1's stage
+        ({"m3_delay_ms": 80, "m2_delay_ms": 40}, "m2", "fallback", 40, 60),  # m2 late but before m1's stage (60)
         ({"m3_fail": True}, "m2", "fallback", 0, 25),  # a failure is not waited out
         ({"m3_fail": True, "m2_fail": True}, "m1", "fallback", 0, 25),
         ({"m3_fail": True, "m2_fail": True, "m1_fail": True}, None, "default", 0, 25),
@@ -138,7 +138,7 @@ def test_duplicate_and_unknown_scores_are_counted_and_dropped(chain: System):
         (b"k3", b'{"request_id": "r", "features": [1, 2]}', "$.features"),
         (b"k4", encode({"request_id": "big", "features": {"blob": "x" * 5000}}), "too large"),
         (None, None, "empty record"),
-        (b"k5", b'{"request_id": "deep", "features": {"x": ' + b"[" * 3000 + b"]" * 3000 + b"}}", "nested too deeply"),
+        (b"k5", b'{"request_id": "deep", "features": {"x": ' + b"[" * 1500 + b"]" * 1500 + b"}}", "nested too deeply"),
     ],
 )
 def test_bad_requests_go_to_the_dead_letter_topic_with_reason_and_bytes(chain: System, key, value, reason):

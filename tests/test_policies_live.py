@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from rendezvous.service.control import POLICY_KEY
+from policies.record import POLICY_KEY
 from tests.conftest import System, cli, eventually, scripted_spec, write_policy
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ import click
 from rendezvous.cli.archive import archive, replay
 from rendezvous.cli.demo import demo
 from rendezvous.cli.explain import explain
+from rendezvous.cli.gateway import gateway
 from rendezvous.cli.infra import broker, topics
 from rendezvous.cli.models import deploy, image, logs, models, scale, stop
 from rendezvous.cli.policy import policy
@@ -24,6 +25,6 @@ def main() -> None:
     """
 
 
-for command in (demo, up, broker, topics, serve, policy, explain, replay, archive,
+for command in (demo, up, broker, topics, serve, gateway, policy, explain, replay, archive,
                 deploy, scale, models, stop, logs, image):
     main.add_command(command)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -70,9 +72,11 @@ def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, to
         summary = run_demo(options, progress)
     finally:
         bars.stop()
-    console.print(_table(summary))
-    if as_json:
+    if as_json:  # stdout holds only the JSON, for jq; the table goes with the progress
+        console.print(_table(summary))
         click.echo(json.dumps(summary))
+    else:  # the result on stdout, the progress on stderr
+        Console(width=None if sys.stdout.isatty() else 200).print(_table(summary))
 
 
 def _table(s: dict[str, Any]) -> Table:
@@ -97,6 +101,11 @@ def _table(s: dict[str, Any]) -> Table:
         table.add_row("canary drift", _drift_line(drift))
     if "decoy_archived" in s:
         table.add_row("decoy archived", f"{s['decoy_archived']} requests")
+    g = s.get("gateway")
+    if g and "error" not in g:
+        table.add_row("HTTP gateway (OIP v2)", f"POST {g['url']}: {g['model']} ({g['reason']}) in {g['latency_ms']:.1f} ms")
+    elif g:
+        table.add_row("HTTP gateway (OIP v2)", f"failed: {g['error']}")
     return table
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,11 @@ from rendezvous.operations.stack import RunningStack, StackOptions, running_stac
 @click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", show_envvar=True, type=click.IntRange(1, 65535),
               default=6066, show_default=True,
               help="Port of the first rendezvous worker's /metrics, /stats and /ready; worker i uses PORT+i.")
-def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int) -> None:
+@click.option("--gateway-port", envvar="RENDEZVOUS_GATEWAY_PORT", show_envvar=True, type=click.IntRange(0, 65535),
+              default=8080, show_default=True,
+              help="Port of the HTTP gateway (Open Inference Protocol v2); 0 starts none.")
+def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int,
+       gateway_port: int) -> None:
     """Run the models, decoy and rendezvous workers that FILE declares, until SIGTERM or Ctrl-C.
 
     Without --broker, uses the embedded broker running on this machine, or starts one.
@@ -42,12 +48,28 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
     stop = stop_on_signals()
     policy = load_policy(policy_path)
     options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
-                           web_port=web_port)
+                           web_port=web_port, gateway_port=gateway_port or None)
     with running_stack(options, policy, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
-        console.log(f"up: broker {stack.kafka.bootstrap}, policy {policy.name} v{policy.version}; "
+        gateway = f", gateway {stack.gateway_url}/v2/models/{policy.name}/infer" if stack.gateway_url else ""
+        console.log(f"up: broker {stack.kafka.bootstrap}, {_in_force(stack, policy)}{gateway}; "
                     "stop with Ctrl-C or SIGTERM")
         _watch(stack, stop, console)
+
+
+def _in_force(stack: RunningStack, policy: Any) -> str:
+    """The policy the workers run, which may be a higher version from the policies topic than the file's."""
+    for child in stack.runtime.supervisor.children():
+        if child.spec.labels.get("role") == "rendezvous" and child.spec.http_port:
+            try:
+                url = f"http://127.0.0.1:{child.spec.http_port}/stats"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    running = json.loads(response.read())["policy"]
+                source = "from the file" if running["version"] == policy.version else f"from {stack.topics.policies}"
+                return f"policy {running['name']} v{running['version']} in force ({source})"
+            except (OSError, ValueError, KeyError):
+                break
+    return f"policy {policy.name} v{policy.version} (file)"
 
 
 def _watch(stack: RunningStack, stop: Any, console: Console) -> None:

@@ -13,7 +13,7 @@ from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 
-__all__ = ["ensure_topics", "partition_count", "end_offsets", "create_topic", "TopicError"]
+__all__ = ["ensure_topics", "partition_count", "end_offsets", "create_topic", "delete_topic", "TopicError"]
 
 
 def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
@@ -89,3 +89,13 @@ def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: floa
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+
+
+def delete_topic(kafka: KafkaSettings, name: str, timeout: float = 10.0) -> bool:
+    """Delete one topic (e.g. a stopped gateway's replies); False if the broker would not."""
+    admin = AdminClient(kafka.admin())
+    try:
+        admin.delete_topics([name], operation_timeout=timeout)[name].result(timeout)
+        return True
+    except KafkaException:
+        return False

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 DEFAULT_PREFIX = "rendezvous"
+#: Request header naming the topic (one of ``Topics.replies``) where the worker also writes the result,
+#: so that a gateway reads only its own callers' results, not the whole results topic.
+REPLY_TO = "rendezvous.reply-to"
 DEFAULT_PARTITIONS = 4
 
 
@@ -50,6 +53,13 @@ class Topics:
     def single_partition(self) -> tuple[str, ...]:
         """Small control topics every worker reads whole (policies, bandit state)."""
         return (self.policies, self.bandit)
+
+    def replies(self, gateway: str) -> str:
+        """The topic one gateway instance reads its callers' results from (see REPLY_TO)."""
+        return f"{self.namespace}.replies.{gateway}"
+
+    def is_reply_topic(self, topic: str) -> bool:
+        return topic.startswith(f"{self.namespace}.replies.") and len(topic) > len(self.namespace) + 9
 
     def all(self) -> tuple[str, ...]:
         return tuple(getattr(self, f.name) for f in fields(self) if f.name != "namespace")

@@ -33,7 +33,8 @@ class ProcessRuntime:
         self.supervisor = Supervisor()
         self.supervisor.start_background()
 
-    def _common(self) -> list[str]:
+    def _common_broker(self) -> list[str]:
+        """--broker, --kafka-config and --topic-prefix: what every child needs to reach the system."""
         k = self.kafka
         security = []
         if k.client:  # children read the secrets from a private file, not from argv or the environment
@@ -42,9 +43,13 @@ class ProcessRuntime:
                 k.client.write(path)
                 self._client_file_written = True
             security = ["--kafka-config", str(path)]
-        return ["--broker", k.bootstrap, *security, "--topic-prefix", self.topic_prefix,
-                "--fetch-wait-ms", str(k.fetch_wait_ms), "--producer-linger-ms", str(k.producer_linger_ms),
-                "--fetch-min-bytes", str(k.fetch_min_bytes)]
+        return ["--broker", k.bootstrap, *security, "--topic-prefix", self.topic_prefix]
+
+    def _common(self) -> list[str]:
+        """What the Kafka components take besides: the client tuning."""
+        k = self.kafka
+        return [*self._common_broker(), "--fetch-wait-ms", str(k.fetch_wait_ms),
+                "--producer-linger-ms", str(k.producer_linger_ms), "--fetch-min-bytes", str(k.fetch_min_bytes)]
 
     def _add(self, name: str, argv: list[str], port: int, **labels: str) -> str:
         log = self.log_dir / (name.replace("/", "-") + ".log")
@@ -131,6 +136,18 @@ class ProcessRuntime:
                     "--log-level", "warning", *(extra_args or [])]
             names.append(self._add(f"rendezvous/{i}", argv, port, role="rendezvous"))
         return names
+
+    def start_gateway(self, port: int = 0, specs: list[Path] | None = None, name: str = "gateway",
+                      extra_args: list[str] | None = None) -> str:
+        """The HTTP gateway (OIP v2) on ``port`` (0: a free one); ``specs`` tell it the models' inputs."""
+        port = port or free_port()
+        if port_open("127.0.0.1", port):
+            raise OperationsError(f"port {port} for the gateway is in use",
+                                  hint="pass another --gateway-port (RENDEZVOUS_GATEWAY_PORT), or stop what uses it")
+        argv = [sys.executable, "-m", "rendezvous", "gateway", *self._common_broker(), "--port", str(port),
+                "--gateway-id", f"{socket.gethostname()}-{name.replace('/', '-')}-{port}",
+                *[arg for spec in specs or [] for arg in ("--spec", str(spec))], *(extra_args or [])]
+        return self._add(name, argv, port, role="gateway")
 
     def wait_ready(self, names: list[str], timeout: float = 60.0) -> list[str]:
         return self.supervisor.wait_ready(names, timeout)

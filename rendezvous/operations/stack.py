@@ -46,6 +46,7 @@ class StackOptions:
     startup_timeout_s: float = 90.0
     client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, handed on to every child
     web_port: int = 0  # worker i's /metrics on web_port + i; 0: free ports (the demo, tests)
+    gateway_port: int | None = None  # start the HTTP gateway on it (0: a free port); None: no gateway
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RunningStack:
     broker: EmbeddedBroker | None
     components: list[str] = field(default_factory=list)
     models: ModelRuntime | None = None  # where the models run: ``runtime`` itself, or a DockerRuntime
+    gateway_url: str | None = None  # the HTTP gateway (OIP v2), if one was started
 
 
 def check_deployed_models(policy: Policy, policy_path: Path) -> None:
@@ -114,10 +116,21 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
         if not_ready:
             raise StackError(f"not ready after {options.startup_timeout_s:.0f}s: {', '.join(not_ready)}; "
                              f"see the logs in {options.log_dir}")
-        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models)
+        gateway_url = None
+        if options.gateway_port is not None:
+            specs = [(options.policy_path.parent / model.spec).resolve() for model in deploy.models]
+            gateway = runtime.start_gateway(options.gateway_port, specs)
+            not_ready = runtime.wait_ready([gateway], options.startup_timeout_s)
+            if not_ready:
+                raise StackError(f"the gateway was not ready after {options.startup_timeout_s:.0f}s; "
+                                 f"see {options.log_dir}/gateway.log")
+            workers.append(gateway)
+            gateway_url = f"http://127.0.0.1:{runtime.supervisor.get(gateway).spec.http_port}"
+        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models, gateway_url)
     finally:
         if runtime is not None:
             progress("status", {"text": "stopping: rendezvous first, so in-flight requests are answered"})
+            runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "gateway"])
             runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
             if isinstance(models, DockerRuntime):
                 models.stop_all()

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
+from policies.record import POLICY_KEY, PolicyRecord, decode_policy_record  # noqa: F401 - re-exported
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.kafka import poll_batch, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
@@ -31,27 +32,12 @@ from rendezvous.routing.bandit import Observation
 
 log = logging.getLogger("rendezvous.control")
 
-POLICY_KEY = b"policy"
-
-
-class PolicyRecord(msgspec.Struct):
-    policy: dict[str, Any]
-    applied_ms: float
-    by: str = ""
-    reason: str = ""
-
-
 class BanditRecord(msgspec.Struct):
     worker: str
     observations: list[tuple[str, str, float, float]]
 
 
-_policy_decoder = msgspec.json.Decoder(PolicyRecord)
 _bandit_decoder = msgspec.json.Decoder(BanditRecord)
-
-
-def decode_policy_record(data: bytes) -> PolicyRecord:
-    return _policy_decoder.decode(data)
 
 
 def decode_bandit_record(data: bytes) -> BanditRecord:

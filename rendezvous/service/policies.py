@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import msgspec
 from confluent_kafka import Producer
 
+from policies.record import POLICY_KEY, PolicyRecord, decode_policy_record
 from policies.schema import ModelEntry, Policy
 from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.errors import BrokerUnavailable
@@ -32,7 +33,6 @@ from rendezvous.routing.policy import (
     learner_for,
     same_learning,
 )
-from rendezvous.service.control import POLICY_KEY, PolicyRecord, decode_policy_record
 
 log = logging.getLogger("rendezvous.policies")
 

@@ -24,6 +24,7 @@ from canary.drift import DriftSettings
 from canary.watch import CanaryWatch
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.topics import REPLY_TO
 from rendezvous.kernel.wire import (
     RecordTooLarge,
     WireError,
@@ -188,7 +189,7 @@ class RendezvousWorker:
         if message.partition in self._recovering:
             self._recovering[message.partition].append((self.on_request_event, event))
             return
-        hold = Ack(event)
+        hold = Ack(event, reply_to=self._reply_to(message))
         try:
             head = decode_request_head(message.value, self.settings.max_request_bytes)
         except WireError as exc:
@@ -199,6 +200,20 @@ class RendezvousWorker:
         record_ms = message.timestamp * 1000.0 if message.timestamp else now_ms()
         self._apply(self.router.on_request(head.request_id, message.partition, record_ms, hold, now_ms(),
                                            head.event_time))
+
+    def _reply_to(self, message: Any) -> str | None:
+        """The reply topic a gateway named in the request's headers, if it is one of ours."""
+        headers = message.headers
+        if not headers:
+            return None
+        items = headers.items() if isinstance(headers, dict) else headers
+        for key, value in items:
+            if key == REPLY_TO and value:
+                topic = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+                if self.topics.is_reply_topic(topic):
+                    return topic
+                log.warning("ignored reply-to %r: not a replies topic of %s", topic, self.topics.namespace)
+        return None
 
     def on_score_event(self, event: Any) -> None:
         message = event.message

@@ -27,10 +27,10 @@ log = logging.getLogger("rendezvous.service")
 class Ack:
     """An input record held until ``refs`` pieces of work on it are durable."""
 
-    __slots__ = ("event", "refs")
+    __slots__ = ("event", "refs", "reply_to")
 
-    def __init__(self, event: Any, refs: int = 1) -> None:
-        self.event, self.refs = event, refs
+    def __init__(self, event: Any, refs: int = 1, reply_to: str | None = None) -> None:
+        self.event, self.refs, self.reply_to = event, refs, reply_to
 
     def release(self) -> None:
         self.refs -= 1
@@ -84,8 +84,11 @@ class ResultWriter:
         pending = decision.pending
         result = build_result(decision, self.worker)
         self._in_flight[pending.partition].append([pending.token, *pending.score_tokens])
-        self._produce(self.topics.results, encode(result), pending.request_id.encode(), pending.partition,
-                      self._result_delivered)
+        value, key = encode(result), pending.request_id.encode()
+        self._produce(self.topics.results, value, key, pending.partition, self._result_delivered)
+        reply_to = getattr(pending.token, "reply_to", None)
+        if reply_to is not None:  # a copy for the gateway that asked; the results topic stays the record
+            self._produce(reply_to, value, key, -1, self._reply_delivered)
         self.results_written += 1
         return result
 
@@ -96,6 +99,10 @@ class ResultWriter:
             return
         for hold in holds:
             hold.release()
+
+    def _reply_delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:  # the gateway answers its caller 504 at its deadline; nothing else waits on this
+            log.warning("could not write a reply to %s: %s", msg.topic(), err.str())
 
     def dead_letter(self, hold: Ack, key: bytes | None, value: bytes | None, reason: str,
                     topic: str, partition: int, offset: int, kind: str = "invalid") -> None:

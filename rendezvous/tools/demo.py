@@ -98,6 +98,7 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
             options.policy_path, options.broker, options.topic_prefix, options.partitions,
             log_dir=workdir / "logs", archive_dir=workdir / "archive",
             startup_timeout_s=options.startup_timeout_s, find_running_broker=False, client=options.client,
+            gateway_port=0,  # the HTTP gateway too, on a free port: the summary shows one call through it
         )
         with running_stack(stack_options, policy, progress) as stack:
             kafka, topics = stack.kafka, stack.topics
@@ -145,10 +146,29 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                     summary["decoy_archived"] = _archived(workdir / "archive", expected=options.requests)
                 summary["drift"] = _drift_summary(drift, _canary(worker_url), policy)
                 summary["learned"] = _learn_from_labels(stack, sender, collector, labels)
+                summary["gateway"] = _through_the_gateway(stack.gateway_url, policy.name, rows[0][0])
                 summary["workdir"] = str(workdir) if options.workdir else None
             finally:
                 collector.stop()
     return summary
+
+
+def _through_the_gateway(url: str | None, policy: str, features: dict[str, Any]) -> dict[str, Any] | None:
+    """One Open Inference Protocol call through the gateway, as an HTTP client would make it."""
+    if url is None:
+        return None
+    body = {"id": "demo-http-1", "inputs": [{"name": k, "datatype": "FP64", "shape": [1], "data": [v]}
+                                            for k, v in features.items()]}
+    request = urllib.request.Request(f"{url}/v2/models/{policy}/infer", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        return {"url": url, "error": str(exc)}
+    p = answer["parameters"]
+    return {"url": f"{url}/v2/models/{policy}/infer", "model": p["model"], "reason": p["reason"],
+            "latency_ms": p["latency_ms"], "score": answer["outputs"][0]["data"][0]}
 
 
 def _learn_from_labels(stack, sender: RequestSender, collector: ResultCollector,  # noqa: ANN001

@@ -1,0 +1,51 @@
+"""``rendezvous gateway``: the Open Inference Protocol (v2) over HTTP, in front of the rendezvous."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rendezvous.kernel.lifecycle import configure_logging
+from rendezvous.kernel.options import broker_option, kafka_settings, log_level_option, topic_prefix_option, topics_for
+from rendezvous.operations.broker import resolve_broker
+
+DEFAULT_PORT = 8080
+
+
+@click.command()
+@broker_option()
+@topic_prefix_option
+@click.option("--host", envvar="RENDEZVOUS_GATEWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
+              help="Address to listen on (0.0.0.0 to serve other hosts).")
+@click.option("--port", envvar="RENDEZVOUS_GATEWAY_PORT", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
+              show_default=True, show_envvar=True, help="Port to listen on.")
+@click.option("--gateway-id", envvar="RENDEZVOUS_GATEWAY_ID", default=None, show_envvar=True,
+              help="Names this instance's reply topic (PREFIX.replies.ID). Default: a fresh id per start.")
+@click.option("--reply-margin-ms", envvar="RENDEZVOUS_REPLY_MARGIN_MS", type=click.FloatRange(0, 60_000),
+              default=1000.0, show_default=True, show_envvar=True,
+              help="How long past the policy's SLA a call waits for its result before answering 504.")
+@click.option("--spec", "specs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A model spec, for the inputs it needs in /v2/models/NAME (repeatable).")
+@log_level_option
+def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway_id: str | None,
+            reply_margin_ms: float, specs: tuple[Path, ...], log_level: str) -> None:
+    """Serve POST /v2/models/POLICY/infer and /outcome, health and metadata (OIP v2) until SIGTERM.
+
+    Each call becomes rendezvous requests and is answered within the policy's SLA
+    (plus --reply-margin-ms), or 504. OpenAPI: /openapi.json and /docs.
+    """
+    import uvicorn  # loads here, not when the CLI starts
+
+    from containers.spec import load_spec
+    from rendezvous.gateway.app import GatewaySettings, create_app
+    from rendezvous.gateway.bridge import KafkaBridge
+
+    configure_logging(log_level)
+    kafka = kafka_settings(resolve_broker(broker))
+    inputs = {spec.name: list(spec.inputs) for spec in map(load_spec, specs)}
+    bridge = KafkaBridge(kafka, topics_for(topic_prefix), gateway_id)
+    app = create_app(bridge, GatewaySettings(reply_margin_ms=reply_margin_ms, model_inputs=inputs))
+    # uvicorn stops on SIGTERM: it finishes the calls in flight, then the lifespan stops the bridge
+    uvicorn.run(app, host=host, port=port, log_level="warning" if log_level == "info" else log_level,
+                access_log=False)

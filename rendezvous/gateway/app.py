@@ -1,0 +1,161 @@
+"""The HTTP front door: the Open Inference Protocol (v2) routes, over a :class:`KafkaBridge`.
+
+``{name}`` in every route is the name of the policy in force: the deployment
+is the "model" an OIP client sees; which real model answered is in the
+response's ``parameters``. Because the rendezvous always answers within its
+SLA, a call waits at most the SLA plus ``reply_margin_ms``; past that it is a
+504 naming the request id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from rendezvous import __version__
+from rendezvous.gateway.bridge import KafkaBridge
+from rendezvous.gateway.oip import FeaturesRequest, InferRequest, OipError, OutcomeRequest, infer_response, request_ids, rows
+
+__all__ = ["GatewaySettings", "create_app"]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    reply_margin_ms: float = 1000.0  # beyond the SLA, for the hops between the gateway and the worker
+    model_inputs: dict[str, list[str]] | None = None  # model -> features it reads (from the specs), for metadata
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.body = status, {"error": message, **extra}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts).lstrip(".") or "body"
+
+
+def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(), *, manage_bridge: bool = True) -> FastAPI:
+    """The gateway's ASGI app; with ``manage_bridge`` it starts and stops the bridge with itself."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+
+        if manage_bridge:
+            bridge.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            if manage_bridge:
+                bridge.stop()
+
+    app = FastAPI(title="rendezvous gateway", version=__version__, lifespan=lifespan,
+                  description="The Open Inference Protocol (v2) over the rendezvous: every call is answered "
+                              "within the policy's SLA (plus a margin), by the model the policy chooses.")
+
+    @app.exception_handler(HttpError)
+    async def http_error(_request: Request, exc: HttpError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        return JSONResponse({"error": f"{_field(tuple(first['loc']))}: {first['msg']}"}, status_code=400)
+
+    def policy_named(name: str) -> Any:
+        policy = bridge.policy
+        if policy is None:
+            raise HttpError(503, "no policy is in force yet: apply one (rendezvous policy apply FILE)")
+        if name != policy.name:
+            raise HttpError(404, f"no model {name!r}: this rendezvous serves policy {policy.name!r}")
+        return policy
+
+    # ------------------------------------------------------------------ inference
+
+    @app.post("/v2/models/{name}/infer", summary="Score rows through the rendezvous (OIP v2, or {\"features\": {...}})")
+    async def infer(name: str, body: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008 - FastAPI's idiom
+        policy = policy_named(name)
+        try:
+            if "inputs" in body:
+                parsed = InferRequest.model_validate(body)
+                features, client_id = rows(parsed), parsed.id
+            else:
+                plain = FeaturesRequest.model_validate(body)
+                features, client_id = [plain.features], plain.id
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise HttpError(400, f"{_field(tuple(first['loc']))}: {first['msg']}") from None
+        except OipError as exc:
+            raise HttpError(400, str(exc)) from None
+        ids = request_ids(client_id, len(features))
+        replies = await bridge.ask(list(zip(ids, features, strict=True)),
+                                   (policy.sla_ms + settings.reply_margin_ms) / 1000)
+        missing = [rid for rid, reply in zip(ids, replies, strict=True) if reply is None]
+        if missing:
+            raise HttpError(504, f"no result within the SLA ({policy.sla_ms:g} ms) plus "
+                                 f"{settings.reply_margin_ms:g} ms: is a rendezvous worker running?",
+                            id=client_id or ids[0], request_ids=missing)
+        results = [reply.result for reply in replies if reply is not None]
+        return JSONResponse(infer_response(name, client_id, ids, results))
+
+    @app.post("/v2/models/{name}/outcome", summary="The truth about an answered request, for learning and quality")
+    async def outcome(name: str, body: OutcomeRequest) -> JSONResponse:
+        policy_named(name)
+        partition = bridge.send_outcome(body.id, body.outcome)
+        if bridge.flush(5):
+            raise HttpError(503, "the outcome could not be written to the broker within 5 s", id=body.id)
+        return JSONResponse({"id": body.id, "accepted": True, "partition": partition}, status_code=202)
+
+    # ------------------------------------------------------------------ health and metadata
+
+    @app.get("/v2/health/live", summary="The gateway process is up")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    async def _ready() -> tuple[bool, str]:
+        if bridge.policy is None:
+            return False, "no policy in force yet"
+        if bridge.recently_answered():
+            return True, "a rendezvous worker answered within the last 30 s"
+        [reply] = await bridge.ask([(bridge.probe_id(), {})], (bridge.policy.sla_ms + settings.reply_margin_ms) / 1000)
+        return (True, "a probe request was answered") if reply else (False, "no rendezvous worker answered a probe")
+
+    @app.get("/ready", include_in_schema=False)  # what the process supervisor polls, like every component
+    @app.get("/v2/health/ready", summary="The broker is reachable and a rendezvous worker answers")
+    async def ready() -> JSONResponse:
+        ok, why = await _ready()
+        return JSONResponse({"ready": ok, "reason": why}, status_code=200 if ok else 503)
+
+    @app.get("/v2", summary="Server metadata")
+    async def server() -> dict[str, Any]:
+        return {"name": "rendezvous", "version": __version__, "extensions": ["outcome"]}
+
+    @app.get("/v2/models/{name}", summary="The policy as a model: its versions, inputs and output")
+    async def metadata(name: str) -> dict[str, Any]:
+        policy = policy_named(name)
+        known = settings.model_inputs or {}
+        needed = sorted({f for model in policy.model_roles for f in known.get(model, [])})
+        return {
+            "name": policy.name, "versions": [str(policy.version)], "platform": "rendezvous",
+            "inputs": [{"name": f, "datatype": "FP64", "shape": [-1]} for f in needed],
+            "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}],
+            "parameters": {"sla_ms": policy.sla_ms, "models": policy.model_roles,
+                           "inputs_by_model": {m: known[m] for m in policy.model_roles if m in known}},
+        }
+
+    @app.get("/v2/models/{name}/ready", summary="The policy is in force and a worker answers")
+    async def model_ready(name: str) -> JSONResponse:
+        policy_named(name)
+        ok, why = await _ready()
+        return JSONResponse({"name": name, "ready": ok, "reason": why}, status_code=200 if ok else 503)
+
+    return app

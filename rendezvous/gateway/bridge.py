@@ -1,0 +1,181 @@
+"""The gateway's Kafka side: send requests that name this gateway's reply topic, await their results.
+
+Reply route: every gateway instance has a topic of its own, ``PREFIX.replies.<id>``
+(:meth:`Topics.replies`), created when it starts. Each request it sends carries a
+``rendezvous.reply-to`` header naming it, and the worker writes the result there
+as well as to the results topic. So a gateway reads only its own callers'
+results, however many gateways and workers there are; a result that comes after
+its caller was answered 504 is dropped, never answered twice.
+
+The policy in force (its name, version, SLA and models) is followed from the
+policies topic, exactly as workers pick it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from policies.record import decode_policy_record
+from policies.schema import Policy
+from rendezvous.kernel.admin import create_topic, delete_topic
+from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.documents import DocumentError, parse_document
+from rendezvous.kernel.kafka import poll_batch, produce
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import REPLY_TO, Topics
+from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
+
+__all__ = ["KafkaBridge", "Reply"]
+
+log = logging.getLogger("rendezvous.gateway")
+_KNOWN_PARTITIONS = 100_000  # request id -> its partition, for outcomes of requests answered here
+
+
+@dataclass(frozen=True)
+class Reply:
+    result: Result
+    partition: int
+
+
+class KafkaBridge:
+    """Start, then :meth:`ask` from the event loop; :meth:`stop` on shutdown."""
+
+    def __init__(self, kafka: KafkaSettings, topics: Topics, gateway_id: str | None = None) -> None:
+        self.kafka, self.topics = kafka, topics
+        self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
+        self.reply_topic = topics.replies(self.gateway_id)
+        self.policy: Policy | None = None
+        self.last_reply_ms = 0.0
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._partitions: OrderedDict[str, int] = OrderedDict()
+        self._partitions_lock = threading.Lock()  # written by delivery reports, read by the event loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._producer = Producer(kafka.producer(**{"client.id": f"gateway-{self.gateway_id}"}))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        create_topic(self.kafka, self.reply_topic, 1)
+        replies = Consumer(self.kafka.consumer(f"{self.reply_topic}.reader", **{"enable.auto.commit": False}))
+        _, end = replies.get_watermark_offsets(TopicPartition(self.reply_topic, 0), timeout=10)
+        replies.assign([TopicPartition(self.reply_topic, 0, end)])  # only what is asked from now on
+        policies = Consumer(self.kafka.consumer(f"{self.reply_topic}.policies", **{"enable.auto.commit": False}))
+        policies.assign([TopicPartition(self.topics.policies, 0, 0)])
+        for target, consumer, name in ((self._read_replies, replies, "replies"),
+                                       (self._follow_policies, policies, "policies")):
+            thread = threading.Thread(target=self._run, args=(target, consumer), name=f"gateway-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("gateway %s: replies on %s", self.gateway_id, self.reply_topic)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        self._producer.flush(5)
+        delete_topic(self.kafka, self.reply_topic)  # best effort: a crashed gateway leaves an idle topic
+
+    def _run(self, target: Any, consumer: Consumer) -> None:
+        try:
+            while not self._stop.is_set():
+                for message in poll_batch(consumer, 1000, 0.05):
+                    if not message.error():
+                        target(message)
+                self._producer.poll(0)
+        finally:
+            consumer.close()
+
+    # ------------------------------------------------------------------ policies
+
+    def _follow_policies(self, message: Message) -> None:
+        try:
+            doc = parse_document(decode_policy_record(message.value() or b"").policy, Policy, "policy record")
+        except (DocumentError, ValueError, RecursionError) as exc:  # msgspec's DecodeError is a ValueError
+            log.warning("ignored an invalid policy record: %s", exc)
+            return
+        if self.policy is None or doc.version > self.policy.version:
+            self.policy = doc
+
+    # ------------------------------------------------------------------ requests and replies
+
+    def _read_replies(self, message: Message) -> None:
+        try:
+            result = decode_result(message.value() or b"")
+        except WireError:
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._resolve, result)
+
+    def _resolve(self, result: Result) -> None:  # on the event loop
+        self.last_reply_ms = now_ms()
+        future = self._waiting.pop(result.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(Reply(result, -1))
+
+    async def ask(self, requests: list[tuple[str, dict[str, Any]]], timeout_s: float) -> list[Reply | None]:
+        """Send each ``(request_id, features)``; each reply, or None if it had not come within ``timeout_s``."""
+        assert self._loop is not None
+        futures = []
+        for request_id, features in requests:
+            future: asyncio.Future[Reply] = self._loop.create_future()
+            self._waiting[request_id] = future
+            futures.append(future)
+            value = encode({"request_id": request_id, "features": features, "event_time": int(now_ms())})
+            produce(self._producer, self.topics.requests, value, request_id.encode(),
+                    on_delivery=self._delivered(request_id), headers=[(REPLY_TO, self.reply_topic.encode())])
+        self._producer.poll(0)
+        done, _ = await asyncio.wait(futures, timeout=timeout_s)
+        out: list[Reply | None] = []
+        for (request_id, _), future in zip(requests, futures, strict=True):
+            self._waiting.pop(request_id, None)
+            if future in done and future.exception() is None:
+                reply = future.result()
+                with self._partitions_lock:
+                    partition = self._partitions.get(request_id, -1)
+                out.append(Reply(reply.result, partition))
+            else:
+                future.cancel()
+                out.append(None)
+        return out
+
+    def _delivered(self, request_id: str) -> Any:
+        def delivered(err: KafkaError | None, msg: Message) -> None:  # on the producer's poll: any thread
+            if err is not None:
+                log.error("could not send request %s: %s", request_id, err.str())
+                return
+            with self._partitions_lock:
+                self._partitions[request_id] = msg.partition()
+                while len(self._partitions) > _KNOWN_PARTITIONS:
+                    self._partitions.popitem(last=False)
+        return delivered
+
+    def send_outcome(self, request_id: str, outcome: bool | float) -> int:
+        """Produce the outcome to its request's partition (known if the request came through here); returns it."""
+        with self._partitions_lock:
+            partition = self._partitions.get(request_id, -1)  # -1: the key's partition, as a keyed request lands
+        produce(self._producer, self.topics.outcomes, encode(Outcome(request_id, outcome, now_ms())),
+                request_id.encode(), partition)
+        self._producer.poll(0)
+        return partition
+
+    def flush(self, timeout: float = 5.0) -> int:
+        return self._producer.flush(timeout)
+
+    def recently_answered(self, within_s: float = 30.0) -> bool:
+        return now_ms() - self.last_reply_ms < within_s * 1000
+
+    @staticmethod
+    def probe_id() -> str:
+        return f"gateway-probe-{time.time_ns()}"

@@ -1,0 +1,157 @@
+"""The HTTP gateway (Open Inference Protocol v2), live: real processes, a real HTTP client (httpx)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from policies import load_policy_text
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.wire import Outcome, Result
+from rendezvous.service.policies import publish_policy
+from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, write_policy
+
+pytestmark = pytest.mark.slow
+POLICY = "test-chain"
+
+
+@pytest.fixture(scope="module")
+def served(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, list[str]]]:
+    directory = tmp_path_factory.mktemp("gateway")
+    s = System(KafkaSettings(broker.bootstrap), directory)
+    models = s.start_models(*(scripted_spec(directory, m, score) for m, score in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+    workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
+    s.wait_ready(models + workers)
+    gateways = [s.runtime.start_gateway(name=f"gateway/{i}") for i in range(2)]
+    s.wait_ready(gateways)
+    urls = [f"http://127.0.0.1:{s.runtime.supervisor.get(g).spec.http_port}" for g in gateways]
+    yield s, urls
+    s.close()
+
+
+@pytest.fixture
+def http(served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served[1][0], timeout=10) as client:
+        yield client
+
+
+def test_an_oip_request_is_answered_with_the_score_and_the_decision(http: httpx.Client):
+    body = {"id": "oip-1", "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [0.5]}]}
+    reply = http.post(f"/v2/models/{POLICY}/infer", json=body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert (out["model_name"], out["model_version"], out["id"]) == (POLICY, "1", "oip-1")
+    assert out["outputs"] == [{"name": "score", "datatype": "FP64", "shape": [1], "data": [0.3]}]
+    p = out["parameters"]
+    assert (p["request_id"], p["model"], p["reason"], p["policy_version"]) == ("oip-1", "m3", "preferred", 1)
+    assert p["latency_ms"] <= 100  # within the SLA, by the worker's own clock
+
+
+def test_several_rows_are_several_requests_and_plain_features_work_too(http: httpx.Client):
+    body = {"id": "rows", "inputs": [{"name": "a", "datatype": "FP32", "shape": [3, 1], "data": [[1], [2], [3]]},
+                                     {"name": "m3_fail", "datatype": "BOOL", "shape": [3], "data": [False, True, False]}]}
+    out = http.post(f"/v2/models/{POLICY}/infer", json=body).json()
+    assert out["parameters"]["request_id"] == ["rows-0", "rows-1", "rows-2"]
+    assert out["parameters"]["model"] == ["m3", "m2", "m3"]  # row 1's m3 failed: its own request fell back
+    assert out["outputs"][0]["data"] == [0.3, 0.2, 0.3]
+    plain = http.post(f"/v2/models/{POLICY}/infer", json={"features": {"m3_fail": True}})
+    assert plain.status_code == 200 and plain.json()["parameters"]["model"] == "m2"
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"inputs": [{"name": "x", "datatype": "FP64", "data": [1]}]}, 400, "inputs[0].shape"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1]}]}, 400, "shape [2] holds 2 values"),
+    ({"inputs": [{"name": "x", "datatype": "COMPLEX", "shape": [1], "data": [1]}]}, 400, "inputs[0].datatype"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": ["a"]}]}, 400, "finite numbers"),
+    ({"features": [1, 2]}, 400, "features"),
+    ({"nothing": 1}, 400, "features"),
+])
+def test_a_bad_body_is_a_400_naming_the_problem(http: httpx.Client, body: dict, status: int, message: str):
+    reply = http.post(f"/v2/models/{POLICY}/infer", json=body)
+    assert reply.status_code == status and message in reply.json()["error"], reply.text
+
+
+def test_not_json_and_unknown_policy_are_refused_clearly(http: httpx.Client):
+    reply = http.post(f"/v2/models/{POLICY}/infer", content=b"{not json", headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and "error" in reply.json()
+    reply = http.post("/v2/models/nope/infer", json={"features": {}})
+    assert reply.status_code == 404 and f"serves policy '{POLICY}'" in reply.json()["error"]
+
+
+def test_an_outcome_goes_to_its_requests_partition(served, http: httpx.Client):
+    system, _ = served
+    answered = http.post(f"/v2/models/{POLICY}/infer", json={"id": "truth-1", "features": {}}).json()
+    assert answered["parameters"]["request_id"] == "truth-1"
+    accepted = http.post(f"/v2/models/{POLICY}/outcome", json={"id": "truth-1", "outcome": True})
+    assert accepted.status_code == 202, accepted.text
+    partition = accepted.json()["partition"]
+    [result_partition] = [m.partition() for m in system.read_topic(system.topics.results, 10**6, 5)
+                          if msgspec.json.decode(m.value(), type=Result).request_id == "truth-1"]
+    outcomes = [(m.partition(), msgspec.json.decode(m.value(), type=Outcome))
+                for m in system.read_topic(system.topics.outcomes, 10**6, 5)]
+    assert (partition, "truth-1") in [(p, o.request_id) for p, o in outcomes]
+    assert partition == result_partition
+    assert http.post(f"/v2/models/{POLICY}/outcome", json={"id": "x"}).status_code == 400
+
+
+def test_health_metadata_and_openapi(http: httpx.Client):
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").status_code == 200
+    assert http.get("/v2").json()["name"] == "rendezvous"
+    meta = http.get(f"/v2/models/{POLICY}").json()
+    assert meta["name"] == POLICY and meta["versions"] == ["1"] and meta["outputs"][0]["name"] == "score"
+    assert set(meta["parameters"]["models"]) == {"m1", "m2", "m3"}
+    assert http.get(f"/v2/models/{POLICY}/ready").status_code == 200
+    paths = http.get("/openapi.json").json()["paths"]
+    assert {"/v2/models/{name}/infer", "/v2/health/ready", "/v2"} <= set(paths)
+
+
+def _gateway_ids(system: System) -> list[str]:
+    children = sorted((c for c in system.runtime.supervisor.children() if c.spec.labels.get("role") == "gateway"),
+                      key=lambda c: c.spec.name)
+    return [c.spec.argv[c.spec.argv.index("--gateway-id") + 1] for c in children]
+
+
+def test_two_gateways_each_answer_their_own_callers_and_read_only_their_own_replies(served):
+    system, urls = served
+
+    def call(i: int) -> str:
+        with httpx.Client(base_url=urls[i % 2], timeout=10) as client:
+            reply = client.post(f"/v2/models/{POLICY}/infer", json={"id": f"pair-{i}", "features": {}})
+            return reply.json()["parameters"]["request_id"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(60)))
+    assert answers == [f"pair-{i}" for i in range(60)]  # every caller got its own result, once
+    pairs = {f"pair-{i}" for i in range(60)}
+    for k, gateway_id in enumerate(_gateway_ids(system)):
+        records = system.read_topic(system.topics.replies(gateway_id), 10**6, timeout=3)
+        replied = {msgspec.json.decode(m.value(), type=Result).request_id for m in records} & pairs
+        assert replied == {f"pair-{i}" for i in range(60) if i % 2 == k}  # its own callers' results, no others
+
+
+def test_no_worker_means_a_504_naming_the_request_after_the_sla(broker, tmp_path: Path):
+    system = System(KafkaSettings(broker.bootstrap), tmp_path)
+    try:
+        publish_policy(system.kafka, system.topics, load_policy_text(textwrap.dedent(CHAIN_POLICY)))
+        gateway = system.runtime.start_gateway(extra_args=["--reply-margin-ms", "200"])
+        url = f"http://127.0.0.1:{system.runtime.supervisor.get(gateway).spec.http_port}"
+        with httpx.Client(base_url=url, timeout=10) as client:
+            def live() -> bool:
+                try:
+                    return client.get("/v2/health/live").status_code == 200
+                except httpx.TransportError:  # not listening yet
+                    return False
+            assert eventually(live, timeout=30)
+            assert eventually(lambda: client.get(f"/v2/models/{POLICY}").status_code == 200, timeout=15)
+            reply = client.post(f"/v2/models/{POLICY}/infer", json={"id": "nobody-home", "features": {}})
+            assert reply.status_code == 504 and reply.json()["id"] == "nobody-home", reply.text
+            assert client.get("/v2/health/ready").status_code == 503
+    finally:
+        system.close()
