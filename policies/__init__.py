@@ -14,8 +14,9 @@ from policies.schema import Policy
 from rendezvous.kernel.documents import DocumentError, load_document, load_document_text
 
 EXAMPLE = Path(__file__).parent / "example.yaml"
+EXAMPLE_STACK = Path(__file__).parent / "example.stack.yaml"  # what `rendezvous demo` runs
 
-__all__ = ["EXAMPLE", "DocumentError", "Policy", "load_policy", "load_policy_text"]
+__all__ = ["EXAMPLE", "EXAMPLE_STACK", "DocumentError", "Policy", "load_policy", "load_policy_text"]
 
 
 def load_policy(path: str | Path) -> Policy:

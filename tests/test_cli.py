@@ -95,6 +95,7 @@ deploy:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     assert process.returncode == 0, "".join(seen)[-2000:]
+    assert any("deprecated" in line for line in seen)  # its deploy: section belongs in a stack file now
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
@@ -117,16 +118,14 @@ def test_commands_without_a_broker_say_what_to_do(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (("model: forest", "model: forrest"), "names forrest, which deploy.models does not start"),
+    (("model: forest", "model: forrest"), "names forrest, which the stack's models do not start"),
     (("sla_ms: 100", 'sla_ms: "100"'), "sla_ms: Input should be a valid number"),
 ])
-def test_policy_validate_refuses_typos_and_quoted_numbers(tmp_path: Path, change: tuple[str, str], message: str):
+def test_validate_refuses_typos_and_quoted_numbers(tmp_path: Path, change: tuple[str, str], message: str):
     text = (REPO / "policies" / "example.yaml").read_text()
     assert change[0] in text
-    path = REPO / "policies" / f".test-{os.getpid()}-{tmp_path.name}.yaml"  # beside the specs it names
-    path.write_text(text.replace(*change))
-    try:
-        done = rendezvous("policy", "validate", str(path), timeout=60)
-    finally:
-        path.unlink()
+    (tmp_path / "example.yaml").write_text(text.replace(*change))
+    stack = (REPO / "policies" / "example.stack.yaml").read_text().replace("../containers", f"{REPO}/containers")
+    (tmp_path / "stack.yaml").write_text(stack)
+    done = rendezvous("policy", "validate", str(tmp_path / "stack.yaml"), timeout=60)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

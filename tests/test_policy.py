@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from policies import EXAMPLE, load_policy, load_policy_text
+from policies import EXAMPLE, EXAMPLE_STACK, load_policy, load_policy_text
 from rendezvous.kernel.documents import DocumentError
+from rendezvous.operations.stackfile import load_stack
 from rendezvous.routing.policy import compile_policy
 
 GOOD = """\
@@ -43,11 +44,25 @@ def test_good_policy_compiles_to_its_chain():
     assert routing.models == {"m1", "m2", "m3", "candidate"}  # a shadow's scores are kept, never returned
 
 
-def test_the_shipped_example_is_valid_and_names_the_demo_models():
+def test_the_shipped_example_is_valid_and_its_stack_starts_the_models_it_names():
     policy = load_policy(EXAMPLE)
     assert [e.model for e in policy.routing.chain] == ["boosted", "forest", "baseline"]
-    for deployed in policy.deploy.models:
-        assert (EXAMPLE.parent / deployed.spec).is_file()
+    assert policy.deploy is None  # what to run lives in the stack file, not in the published policy
+    stack = load_stack(EXAMPLE_STACK)
+    assert stack.policy == policy and stack.deprecation is None
+    assert all(spec.is_file() for spec in stack.spec_paths())
+
+
+def test_a_deploy_section_in_a_policy_still_works_with_a_deprecation(tmp_path):
+    text = EXAMPLE.read_text() + (
+        "deploy:\n  models:\n" + "".join(f"    - spec: {EXAMPLE.parent}/../containers/examples/{m}.yaml\n"
+                                            for m in ("boosted", "forest", "baseline")))
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text(text)
+    stack = load_stack(legacy)
+    assert stack.deprecation and "deprecated" in stack.deprecation and len(stack.deploy.models) == 3
+    from rendezvous.service.policies import policy_record
+    assert b"deploy" not in policy_record(stack.policy)  # never published to the workers
 
 
 @pytest.mark.parametrize(

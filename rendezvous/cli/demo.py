@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from policies import EXAMPLE
+from policies import EXAMPLE_STACK
 from rendezvous.kernel.options import (
     broker_option,
     client_config,
@@ -33,8 +33,10 @@ from rendezvous.tools.demo import DemoOptions, run_demo
               help="How many requests to send (the 1,250 Phishing rows, cycled).")
 @click.option("--rate", type=click.FloatRange(0), default=100.0, show_default=True,
               help="Requests per second (0: as fast as possible).")
-@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=EXAMPLE, show_default="policies/example.yaml", help="Policy whose deploy section says what to run.")
+@click.option("--stack", "stack_path", envvar="RENDEZVOUS_STACK", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), default=EXAMPLE_STACK,
+              show_default="policies/example.stack.yaml",
+              help="Stack file: what to run (models, decoy, workers) and the policy it names.")
 @broker_option()
 @topic_prefix_option
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -43,7 +45,7 @@ from rendezvous.tools.demo import DemoOptions, run_demo
               help="Share of the requests after which the input shifts (only phishing pages), for the canary "
                    "to notice; 0 or 1: no shift.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
-def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, topic_prefix: str,
+def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, topic_prefix: str,
          workdir: Path | None, shift_at: float, as_json: bool) -> None:
     """Run broker, three models, decoy and rendezvous on this machine; send requests; summarize.
 
@@ -65,7 +67,7 @@ def demo(n_requests: int, rate: float, policy_path: Path, broker: str | None, to
             bars.update(tasks["sent"], completed=data["sent"])
             bars.update(tasks["answered"], completed=min(data["answered"], data["sent"]))
 
-    options = DemoOptions(requests=n_requests, rate=rate, policy_path=policy_path, broker=broker,
+    options = DemoOptions(requests=n_requests, rate=rate, stack_path=stack_path, broker=broker,
                           topic_prefix=topic_prefix, workdir=workdir, shift_at=shift_at,
                           client=client_config())
     try:

@@ -22,7 +22,7 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.operations.broker import resolve_broker
-from rendezvous.operations.stack import check_deployed_models
+from rendezvous.operations.stackfile import load_stack
 from rendezvous.service.control import ControlFeed, decode_policy_record
 from rendezvous.service.policies import publish_policy
 from rendezvous.tools.inventory import scoring_models
@@ -33,6 +33,14 @@ def policy() -> None:
     """Validate, apply and show routing policies."""
 
 
+def _is_stack(path: Path) -> bool:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # load_policy reports it, naming the line
+    return isinstance(data, dict) and "policy" in data
+
+
 def _load(path: Path) -> Policy:
     return load_policy(path)
 
@@ -40,9 +48,20 @@ def _load(path: Path) -> Policy:
 @policy.command()
 @click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def validate(path: Path) -> None:
-    """Check a policy file; exit 2 naming file, line, field and problem if it is wrong."""
-    doc = _load(path)
-    check_deployed_models(doc, path)
+    """Check a policy or stack file; exit 2 naming file, line, field and problem if it is wrong.
+
+    A stack file (policy: FILE, models: [...]) is checked with its policy, and every model the
+    policy names must be one the stack starts.
+    """
+    if _is_stack(path):
+        stack = load_stack(path)
+        click.echo(f"{path}: valid stack: {len(stack.deploy.models)} model(s), {stack.deploy.runtime} runtime, "
+                   f"policy {stack.policy_path}")
+        doc = stack.policy
+    else:
+        doc = _load(path)
+        if doc.deploy is not None:
+            load_stack(path)  # the deprecated deploy section, checked as a stack
     chain = " -> ".join(f"{e.model}" + (f" ({e.wait_ms:g} ms)" if e.wait_ms is not None else "") for e in doc.routing.chain)
     click.echo(f"{path}: valid: {doc.name} v{doc.version}, {doc.routing.strategy}, SLA {doc.sla_ms:g} ms, chain {chain}")
 

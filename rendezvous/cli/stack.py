@@ -11,7 +11,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from policies import load_policy
 from rendezvous.kernel.lifecycle import stop_on_signals
 from rendezvous.kernel.options import (
     broker_option,
@@ -22,6 +21,7 @@ from rendezvous.kernel.options import (
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.operations.docker import DockerRuntime
 from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
+from rendezvous.operations.stackfile import load_stack
 
 
 @click.command()
@@ -40,16 +40,20 @@ from rendezvous.operations.stack import RunningStack, StackOptions, running_stac
               help="Port of the HTTP gateway (Open Inference Protocol v2); 0 starts none.")
 def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int,
        gateway_port: int) -> None:
-    """Run the models, decoy and rendezvous workers that FILE declares, until SIGTERM or Ctrl-C.
+    """Run the models, decoy, rendezvous workers and gateway that the stack FILE declares, until SIGTERM.
 
+    FILE is a stack document (policy: POLICY_FILE, models: [...]; see policies/example.stack.yaml).
     Without --broker, uses the embedded broker running on this machine, or starts one.
     """
     console = stderr_console()
     stop = stop_on_signals()
-    policy = load_policy(policy_path)
-    options = StackOptions(policy_path, broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
+    declared = load_stack(policy_path)
+    if declared.deprecation:
+        console.log(f"[yellow]deprecated:[/] {declared.deprecation}")
+    policy = declared.policy
+    options = StackOptions(broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
                            web_port=web_port, gateway_port=gateway_port or None)
-    with running_stack(options, policy, lambda kind, data: console.log(data.get("text", ""))) as stack:
+    with running_stack(options, declared, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
         gateway = f", gateway {stack.gateway_url}/v2/models/{policy.name}/infer" if stack.gateway_url else ""
         console.log(f"up: broker {stack.kafka.bootstrap}, {_in_force(stack, policy)}{gateway}; "

@@ -10,11 +10,12 @@ SLA, a call waits at most the SLA plus ``reply_margin_ms``; past that it is a
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -81,9 +82,26 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
 
     # ------------------------------------------------------------------ inference
 
-    @app.post("/v2/models/{name}/infer", summary="Score rows through the rendezvous (OIP v2, or {\"features\": {...}})")
-    async def infer(name: str, body: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008 - FastAPI's idiom
+    async def json_body(request: Request) -> Any:
+        """The body as JSON whatever its content type (curl -d sends form-encoded), or a 400."""
+        try:
+            return json.loads(await request.body())
+        except (ValueError, RecursionError) as exc:
+            raise HttpError(400, f"the body is not JSON: {exc}") from None
+
+    def ref(model: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model}"}
+
+    infer_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+        ref("InferRequest"), ref("FeaturesRequest")]}}}}}
+
+    @app.post("/v2/models/{name}/infer", openapi_extra=infer_body,
+              summary="Score rows through the rendezvous (OIP v2, or {\"features\": {...}})")
+    async def infer(name: str, request: Request) -> JSONResponse:
         policy = policy_named(name)
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise HttpError(400, "the body must be a JSON object: an OIP inference request or {\"features\": {...}}")
         try:
             if "inputs" in body:
                 parsed = InferRequest.model_validate(body)
@@ -107,9 +125,17 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
         results = [reply.result for reply in replies if reply is not None]
         return JSONResponse(infer_response(name, client_id, ids, results))
 
-    @app.post("/v2/models/{name}/outcome", summary="The truth about an answered request, for learning and quality")
-    async def outcome(name: str, body: OutcomeRequest) -> JSONResponse:
+    outcome_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": ref("OutcomeRequest")}}}}
+
+    @app.post("/v2/models/{name}/outcome", openapi_extra=outcome_body,
+              summary="The truth about an answered request, for learning and quality")
+    async def outcome(name: str, request: Request) -> JSONResponse:
         policy_named(name)
+        try:
+            body = OutcomeRequest.model_validate(await json_body(request))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise HttpError(400, f"{_field(tuple(first['loc']))}: {first['msg']}") from None
         partition = bridge.send_outcome(body.id, body.outcome)
         if bridge.flush(5):
             raise HttpError(503, "the outcome could not be written to the broker within 5 s", id=body.id)
@@ -158,4 +184,19 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
         ok, why = await _ready()
         return JSONResponse({"name": name, "ready": ok, "reason": why}, status_code=200 if ok else 503)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the body schemas the routes read themselves (to accept any content type)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in (InferRequest, FeaturesRequest, OutcomeRequest):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

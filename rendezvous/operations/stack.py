@@ -1,4 +1,4 @@
-"""Bringing up what a policy's ``deploy`` section declares, and taking it down cleanly.
+"""Bringing up what a stack document declares, and taking it down cleanly.
 
 Used by ``rendezvous up`` (until SIGTERM) and ``rendezvous demo`` (for one run).
 Order matters on the way down: rendezvous workers stop first, while the models
@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from containers.spec import load_spec
-from policies.schema import Policy
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.client_config import ClientConfig
-from rendezvous.kernel.errors import ConfigError, OperationsError
+from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
@@ -26,6 +24,7 @@ from rendezvous.operations.base import ModelRuntime
 from rendezvous.operations.broker import EmbeddedBroker, find_running
 from rendezvous.operations.docker import DockerRuntime
 from rendezvous.operations.process import ProcessRuntime
+from rendezvous.operations.stackfile import Stack
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -36,7 +35,6 @@ class StackError(OperationsError):
 
 @dataclass
 class StackOptions:
-    policy_path: Path
     broker: str | None = None  # None: the embedded broker running here, else a new one
     topic_prefix: str = "rendezvous"
     partitions: int = DEFAULT_PARTITIONS
@@ -60,24 +58,10 @@ class RunningStack:
     gateway_url: str | None = None  # the HTTP gateway (OIP v2), if one was started
 
 
-def check_deployed_models(policy: Policy, policy_path: Path) -> None:
-    """Refuse a policy whose ``deploy.models`` do not start every model it names (e.g. a typo)."""
-    if policy.deploy is None or not policy.deploy.models:
-        return
-    started = {load_spec((policy_path.parent / model.spec).resolve()).name for model in policy.deploy.models}
-    missing = sorted(set(policy.model_roles) - started)
-    if missing:
-        raise ConfigError(f"{policy_path}: the policy names {', '.join(missing)}, which deploy.models does "
-                          f"not start (it starts {', '.join(sorted(started))})",
-                          hint="check the spelling of the model names against the specs' `name:`")
-
-
 @contextlib.contextmanager
-def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> Iterator[RunningStack]:
-    deploy = policy.deploy
-    if deploy is None or not deploy.models:
-        raise StackError(f"{options.policy_path} has no deploy.models section: nothing says what to start")
-    check_deployed_models(policy, options.policy_path)
+def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> Iterator[RunningStack]:
+    """Start what ``stack`` declares (see :mod:`rendezvous.operations.stackfile`); stop it all on exit."""
+    deploy = stack.deploy
     broker, bootstrap = None, options.broker or (find_running() if options.find_running_broker else None)
     if bootstrap is None:
         broker = EmbeddedBroker(log_path=options.log_dir / "tansu.log")
@@ -98,8 +82,8 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
         kind = "containers" if deploy.runtime == "docker" else "local processes"
         progress("status", {"text": f"deploying {len(deploy.models)} model(s) as {kind}"})
         model_names = []
-        for model in deploy.models:
-            model_names += models.deploy((options.policy_path.parent / model.spec).resolve(), model.replicas)
+        for model, spec in zip(deploy.models, stack.spec_paths(), strict=True):
+            model_names += models.deploy(spec, model.replicas)
         if models is not runtime:
             not_ready = models.wait_ready(model_names, options.startup_timeout_s)
             if not_ready:
@@ -109,7 +93,7 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
             names += model_names
         if deploy.decoy.enabled:
             names.append(runtime.start_decoy(options.archive_dir or Path(deploy.decoy.archive)))
-        workers = runtime.start_rendezvous(options.policy_path.resolve(), deploy.rendezvous.workers,
+        workers = runtime.start_rendezvous(stack.policy_path, deploy.rendezvous.workers,
                                            web_port=options.web_port)
         progress("status", {"text": f"starting {len(names)} model/decoy processes and {len(workers)} rendezvous worker(s)"})
         not_ready = runtime.wait_ready(names + workers, options.startup_timeout_s)
@@ -118,8 +102,7 @@ def running_stack(options: StackOptions, policy: Policy, progress: Progress) -> 
                              f"see the logs in {options.log_dir}")
         gateway_url = None
         if options.gateway_port is not None:
-            specs = [(options.policy_path.parent / model.spec).resolve() for model in deploy.models]
-            gateway = runtime.start_gateway(options.gateway_port, specs)
+            gateway = runtime.start_gateway(options.gateway_port, stack.spec_paths())
             not_ready = runtime.wait_ready([gateway], options.startup_timeout_s)
             if not_ready:
                 raise StackError(f"the gateway was not ready after {options.startup_timeout_s:.0f}s; "

@@ -46,7 +46,9 @@ def who() -> str:
 
 def policy_record(doc: Policy, reason: str = "", by: str | None = None) -> bytes:
     """The policies-topic record (key ``POLICY_KEY``, partition 0) that puts ``doc`` in force."""
-    return encode(PolicyRecord(doc.model_dump(mode="json", exclude_none=True), time.time() * 1000, by or who(), reason))
+    # the deprecated deploy section says what to run, not what to answer: it is not published
+    routing = doc.model_dump(mode="json", exclude_none=True, exclude={"deploy"})
+    return encode(PolicyRecord(routing, time.time() * 1000, by or who(), reason))
 
 
 def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None) -> None:

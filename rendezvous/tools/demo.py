@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from decoy.archive import ArchiveReader
-from policies import EXAMPLE, load_policy
+from policies import EXAMPLE_STACK
 from policies.schema import Policy
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.kafka import poll_batch
@@ -35,6 +35,7 @@ from rendezvous.operations.stack import (
     StackOptions,
     running_stack,
 )
+from rendezvous.operations.stackfile import load_stack
 from rendezvous.tools.client import RequestSender, ResultCollector
 from rendezvous.tools.data import phishing_rows
 from rendezvous.tools.summary import summarize
@@ -44,7 +45,7 @@ from rendezvous.tools.summary import summarize
 class DemoOptions:
     requests: int = 2000
     rate: float = 100.0
-    policy_path: Path = EXAMPLE
+    stack_path: Path = EXAMPLE_STACK  # what to run, and the policy it names
     broker: str | None = None
     topic_prefix: str = "rendezvous"
     partitions: int = DEFAULT_PARTITIONS
@@ -87,7 +88,8 @@ def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collec
 
 
 def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
-    policy = load_policy(options.policy_path)
+    declared = load_stack(options.stack_path)
+    policy = declared.policy
     rows = phishing_rows()
     workdir_ctx = (contextlib.nullcontext(options.workdir) if options.workdir
                    else tempfile.TemporaryDirectory(prefix="rendezvous-demo-"))
@@ -95,12 +97,12 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
         workdir = Path(wd)
         workdir.mkdir(parents=True, exist_ok=True)
         stack_options = StackOptions(
-            options.policy_path, options.broker, options.topic_prefix, options.partitions,
+            options.broker, options.topic_prefix, options.partitions,
             log_dir=workdir / "logs", archive_dir=workdir / "archive",
             startup_timeout_s=options.startup_timeout_s, find_running_broker=False, client=options.client,
             gateway_port=0,  # the HTTP gateway too, on a free port: the summary shows one call through it
         )
-        with running_stack(stack_options, policy, progress) as stack:
+        with running_stack(stack_options, declared, progress) as stack:
             kafka, topics = stack.kafka, stack.topics
             collector = ResultCollector(kafka, topics, options.partitions).start()
             try:
@@ -142,11 +144,12 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                             if rid in sender.sent_ms}
                 summary = summarize(sender.sent_ms, received, policy.sla_ms, labels)
                 summary["policy"] = f"{policy.name} v{policy.version}"
-                if policy.deploy and policy.deploy.decoy.enabled:
+                if declared.deploy.decoy.enabled:
                     summary["decoy_archived"] = _archived(workdir / "archive", expected=options.requests)
                 summary["drift"] = _drift_summary(drift, _canary(worker_url), policy)
                 summary["learned"] = _learn_from_labels(stack, sender, collector, labels)
                 summary["gateway"] = _through_the_gateway(stack.gateway_url, policy.name, rows[0][0])
+                summary["stack"] = str(declared.source)
                 summary["workdir"] = str(workdir) if options.workdir else None
             finally:
                 collector.stop()
