@@ -19,6 +19,7 @@ from rendezvous.kernel.options import (
     RendezvousCommand,
     broker_option,
     client_options,
+    expose_env_vars,
     kafka_settings,
     log_level_option,
     topic_prefix_option,
@@ -68,6 +69,8 @@ def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, pro
         if status:
             status.stop()
 
+
+expose_env_vars(main)
 
 if __name__ == "__main__":
     main()

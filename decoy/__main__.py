@@ -14,6 +14,7 @@ from rendezvous.kernel.options import (
     RendezvousCommand,
     broker_option,
     client_options,
+    expose_env_vars,
     kafka_settings,
     log_level_option,
     topic_prefix_option,
@@ -31,7 +32,8 @@ from rendezvous.kernel.status import StatusServer
 @click.option("--group", envvar="RENDEZVOUS_DECOY_GROUP", default=None, help="Consumer group. Default: PREFIX.decoy.")
 @click.option("--segment-mb", type=click.IntRange(1, 4096), default=DEFAULT_SEGMENT_BYTES // 2**20, show_default=True,
               help="Start a new segment file beyond this size.")
-@click.option("--http-host", envvar="RENDEZVOUS_HTTP_HOST", default="127.0.0.1", show_default=True)
+@click.option("--http-host", envvar="RENDEZVOUS_HTTP_HOST", default="127.0.0.1", show_default=True,
+              help="Address of the status endpoint (/healthz, /ready, /metrics, /info).")
 @click.option("--http-port", envvar="RENDEZVOUS_HTTP_PORT", type=int, default=0, show_default=True,
               help="Port of /healthz, /ready, /metrics; -1 disables it.")
 @log_level_option
@@ -55,6 +57,8 @@ def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, produ
         if status:
             status.stop()
 
+
+expose_env_vars(main)
 
 if __name__ == "__main__":
     main()

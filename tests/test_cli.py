@@ -88,7 +88,7 @@ deploy:
                 pass
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                                                    text=True).stdout.split()]
-        assert len(children) == 4  # two replicas, the decoy, one worker
+        assert len(children) == 5  # two replicas, the decoy, one worker, the gateway
         with urllib.request.urlopen("http://127.0.0.1:6066/metrics", timeout=5) as response:  # the documented port
             assert b"rendezvous_" in response.read()
     finally:

@@ -13,7 +13,7 @@ from rendezvous.cli.models import deploy, image, logs, models, scale, stop
 from rendezvous.cli.policy import policy
 from rendezvous.cli.serve import serve
 from rendezvous.cli.stack import up
-from rendezvous.kernel.options import RendezvousGroup
+from rendezvous.kernel.options import RendezvousGroup, expose_env_vars
 
 
 @click.group(cls=RendezvousGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,3 +28,4 @@ def main() -> None:
 for command in (demo, up, broker, topics, serve, gateway, policy, explain, replay, archive,
                 deploy, scale, models, stop, logs, image):
     main.add_command(command)
+expose_env_vars(main)  # every option has a RENDEZVOUS_* variable, and --help says which

@@ -33,7 +33,8 @@ def _time_ms(value: str | None) -> int | None:
 
 
 @click.command()
-@click.option("--archive", "archive_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--archive", "archive_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The decoy's archive directory.")
 @broker_option()
 @topic_prefix_option
 @click.option("--topic", default=None, help="Topic to send to. Default: the requests topic.")

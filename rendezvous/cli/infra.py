@@ -59,7 +59,8 @@ def topics() -> None:
 @topics.command("create")
 @broker_option()
 @topic_prefix_option
-@click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True)
+@click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True,
+              help="Partition count of the topics it creates (existing ones are checked, not changed).")
 def topics_create(broker: str | None, topic_prefix: str, partitions: int) -> None:
     """Create the system's topics (co-partitioned) where they are missing."""
     counts = ensure_topics(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), partitions)

@@ -124,7 +124,8 @@ def models(model: str | None, as_json: bool, rate_window: float, broker: str | N
 
 @click.command()
 @click.argument("model")
-@click.option("--tail", type=int, default=50, show_default=True)
+@click.option("--tail", type=click.IntRange(1), default=50, show_default=True,
+              help="How many of the last log lines, per replica.")
 @broker_option()
 @topic_prefix_option
 def logs(model: str, tail: int, broker: str | None, topic_prefix: str) -> None:
@@ -142,7 +143,7 @@ def image() -> None:
 
 
 @image.command("base")
-@click.option("--tag", default=LOCAL_BASE_IMAGE, show_default=True)
+@click.option("--tag", default=LOCAL_BASE_IMAGE, show_default=True, help="Tag of the base image to build.")
 @click.option("--mirror", default=None, help="Debian mirror URL for debootstrap.")
 def image_base(tag: str, mirror: str | None) -> None:
     """Build a Debian + Python 3.11 base image with no registry (debootstrap, docker import; needs root)."""
@@ -155,7 +156,7 @@ def image_base(tag: str, mirror: str | None) -> None:
 @image.command("build")
 @click.option("--base", default=DEFAULT_BASE_IMAGE, show_default=True,
               help=f"Base image with Python 3.11; {LOCAL_BASE_IMAGE} from `rendezvous image base` needs no registry.")
-@click.option("--tag", default=RUNNER_IMAGE, show_default=True)
+@click.option("--tag", default=RUNNER_IMAGE, show_default=True, help="Tag of the runner image to build.")
 @click.option("--force", is_flag=True, help="Rebuild even if the image is current with this source tree.")
 def image_build(base: str, tag: str, force: bool) -> None:
     """Build the model runner image (containers/Dockerfile) that `deploy` runs by default."""

@@ -29,7 +29,8 @@ from rendezvous.routing.router import RouterLimits
 @click.option("--app-id", envvar="RENDEZVOUS_APP_ID", default=None,
               help="Consumer group shared by the workers of one deployment. Default: the topic prefix.")
 @click.option("--worker-id", envvar="RENDEZVOUS_WORKER_ID", default=None, help="Name written on results. Default: host/pid.")
-@click.option("--web-host", envvar="RENDEZVOUS_WEB_HOST", default="127.0.0.1", show_default=True)
+@click.option("--web-host", envvar="RENDEZVOUS_WEB_HOST", default="127.0.0.1", show_default=True,
+              help="Address of the web server (/ready, /stats, /metrics); 0.0.0.0 to serve other hosts.")
 @click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", type=int, default=6066, show_default=True,
               help="Port of /ready, /stats and /metrics; each worker on a host needs its own.")
 @click.option("--max-request-bytes", envvar="RENDEZVOUS_MAX_REQUEST_BYTES", type=click.IntRange(64),

@@ -65,6 +65,23 @@ class RendezvousCommand(click.Command):
 
 
 
+def expose_env_vars(command: click.Command, prefix: str = "RENDEZVOUS") -> click.Command:
+    """Give every option of ``command`` (and its subcommands) a ``PREFIX_<OPTION>`` variable, shown by --help.
+
+    Options that name their own variable keep it; --help and --version have none.
+    """
+    for param in command.params:
+        builtin = param.name == "help" or (param.name == "version" and param.is_eager)  # click's own flags
+        if isinstance(param, click.Option) and not builtin and not param.hidden:
+            if param.envvar is None:
+                param.envvar = f"{prefix}_{(param.name or '').upper()}"
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            expose_env_vars(sub, prefix)
+    return command
+
+
 _CLIENT_KEY = "rendezvous.kafka_client"
 
 
@@ -137,7 +154,7 @@ def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--log-level", envvar="RENDEZVOUS_LOG_LEVEL", default="info", show_default=True,
-        type=click.Choice(["debug", "info", "warning", "error"]),
+        type=click.Choice(["debug", "info", "warning", "error"]), help="How much the service logs.",
     )(f)
 
 

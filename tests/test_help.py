@@ -1,0 +1,35 @@
+"""--help is the manual: every option says what it does and which RENDEZVOUS_* variable sets it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+import pytest
+
+from rendezvous.cli import main
+
+
+def _commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, f"{path} {name}")
+    else:
+        yield path, command
+
+
+def _standalone() -> list[tuple[str, click.Command]]:
+    from containers.__main__ import main as runner
+    from decoy.__main__ import main as decoy
+
+    return [("python -m containers", runner), ("python -m decoy", decoy)]
+
+
+@pytest.mark.parametrize(("path", "command"), [*_commands(main, "rendezvous"), *_standalone()],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_every_option_has_help_and_a_variable_shown_by_help(path: str, command: click.Command):
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"{path} {param.opts[0]} has no help text"
+            assert param.envvar and param.show_envvar, f"{path} {param.opts[0]} has no RENDEZVOUS_* variable"
+            assert str(param.envvar).startswith("RENDEZVOUS_")
