@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from decoy.archive import ArchivedRecord, ArchiveWriter
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.kafka import poll_batch
-from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import Topics
 
 log = logging.getLogger("rendezvous.decoy")
@@ -34,7 +34,8 @@ class Decoy:
         self.bytes = Counter("rendezvous_decoy_bytes", "Key and value bytes archived by the decoy", registry=self.registry)
         self.skipped = Counter("rendezvous_decoy_redelivered_records",
                                "Records skipped because the archive already held them", registry=self.registry)
-        self._consumer = Consumer(kafka.consumer(group or topics.group("decoy"), **{"enable.auto.commit": False}))
+        self._consumer = Consumer(kafka.consumer(group or topics.group("decoy"), **{
+            "enable.auto.commit": False, "fetch.wait.max.ms": max(kafka.fetch_wait_ms, BACKGROUND_FETCH_WAIT_MS)}))
         self._assigned: set[int] | None = None
 
     @property

@@ -30,7 +30,7 @@ from rendezvous.kernel.admin import create_topic, delete_topic
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.kafka import poll_batch, produce
-from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import REPLY_TO, Topics
 from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
 
@@ -71,7 +71,8 @@ class KafkaBridge:
         replies = Consumer(self.kafka.consumer(f"{self.reply_topic}.reader", **{"enable.auto.commit": False}))
         _, end = replies.get_watermark_offsets(TopicPartition(self.reply_topic, 0), timeout=10)
         replies.assign([TopicPartition(self.reply_topic, 0, end)])  # only what is asked from now on
-        policies = Consumer(self.kafka.consumer(f"{self.reply_topic}.policies", **{"enable.auto.commit": False}))
+        policies = Consumer(self.kafka.consumer(f"{self.reply_topic}.policies", **{
+            "enable.auto.commit": False, "fetch.wait.max.ms": max(self.kafka.fetch_wait_ms, 5 * BACKGROUND_FETCH_WAIT_MS)}))
         policies.assign([TopicPartition(self.topics.policies, 0, 0)])
         for target, consumer, name in ((self._read_replies, replies, "replies"),
                                        (self._follow_policies, policies, "policies")):

@@ -29,10 +29,14 @@ from typing import Any
 from rendezvous.kernel.client_config import ClientConfig
 
 __all__ = ["KafkaSettings", "state_dir", "DEFAULT_FETCH_WAIT_MS", "DEFAULT_PRODUCER_LINGER_MS",
-           "DEFAULT_SESSION_TIMEOUT_MS"]
+           "DEFAULT_SESSION_TIMEOUT_MS", "BACKGROUND_FETCH_WAIT_MS"]
 
 DEFAULT_FETCH_WAIT_MS = 5
 DEFAULT_PRODUCER_LINGER_MS = 0
+#: For consumers off the request path (control topics, the decoy, a gateway's policy follower):
+#: an idle consumer costs Tansu one fetch per wait, so these wait longer (a policy still
+#: reaches every worker well within a second).
+BACKGROUND_FETCH_WAIT_MS = 100
 DEFAULT_SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for about half of it
 
 

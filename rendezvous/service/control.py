@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from policies.record import POLICY_KEY, PolicyRecord, decode_policy_record  # noqa: F401 - re-exported
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.kafka import poll_batch, since_offsets
-from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.routing.bandit import Observation
 
@@ -87,7 +87,8 @@ class ControlFeed:
 
     def __init__(self, kafka: KafkaSettings, topics: Topics) -> None:
         self.topics = topics
-        self._consumer = Consumer(kafka.consumer(f"{topics.namespace}.control-reader", **{"enable.auto.commit": False}))
+        self._consumer = Consumer(kafka.consumer(f"{topics.namespace}.control-reader", **{
+            "enable.auto.commit": False, "fetch.wait.max.ms": max(kafka.fetch_wait_ms, BACKGROUND_FETCH_WAIT_MS)}))
         self._lock = threading.Lock()
         self._pending = Drained()
         self._stop = threading.Event()
