@@ -44,6 +44,9 @@ class RampSpec(Strict):
     max_canary_disagreement: Annotated[float, Field(ge=0, le=1)] | None = None
     min_samples: Annotated[int, Field(ge=1)] = 50
     window: Annotated[int, Field(ge=10)] = 1000
+    #: Roll back when its ROC AUC on the outcomes is this much below the champion's (0.02: two points).
+    max_auc_shortfall: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_outcomes: Annotated[int, Field(ge=10)] = 200  # labelled outcomes before the AUCs are compared
 
 
 class ModelEntry(Strict):

@@ -14,7 +14,7 @@ MODULES = [
     "rendezvous.kernel.client_config", "rendezvous.kernel.clock", "rendezvous.kernel.errors",
     "rendezvous.kernel.settings", "rendezvous.kernel.topics", "rendezvous.kernel.wire",
     "rendezvous.kernel.documents", "rendezvous.tools.summary", "rendezvous.tools.data",
-    "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan",
+    "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router", "rendezvous.operations.base",
     "rendezvous.service.metrics",
 ]

@@ -125,3 +125,71 @@ def test_wrong_key_password_is_refused_before_connecting(pki: Pki):
                             "ssl.key.location": str(pki.client_key), "ssl.key.password": "wrong"})
     assert caught.value.setting == "ssl.key.password"
     assert "wrong" not in str(caught.value)
+
+
+def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: TlsBroker, tmp_path: Path):
+    """`rendezvous up` with a stack file, every child and the gateway over the TLS hop; requests and
+    outcomes from a Kafka client and over HTTP; other commands with the same file; then SIGTERM."""
+    import queue
+    import signal
+    import threading
+
+    import httpx
+
+    from rendezvous.kernel.topics import Topics
+    from rendezvous.operations.broker import free_port
+    from rendezvous.tools.client import RequestSender, ResultCollector
+    from tests.conftest import REPO
+
+    config = write_properties(tmp_path / "client.properties", tls_broker.client_properties())
+    (tmp_path / "policy.yaml").write_text(
+        "name: tls\nversion: 1\nsla_ms: 200\nrouting: {strategy: fixed, chain: [{model: trivial}]}\n")
+    (tmp_path / "stack.yaml").write_text(
+        f"policy: policy.yaml\nmodels: [{{spec: {REPO}/containers/examples/trivial.yaml, replicas: 2}}]\n"
+        f"decoy: {{archive: {tmp_path}/archive}}\n")
+    prefix, gateway_port = f"tlsup-{tls_broker.tls_port}", free_port()
+    common = ["--broker", tls_broker.bootstrap, "--kafka-config", str(config), "--topic-prefix", prefix]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rendezvous", "up", str(tmp_path / "stack.yaml"), *common, "--workdir",
+         str(tmp_path / "work"), "--web-port", str(free_port()), "--gateway-port", str(gateway_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    seen: list[str] = []
+
+    def started() -> bool:
+        while not lines.empty():
+            seen.append(lines.get())
+        assert process.poll() is None, "".join(seen)
+        return any("stop with Ctrl-C or SIGTERM" in line for line in seen)
+    try:
+        assert eventually(started, timeout=120, every=0.5), "".join(seen)
+        kafka = _secured(tls_broker)
+        topics = Topics.with_prefix(prefix)
+        collector = ResultCollector(kafka, topics, 4).start()
+        sender = RequestSender(kafka, topics)
+        ids = [f"up-tls-{i}" for i in range(50)]
+        sender.send([(rid, {}) for rid in ids], rate=50)
+        assert collector.wait_for(ids, 30), "not every request sent over TLS was answered"
+        for rid in ids:
+            sender.send_outcome(rid, True, collector.results[rid][0].partition)
+        sender.flush()
+        collector.stop()
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway_port}", timeout=10) as http:
+            answer = http.post("/v2/models/tls/infer", json={"id": "up-tls-http", "features": {}})
+            assert answer.status_code == 200 and answer.json()["parameters"]["model"] == "trivial", answer.text
+            assert http.post("/v2/models/tls/outcome", json={"id": "up-tls-http", "outcome": 1.0}).status_code == 202
+        shown = subprocess.run([sys.executable, "-m", "rendezvous", "policy", "show", *common],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "name: tls" in shown.stdout, shown.stderr
+        story = subprocess.run([sys.executable, "-m", "rendezvous", "explain", "up-tls-1", *common],
+                               capture_output=True, text=True, timeout=60)
+        assert story.returncode == 0 and "answered with" in story.stdout and "trivial 1.0.0" in story.stdout, \
+            story.stderr
+        assert "outcome True" in story.stdout
+        for output in (shown.stdout + shown.stderr, story.stdout + story.stderr, "".join(seen)):
+            assert KEY_PASSWORD not in output
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0, "".join(seen)[-2000:]

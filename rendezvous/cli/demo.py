@@ -98,6 +98,9 @@ def _table(s: dict[str, Any]) -> Table:
     if learned:
         table.add_row("learned from outcomes", ", ".join(f"{m} {v:.1%} right" for m, v in
                                                          sorted(learned.items(), key=lambda kv: -kv[1])))
+    auc = s.get("learned", {}).get("roc_auc")
+    if auc:
+        table.add_row("ROC AUC on the outcomes", ", ".join(f"{m} {v:.3f}" for m, v in sorted(auc.items(), key=lambda kv: -kv[1])))
     drift = s.get("drift") or {}
     if drift.get("canary"):
         table.add_row("canary drift", _drift_line(drift))

@@ -80,6 +80,11 @@ class ScoreIndex:
             while len(self._credited_early) > self.max_entries:
                 self._credited_early.popitem(last=False)
 
+    def scores(self, request_id: str) -> dict[str, float] | None:
+        """The scores recorded for a request not yet credited (every model that scored it), or None."""
+        entry = self._entries.get(request_id)
+        return None if entry is None or entry[3] else dict(entry[1])
+
     def credit(
         self, request_id: str, outcome: float | bool, t_ms: float, rule: RewardRule, now_ms: float,
     ) -> tuple[Literal["credited", "duplicate", "unknown"], list[Observation]]:

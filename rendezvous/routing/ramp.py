@@ -24,6 +24,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from rendezvous.routing.quality import ModelQuality
+
 
 @dataclass(frozen=True)
 class RampSchedule:
@@ -41,6 +43,9 @@ class RampLimits:
     threshold: float = 0.5  # a score at or above it is a "positive" decision
     min_samples: int = 50
     window: int = 1000
+    #: Roll back when its ROC AUC on the outcomes that arrived is this much below the champion's.
+    max_auc_shortfall: float | None = None
+    min_outcomes: int = 200  # labelled outcomes each of the two needs before the AUCs are compared
 
 
 class RampMonitor:
@@ -81,11 +86,20 @@ class RampMonitor:
             if theirs is not None and theirs[0] is not None:
                 record.append((mine[0] >= t) != (theirs[0] >= t))
 
-    def verdict(self) -> str | None:
-        """Why the ramp must stop, or None while it is within its limits (or already halted)."""
+    def verdict(self, quality: ModelQuality | None = None) -> str | None:
+        """Why the ramp must stop, or None while it is within its limits (or already halted).
+
+        ``quality`` (the outcomes' ROC AUC per model) is needed for ``max_auc_shortfall``.
+        """
         if self.halted:
             return None
         lim = self.limits
+        if lim.max_auc_shortfall is not None and quality is not None:
+            mine, theirs = quality.roc_auc(self.model), quality.roc_auc(self.champion)
+            judged = min(quality.outcomes(self.model), quality.outcomes(self.champion)) >= lim.min_outcomes
+            if judged and mine is not None and theirs is not None and mine < theirs - lim.max_auc_shortfall:
+                return (f"ROC AUC {mine:.3f} < champion {self.champion}'s {theirs:.3f} by more than "
+                        f"{lim.max_auc_shortfall:g} over {quality.outcomes(self.model)} outcomes")
         n = len(self._latency)
         if lim.p99_latency_ms is not None and n >= lim.min_samples:
             # Nearest rank, so that "never answered" (infinite) values need no interpolating.

@@ -95,7 +95,7 @@ class ControlPlane:
 
     def _check_ramps(self) -> None:
         for ramp in self.store.compiled.ramps:
-            why = ramp.verdict()
+            why = ramp.verdict(self.crediting.quality)
             if why is None:
                 continue
             doc = demoted(self.store.doc, ramp.model, why)

@@ -22,6 +22,7 @@ from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Outcome, encode
 from rendezvous.routing.bandit import Learner, Observation
 from rendezvous.routing.outcomes import RewardRule, ScoreIndex
+from rendezvous.routing.quality import ModelQuality
 from rendezvous.routing.router import Decision
 from rendezvous.service.control import BanditRecord
 from rendezvous.service.writer import Ack
@@ -37,6 +38,8 @@ class OutcomeCrediting:
         self._observations: list[Observation] = []
         self._holds: list[Ack] = []
         self.outcomes: Counter = Counter()  # credited, duplicate, unknown
+        #: ROC AUC per model on this worker's outcomes (its partitions' share of the traffic)
+        self.quality = ModelQuality()
 
     def record(self, decision: Decision) -> None:
         """Remember a decided request's scores for the outcome to come."""
@@ -49,8 +52,13 @@ class OutcomeCrediting:
 
     def on_outcome(self, outcome: Outcome, hold: Ack, rule: RewardRule, now_ms: float) -> str:
         t_ms = outcome.time_ms if outcome.time_ms is not None else now_ms
+        scores = self.index.scores(outcome.request_id)
         status, observations = self.index.credit(outcome.request_id, outcome.outcome, t_ms, rule, now_ms)
         self.outcomes[status] += 1
+        label = ModelQuality.label(outcome.outcome)
+        if status == "credited" and scores and label is not None:
+            for model, score in scores.items():  # every model that scored it, whichever was returned
+                self.quality.learn_one(model, score, label)
         if observations:
             self._observations.extend(observations)
             self._holds.append(hold)
@@ -87,4 +95,5 @@ class OutcomeCrediting:
 
     def status(self) -> dict[str, Any]:
         return {"outcomes": dict(self.outcomes), "indexed_requests": len(self.index),
+                "quality": self.quality.report(),
                 "observations_waiting": len(self._observations)}

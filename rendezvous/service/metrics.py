@@ -186,6 +186,19 @@ class _StateCollector:
             shares.add_metric([model], counts.get(model, 0) / total)
         yield shares
         yield GaugeMetricFamily("rendezvous_policy_version", "Version of the policy in force", value=compiled.version)
+        quality = w.control.crediting.quality
+        auc = GaugeMetricFamily("rendezvous_model_roc_auc",
+                                "ROC AUC of each model's scores on the outcomes that arrived (sliding window)",
+                                labels=["model"])
+        judged = GaugeMetricFamily("rendezvous_model_quality_outcomes",
+                                   "Labelled outcomes in each model's ROC AUC window", labels=["model"])
+        for model in sorted(named):
+            value = quality.roc_auc(model)
+            if value is not None:
+                auc.add_metric([model], value)
+            judged.add_metric([model], quality.outcomes(model))
+        yield auc
+        yield judged
         yield from _drift_metrics(w.canary)
 
 

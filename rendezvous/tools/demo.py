@@ -189,7 +189,8 @@ def _learn_from_labels(stack, sender: RequestSender, collector: ResultCollector,
         if stats.get("outcomes", {}).get("credited", 0) >= len(collector.results) - 5:  # minus warm-ups
             break
         time.sleep(0.3)
-    return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {})}
+    return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {}),
+            "roc_auc": {m: q["roc_auc"] for m, q in stats.get("quality", {}).items() if q["roc_auc"] is not None}}
 
 
 def _request_rows(rows: list, n: int, shift_at: float) -> list[int]:

@@ -1,0 +1,76 @@
+"""Model quality from outcomes (ROC AUC per model) and ramps gated on it: pure, clock injected."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from rendezvous.routing.outcomes import RewardRule, ScoreIndex
+from rendezvous.routing.quality import ModelQuality, roc_auc
+from rendezvous.routing.ramp import RampLimits, RampMonitor, RampSchedule
+
+HOUR_MS = 3_600_000
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_matches_scikit_learn_with_ties(seed: int):
+    rng = np.random.default_rng(seed)
+    scores, labels = rng.integers(0, 10, 300) / 10, rng.random(300) < 0.3
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_quality_needs_both_classes_and_forgets_beyond_its_window():
+    q = ModelQuality(window=50, min_per_class=5)
+    for _ in range(10):
+        q.learn_one("m", 0.9, True)
+    assert q.roc_auc("m") is None  # no negatives yet: no ROC curve
+    for _ in range(50):  # a window of wrong answers only: the good past is forgotten
+        q.learn_one("m", 0.9, False)
+        q.learn_one("m", 0.1, True)
+    assert q.roc_auc("m") == 0.0 and q.outcomes("m") == 50
+    assert ModelQuality.label(True) is True and ModelQuality.label(1) is True and ModelQuality.label(0.7) is None
+
+
+def test_every_model_that_scored_is_judged_whatever_was_returned():
+    index, q, rng = ScoreIndex(HOUR_MS, 10_000), ModelQuality(min_per_class=10), random.Random(7)
+    for i in range(2000):
+        label = rng.random() < 0.5
+        good = min(max(rng.gauss(0.7 if label else 0.3, 0.15), 0), 1)
+        noise = rng.random()
+        index.record(f"r{i}", {"good": good, "noise": noise}, chosen="noise", now_ms=i)
+        scores = index.scores(f"r{i}")
+        status, _ = index.credit(f"r{i}", label, i, RewardRule("bernoulli", credit="chosen"), i)
+        assert status == "credited" and scores is not None
+        for model, score in scores.items():
+            q.learn_one(model, score, label)
+    assert q.roc_auc("good") > 0.9 > 0.6 > q.roc_auc("noise") > 0.4  # judged though never returned
+
+
+def test_a_ramp_whose_auc_falls_short_of_the_champions_is_rolled_back():
+    limits = RampLimits(max_auc_shortfall=0.05, min_outcomes=100)
+    ramp = RampMonitor("new", RampSchedule(), limits, applied_ms=0, champion="old")
+    q = ModelQuality(min_per_class=10)
+    rng = random.Random(3)
+    for _ in range(99):
+        label = rng.random() < 0.5
+        q.learn_one("old", 0.8 if label else 0.2, label)
+        q.learn_one("new", rng.random(), label)
+    assert ramp.verdict(q) is None  # fewer outcomes than min_outcomes: not judged yet
+    q.learn_one("old", 0.8, True)
+    q.learn_one("new", 0.1, True)
+    why = ramp.verdict(q)
+    assert why is not None and "ROC AUC" in why and "champion old" in why
+
+
+def test_a_ramp_as_good_as_the_champion_carries_on():
+    ramp = RampMonitor("new", RampSchedule(), RampLimits(max_auc_shortfall=0.05, min_outcomes=50),
+                       applied_ms=0, champion="old")
+    q = ModelQuality(min_per_class=10)
+    for i in range(200):
+        label = i % 2 == 0
+        q.learn_one("old", 0.8 if label else 0.2, label)
+        q.learn_one("new", 0.7 if label else 0.3, label)
+    assert ramp.verdict(q) is None
