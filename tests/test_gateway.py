@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policies import load_policy_text
 from rendezvous.kernel.settings import KafkaSettings
@@ -159,3 +161,83 @@ def test_no_worker_means_a_504_naming_the_request_after_the_sla(broker, tmp_path
             assert client.get("/v2/health/ready").status_code == 503
     finally:
         system.close()
+
+
+@pytest.fixture(scope="module")
+def guarded(served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A third gateway that knows m3's inputs (from its spec) and wants a bearer token."""
+    system, _ = served
+    directory = tmp_path_factory.mktemp("guarded")
+    spec = scripted_spec(directory, "m3", 0.3)
+    spec.write_text(spec.read_text() + "inputs: [a, b]\n")
+    token = directory / "token"
+    token.write_text("s3cret-token\n")
+    name = system.runtime.start_gateway(name="gateway/guarded", specs=[spec], extra_args=["--token-file", str(token)])
+    system.wait_ready([name])
+    yield f"http://127.0.0.1:{system.runtime.supervisor.get(name).spec.http_port}"
+
+
+def test_a_bearer_token_guards_every_route_but_health(guarded: str):
+    with httpx.Client(base_url=guarded, timeout=10) as http:
+        assert http.get("/v2/health/live").status_code == 200
+        refused = http.post(f"/v2/models/{POLICY}/infer", json={"features": {"a": 1, "b": 2}})
+        assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
+        wrong = http.get(f"/v2/models/{POLICY}", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+
+
+def test_a_feature_every_chain_model_reads_is_required_and_named(guarded: str):
+    auth = {"Authorization": "Bearer s3cret-token"}
+    with httpx.Client(base_url=guarded, timeout=10, headers=auth) as http:
+        meta = http.get(f"/v2/models/{POLICY}").json()
+        assert [i["name"] for i in meta["inputs"]] == ["a", "b"]
+        missing = http.post(f"/v2/models/{POLICY}/infer", json={"features": {"a": 1}})
+        assert missing.status_code == 400 and "missing feature b" in missing.json()["error"], missing.text
+        assert http.post(f"/v2/models/{POLICY}/infer", json={"features": {"a": 1, "b": 2}}).status_code == 200
+
+
+def test_an_oversized_body_is_a_413_and_the_gateway_counts_its_calls(http: httpx.Client):
+    big = http.post(f"/v2/models/{POLICY}/infer", content=b"{" + b" " * 1_100_000 + b"}",
+                    headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "over the limit" in big.json()["error"]
+    metrics = http.get("/metrics").text
+    assert 'rendezvous_gateway_requests_total{route="/v2/models/{name}/infer",status="200"}' in metrics
+    assert "rendezvous_gateway_request_seconds_bucket" in metrics and "rendezvous_gateway_in_flight" in metrics
+
+
+def test_every_datatype_the_models_can_take(http: httpx.Client):
+    inputs = [{"name": "f16", "datatype": "FP16", "shape": [1], "data": [0.5]},
+              {"name": "f32", "datatype": "FP32", "shape": [1, 1], "data": [[1.5]]},
+              {"name": "i8", "datatype": "INT8", "shape": [1], "data": [-3]},
+              {"name": "i64", "datatype": "INT64", "shape": [1], "data": [2**40]},
+              {"name": "u8", "datatype": "UINT8", "shape": [1], "data": [7]},
+              {"name": "flag", "datatype": "BOOL", "shape": [1], "data": [True]},
+              {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]},
+              {"name": "vec", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]
+    answer = http.post(f"/v2/models/{POLICY}/infer", json={"id": "types", "inputs": inputs})
+    assert answer.status_code == 200, answer.text
+    assert http.post(f"/v2/models/{POLICY}/infer", json={"inputs": [
+        {"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}]}).status_code == 400  # 1 is not a BOOL
+
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+JSON = st.recursive(SCALARS,
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+BODIES = st.one_of(
+    JSON,
+    st.fixed_dictionaries({"inputs": st.lists(st.fixed_dictionaries(
+        {"name": st.text(max_size=6), "datatype": st.sampled_from(["FP64", "BOOL", "BYTES", "INT8", "X"]),
+         "shape": st.lists(st.integers(-1, 4), max_size=3), "data": st.lists(JSON, max_size=5)}), max_size=3)}),
+    st.fixed_dictionaries({"features": JSON}),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_no_body_at_all_makes_the_gateway_fail(http: httpx.Client, body: object):
+    """Fuzzed bodies: answered (200), refused naming the problem (4xx), or 504 after the SLA; never a 500."""
+    reply = http.post(f"/v2/models/{POLICY}/infer", json=body)
+    assert reply.status_code in (200, 400, 413, 504), (reply.status_code, reply.text)
+    if reply.status_code >= 400:
+        assert reply.json()["error"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from rendezvous.kernel.errors import ConfigError
 from rendezvous.kernel.lifecycle import configure_logging
 from rendezvous.kernel.options import broker_option, kafka_settings, log_level_option, topic_prefix_option, topics_for
 from rendezvous.operations.broker import resolve_broker
@@ -27,9 +28,15 @@ DEFAULT_PORT = 8080
               help="How long past the policy's SLA a call waits for its result before answering 504.")
 @click.option("--spec", "specs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A model spec, for the inputs it needs in /v2/models/NAME (repeatable).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file holding a bearer token every /v2 call but health must present (Authorization: Bearer).")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve HTTPS with this PEM certificate (with --keyfile).")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="The certificate's key.")
 @log_level_option
 def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway_id: str | None,
-            reply_margin_ms: float, specs: tuple[Path, ...], log_level: str) -> None:
+            reply_margin_ms: float, specs: tuple[Path, ...], token_file: Path | None, certfile: str | None,
+            keyfile: str | None, log_level: str) -> None:
     """Serve POST /v2/models/POLICY/infer and /outcome, health and metadata (OIP v2) until SIGTERM.
 
     Each call becomes rendezvous requests and is answered within the policy's SLA
@@ -45,7 +52,12 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway
     kafka = kafka_settings(resolve_broker(broker))
     inputs = {spec.name: list(spec.inputs) for spec in map(load_spec, specs)}
     bridge = KafkaBridge(kafka, topics_for(topic_prefix), gateway_id)
-    app = create_app(bridge, GatewaySettings(reply_margin_ms=reply_margin_ms, model_inputs=inputs))
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("--certfile and --keyfile go together", hint="give both to serve HTTPS, or neither")
+    token = token_file.read_text().strip() if token_file else None
+    if token_file and not token:
+        raise ConfigError(f"--token-file {token_file} is empty")
+    app = create_app(bridge, GatewaySettings(reply_margin_ms=reply_margin_ms, model_inputs=inputs, token=token))
     # uvicorn stops on SIGTERM: it finishes the calls in flight, then the lifespan stops the bridge
     uvicorn.run(app, host=host, port=port, log_level="warning" if log_level == "info" else log_level,
-                access_log=False)
+                access_log=False, ssl_certfile=certfile, ssl_keyfile=keyfile)

@@ -10,14 +10,17 @@ SLA, a call waits at most the SLA plus ``reply_margin_ms``; past that it is a
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import ValidationError
 
 from rendezvous import __version__
@@ -30,7 +33,9 @@ __all__ = ["GatewaySettings", "create_app"]
 @dataclass(frozen=True)
 class GatewaySettings:
     reply_margin_ms: float = 1000.0  # beyond the SLA, for the hops between the gateway and the worker
-    model_inputs: dict[str, list[str]] | None = None  # model -> features it reads (from the specs), for metadata
+    model_inputs: dict[str, list[str]] | None = None  # model -> features it reads (from the specs)
+    max_body_bytes: int = 1_048_576  # the requests topic's own limit, less the envelope
+    token: str | None = None  # when set, every /v2 route but health wants "Authorization: Bearer TOKEN"
 
 
 class HttpError(Exception):
@@ -59,9 +64,46 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
             if manage_bridge:
                 bridge.stop()
 
+    registry = CollectorRegistry()
     app = FastAPI(title="rendezvous gateway", version=__version__, lifespan=lifespan,
                   description="The Open Inference Protocol (v2) over the rendezvous: every call is answered "
                               "within the policy's SLA (plus a margin), by the model the policy chooses.")
+
+    calls = Counter("rendezvous_gateway_requests", "HTTP calls, by route and status", ["route", "status"],
+                    registry=registry)
+    seconds = Histogram("rendezvous_gateway_request_seconds", "HTTP call latency, by route", ["route"],
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=registry)
+    in_flight = Gauge("rendezvous_gateway_in_flight", "HTTP calls being served", registry=registry)
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        in_flight.inc()
+        try:
+            response = await _guarded(request, call_next)
+        finally:
+            in_flight.dec()
+        name = getattr(request.scope.get("route"), "path", None) or "other"  # the template: bounded labels
+        calls.labels(name, str(response.status_code)).inc()
+        seconds.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    async def _guarded(request: Request, call_next: Any) -> Any:
+        path = request.url.path
+        if settings.token and path.startswith("/v2") and not path.startswith("/v2/health"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+                return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+            return JSONResponse({"error": f"body of {size} bytes is over the limit of {settings.max_body_bytes}"},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST.split("; charset")[0])
 
     @app.exception_handler(HttpError)
     async def http_error(_request: Request, exc: HttpError) -> JSONResponse:
@@ -71,6 +113,21 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         return JSONResponse({"error": f"{_field(tuple(first['loc']))}: {first['msg']}"}, status_code=400)
+
+    def _missing(policy: Any, rows_: list[dict[str, Any]]) -> str | None:
+        """A row lacking a feature that every model of the chain reads (by their specs) could not be scored."""
+        known = settings.model_inputs or {}
+        chain = [e.model for e in policy.routing.chain if e.model in known]
+        if not chain:
+            return None
+        needed = set.intersection(*(set(known[m]) for m in chain))
+        for i, row in enumerate(rows_):
+            absent = sorted(needed - set(row))
+            if absent:
+                where = f"row {i}: " if len(rows_) > 1 else ""
+                return (f"{where}missing feature{'s' if len(absent) > 1 else ''} {', '.join(absent)}: "
+                        f"every model of the chain ({', '.join(chain)}) reads {'them' if len(absent) > 1 else 'it'}")
+        return None
 
     def policy_named(name: str) -> Any:
         policy = bridge.policy
@@ -114,6 +171,9 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
             raise HttpError(400, f"{_field(tuple(first['loc']))}: {first['msg']}") from None
         except OipError as exc:
             raise HttpError(400, str(exc)) from None
+        missing_features = _missing(policy, features)
+        if missing_features:
+            raise HttpError(400, missing_features)
         ids = request_ids(client_id, len(features))
         replies = await bridge.ask(list(zip(ids, features, strict=True)),
                                    (policy.sla_ms + settings.reply_margin_ms) / 1000)

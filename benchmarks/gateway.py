@@ -1,0 +1,141 @@
+"""The HTTP gateway against the Kafka client, in one run on one stack.
+
+    python -m benchmarks.gateway [--rates 25,50] [--seconds 15] [--out benchmarks/results/gateway.json]
+
+On the demo topology (embedded broker, three example models, decoy, one worker,
+the gateway):
+
+1. at each fixed rate, end-to-end latency seen by a Kafka client (send to
+   receipt of the result) and by an HTTP client through the gateway (call to
+   response), and their ratio at p50 (target ≤ 1.2);
+2. the highest rate one gateway sustains under Debian's ``wrk`` (a Lua body,
+   16 connections), with the gateway's CPU per call from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cpu import cpu_ms, say
+from policies import EXAMPLE_STACK
+from rendezvous.operations.broker import EmbeddedBroker
+from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
+from rendezvous.operations.stackfile import load_stack
+from rendezvous.tools.client import RequestSender, ResultCollector
+from rendezvous.tools.data import phishing_rows
+from rendezvous.tools.summary import percentiles
+
+
+def kafka_e2e(stack: RunningStack, rate: float, seconds: float) -> dict[str, float]:
+    rows = phishing_rows()
+    collector = ResultCollector(stack.kafka, stack.topics, 4).start()
+    sender = RequestSender(stack.kafka, stack.topics)
+    try:
+        sender.send([(f"kwarm-{rate}-{i}", rows[i][0]) for i in range(20)], 50)
+        collector.wait_for([f"kwarm-{rate}-{i}" for i in range(20)], 30)
+        ids = [f"k-{rate}-{i}" for i in range(int(rate * seconds))]
+        sender.send(((rid, rows[i % len(rows)][0]) for i, rid in enumerate(ids)), rate)
+        collector.wait_for(ids, 30)
+        return percentiles([collector.results[r][0].at_ms - sender.sent_ms[r] for r in ids if r in collector.results])
+    finally:
+        collector.stop()
+
+
+def http_e2e(url: str, policy: str, rate: float, seconds: float) -> dict[str, Any]:
+    rows, latencies, statuses = phishing_rows(), [], []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        body = json.dumps({"id": f"h-{rate}-{i}", "features": rows[i % len(rows)][0]}).encode()
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/v2/models/{policy}/infer", data=body),
+                                        timeout=10) as response:
+                response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        with lock:
+            latencies.append((time.perf_counter() - t0) * 1000)
+            statuses.append(status)
+
+    n, start = int(rate * seconds), time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(call, i)
+    return {"latency_ms": percentiles(latencies), "ok": statuses.count(200), "calls": n}
+
+
+WRK_LUA = """wrk.method = "POST"
+wrk.body = '{"features": %s}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk_max(url: str, policy: str, gateway_pid: int, seconds: int = 15) -> dict[str, Any] | None:
+    if shutil.which("wrk") is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_LUA % json.dumps(phishing_rows()[0][0]))
+    before = cpu_ms(gateway_pid)
+    done = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", script.name,
+                           f"{url}/v2/models/{policy}/infer"], capture_output=True, text=True, timeout=seconds + 60)
+    used = cpu_ms(gateway_pid) - before
+    out = done.stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(ms|s|us)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(ms|s|us)", out)
+
+    def ms(m: re.Match[str] | None) -> float | None:
+        return None if m is None else float(m.group(1)) * {"ms": 1, "s": 1000, "us": 0.001}[m.group(2)]
+    return {"requests": total, "req_per_s": round(total / seconds, 1), "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+            "p50_ms": ms(p50), "p99_ms": ms(p99), "gateway_cpu_ms_per_call": round(used / max(total, 1), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="25,50")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gateway.json"))
+    args = parser.parse_args()
+    broker = EmbeddedBroker()
+    bootstrap = broker.start()
+    out: dict[str, Any] = {"rates": []}
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        declared = load_stack(EXAMPLE_STACK)
+        options = StackOptions(bootstrap, "benchgw", 4, Path(tmp) / "logs", Path(tmp) / "archive", gateway_port=0)
+        with running_stack(options, declared, lambda kind, data: say(data.get("text", ""))) as stack:
+            assert stack.gateway_url is not None
+            name = declared.policy.name
+            for rate in (float(r) for r in args.rates.split(",")):
+                say(f"{rate:g} req/s: Kafka client, then HTTP")
+                kafka = kafka_e2e(stack, rate, args.seconds)
+                http = http_e2e(stack.gateway_url, name, rate, args.seconds)
+                out["rates"].append({"rate": rate, "kafka_e2e_ms": kafka, "http": http,
+                                     "http_vs_kafka_p50": round(http["latency_ms"]["p50"] / kafka["p50"], 2)})
+            say("wrk: 16 connections for 15 s")
+            pid = stack.runtime.supervisor.get("gateway").pid
+            out["wrk"] = wrk_max(stack.gateway_url, name, pid) if pid else None
+    broker.stop()
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
