@@ -150,12 +150,17 @@ def gateway_calls(url: str, policy: str, n: int, rate: float) -> dict[str, Any]:
     return {"calls": n, "http_latency_ms": percentiles(latencies)}
 
 
+def arguments(doc: str, rates: str, seconds: float, out: str) -> argparse.Namespace:
+    """The options every fixed-rate benchmark of the demo topology takes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default=rates, help="offered rates, requests per second, comma-separated")
+    parser.add_argument("--seconds", type=float, default=seconds, help="how long each rate is offered")
+    parser.add_argument("--out", type=Path, default=Path(out), help="where the JSON figures go")
+    return parser.parse_args()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="50,100,200")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu.json"))
-    args = parser.parse_args()
+    args = arguments(__doc__ or "", "50,100,200", 20.0, "benchmarks/results/cpu.json")
     rates = [float(r) for r in args.rates.split(",")]
     broker = EmbeddedBroker()
     bootstrap = broker.start()

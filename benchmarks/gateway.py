@@ -14,7 +14,6 @@ the gateway):
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -28,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cpu import cpu_ms, say
+from benchmarks.cpu import arguments, cpu_ms, say
 from policies import EXAMPLE_STACK
 from rendezvous.operations.broker import EmbeddedBroker
 from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
@@ -109,11 +108,7 @@ def wrk_max(url: str, policy: str, gateway_pid: int, seconds: int = 15) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="25,50")
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gateway.json"))
-    args = parser.parse_args()
+    args = arguments(__doc__ or "", "25,50", 15.0, "benchmarks/results/gateway.json")
     broker = EmbeddedBroker()
     bootstrap = broker.start()
     out: dict[str, Any] = {"rates": []}
