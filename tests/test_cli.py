@@ -133,3 +133,38 @@ def test_validate_refuses_typos_and_quoted_numbers(tmp_path: Path, change: tuple
     (tmp_path / "stack.yaml").write_text(stack)
     done = rendezvous("policy", "validate", str(tmp_path / "stack.yaml"), timeout=60)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_up_without_a_broker_is_found_by_the_other_commands_and_a_second_broker_is_refused(tmp_path: Path):
+    from rendezvous.operations.broker import free_port
+
+    env = {**os.environ, "RENDEZVOUS_HOME": str(tmp_path / "home")}
+    stack = tmp_path / "stack.yaml"
+    (tmp_path / "policy.yaml").write_text("name: found\nversion: 1\nsla_ms: 100\n"
+                                          "routing: {strategy: fixed, chain: [{model: trivial}]}\n")
+    stack.write_text(f"policy: policy.yaml\nmodels: [{{spec: {REPO}/containers/examples/trivial.yaml}}]\n"
+                     f"decoy: {{enabled: false}}\n")
+    process = subprocess.Popen([sys.executable, "-m", "rendezvous", "up", str(stack), "--workdir", str(tmp_path / "w"),
+                                "--web-port", str(free_port()), "--gateway-port", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any("stop with Ctrl-C or SIGTERM" in line for line in seen):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(seen)
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
+        shown = rendezvous("policy", "show", timeout=60, env={"RENDEZVOUS_HOME": env["RENDEZVOUS_HOME"]})
+        assert shown.returncode == 0 and "name: found" in shown.stdout, shown.stderr
+        second = rendezvous("broker", "--port", str(free_port()), timeout=60,
+                            env={"RENDEZVOUS_HOME": env["RENDEZVOUS_HOME"]})
+        assert second.returncode == 3 and "already running" in second.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0
+    assert not (tmp_path / "home" / "broker.json").exists()  # forgotten when up stopped its broker

@@ -15,7 +15,9 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.operations.broker import (
+    BrokerError,
     EmbeddedBroker,
+    find_running,
     forget_running,
     record_running,
     resolve_broker,
@@ -32,6 +34,10 @@ def broker(port: int, partitions: int, topic_prefix: str) -> None:
 
     Other rendezvous commands on this machine find it without --broker.
     """
+    running = find_running()
+    if running:  # a second one would silently take discovery over from the first
+        raise BrokerError(f"an embedded broker is already running here at {running}; the other commands use it",
+                          hint="stop it first (SIGTERM), or pass --broker to talk to another one")
     stop = stop_on_signals()
     embedded = EmbeddedBroker(port=port)
     try:

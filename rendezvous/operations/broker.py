@@ -153,7 +153,14 @@ def record_running(broker: EmbeddedBroker) -> None:
     path.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": broker.pid, "owner": os.getpid()}))
 
 
-def forget_running() -> None:
+def forget_running(broker: EmbeddedBroker | None = None) -> None:
+    """Forget the recorded broker; with ``broker``, only if it is the one recorded (another may have taken over)."""
+    if broker is not None:
+        try:
+            if json.loads(_state_file().read_text()).get("pid") != broker.pid:
+                return
+        except (OSError, ValueError):
+            return
     _state_file().unlink(missing_ok=True)
 
 

@@ -21,7 +21,7 @@ from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
 from rendezvous.operations.base import ModelRuntime
-from rendezvous.operations.broker import EmbeddedBroker, find_running
+from rendezvous.operations.broker import EmbeddedBroker, find_running, forget_running, record_running
 from rendezvous.operations.docker import DockerRuntime
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.operations.stackfile import Stack
@@ -68,6 +68,8 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
         options.log_dir.mkdir(parents=True, exist_ok=True)
         progress("status", {"text": "starting the embedded broker (Tansu)"})
         bootstrap = broker.start()
+        if options.find_running_broker:  # `up`: let explain, policy show ... find the broker it started
+            record_running(broker)
     runtime, models = None, None
     try:
         kafka, topics = KafkaSettings(bootstrap, client=options.client), Topics.with_prefix(options.topic_prefix)
@@ -119,4 +121,5 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
                 models.stop_all()
             runtime.stop()
         if broker is not None:
+            forget_running(broker)
             broker.stop()
