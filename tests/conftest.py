@@ -9,10 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -88,6 +90,28 @@ def cli(system: System, *args: str) -> subprocess.CompletedProcess:
     """Run ``rendezvous ARGS`` against a system's broker and topics."""
     return subprocess.run([sys.executable, "-m", "rendezvous", *args, "--broker", system.kafka.bootstrap,
                            "--topic-prefix", system.topics.namespace], capture_output=True, text=True, timeout=120)
+
+
+class ProcessLines:
+    """A child process's stderr, read on a thread, so that waiting for a line is bounded."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process, self.seen = process, []
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in process.stderr], daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float = 90.0) -> None:
+        """Until a line contains ``text``; fails, showing what was printed, if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.seen):
+            assert time.monotonic() < deadline and self.process.poll() is None, self.text()
+            try:
+                self.seen.append(self._lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
+
+    def text(self) -> str:
+        return "".join(self.seen)
 
 
 def eventually(check, timeout: float = 15.0, every: float = 0.2):  # noqa: ANN001, ANN201

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 
 from rendezvous.kernel.admin import TopicError, create_topic, ensure_topics
 from rendezvous.kernel.topics import Topics
-from tests.conftest import REPO, fresh_topics
+from tests.conftest import REPO, ProcessLines, fresh_topics
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +77,9 @@ deploy:
         [sys.executable, "-m", "rendezvous", "up", str(policy), "--broker", broker.bootstrap,
          "--topic-prefix", topics.namespace, "--workdir", str(tmp_path / "work")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    output = ProcessLines(process)
     try:
-        seen, deadline = [], time.monotonic() + 90
-        while not any("stop with Ctrl-C or SIGTERM" in line for line in seen):
-            assert time.monotonic() < deadline and process.poll() is None, "".join(seen)
-            try:
-                seen.append(lines.get(timeout=0.5))
-            except queue.Empty:
-                pass
+        output.wait_for("stop with Ctrl-C or SIGTERM")
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                                                    text=True).stdout.split()]
         assert len(children) == 5  # two replicas, the decoy, one worker, the gateway
@@ -98,8 +88,8 @@ deploy:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    assert process.returncode == 0, "".join(seen)[-2000:]
-    assert any("deprecated" in line for line in seen)  # its deploy: section belongs in a stack file now
+    assert process.returncode == 0, output.text()[-2000:]
+    assert "deprecated" in output.text()  # its deploy: section belongs in a stack file now
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
@@ -147,17 +137,9 @@ def test_up_without_a_broker_is_found_by_the_other_commands_and_a_second_broker_
     process = subprocess.Popen([sys.executable, "-m", "rendezvous", "up", str(stack), "--workdir", str(tmp_path / "w"),
                                 "--web-port", str(free_port()), "--gateway-port", "0"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
-    seen: list[str] = []
+    output = ProcessLines(process)
     try:
-        deadline = time.monotonic() + 90
-        while not any("stop with Ctrl-C or SIGTERM" in line for line in seen):
-            assert time.monotonic() < deadline and process.poll() is None, "".join(seen)
-            try:
-                seen.append(lines.get(timeout=0.5))
-            except queue.Empty:
-                pass
+        output.wait_for("stop with Ctrl-C or SIGTERM")
         shown = rendezvous("policy", "show", timeout=60, env={"RENDEZVOUS_HOME": env["RENDEZVOUS_HOME"]})
         assert shown.returncode == 0 and "name: found" in shown.stdout, shown.stderr
         second = rendezvous("broker", "--port", str(free_port()), timeout=60,

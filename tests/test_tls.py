@@ -21,7 +21,7 @@ from rendezvous.kernel.client_config import ClientConfig, write_properties
 from rendezvous.kernel.errors import BrokerUnavailable, KafkaConfigError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
-from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, write_policy
+from tests.conftest import CHAIN_POLICY, ProcessLines, System, eventually, scripted_spec, write_policy
 from tests.tls import KEY_PASSWORD, Pki, TlsBroker, make_pki, stunnel_binary
 
 pytestmark = [
@@ -130,9 +130,7 @@ def test_wrong_key_password_is_refused_before_connecting(pki: Pki):
 def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: TlsBroker, tmp_path: Path):
     """`rendezvous up` with a stack file, every child and the gateway over the TLS hop; requests and
     outcomes from a Kafka client and over HTTP; other commands with the same file; then SIGTERM."""
-    import queue
     import signal
-    import threading
 
     import httpx
 
@@ -153,17 +151,9 @@ def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: Tls
         [sys.executable, "-m", "rendezvous", "up", str(tmp_path / "stack.yaml"), *common, "--workdir",
          str(tmp_path / "work"), "--web-port", str(free_port()), "--gateway-port", str(gateway_port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
-    seen: list[str] = []
-
-    def started() -> bool:
-        while not lines.empty():
-            seen.append(lines.get())
-        assert process.poll() is None, "".join(seen)
-        return any("stop with Ctrl-C or SIGTERM" in line for line in seen)
+    output = ProcessLines(process)
     try:
-        assert eventually(started, timeout=120, every=0.5), "".join(seen)
+        output.wait_for("stop with Ctrl-C or SIGTERM", timeout=120)
         kafka = _secured(tls_broker)
         topics = Topics.with_prefix(prefix)
         collector = ResultCollector(kafka, topics, 4).start()
@@ -187,9 +177,9 @@ def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: Tls
         assert story.returncode == 0 and "answered with" in story.stdout and "trivial 1.0.0" in story.stdout, \
             story.stderr
         assert "outcome True" in story.stdout
-        for output in (shown.stdout + shown.stderr, story.stdout + story.stderr, "".join(seen)):
-            assert KEY_PASSWORD not in output
+        for printed in (shown.stdout + shown.stderr, story.stdout + story.stderr, output.text()):
+            assert KEY_PASSWORD not in printed
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    assert process.returncode == 0, "".join(seen)[-2000:]
+    assert process.returncode == 0, output.text()[-2000:]
