@@ -241,3 +241,22 @@ def test_no_body_at_all_makes_the_gateway_fail(http: httpx.Client, body: object)
     assert reply.status_code in (200, 400, 413, 504), (reply.status_code, reply.text)
     if reply.status_code >= 400:
         assert reply.json()["error"]
+
+
+def test_a_reply_to_outside_the_replies_topics_is_ignored_and_counted(served):
+    """Anyone can set headers: the worker writes replies only to PREFIX.replies.*, and still answers."""
+    from confluent_kafka import Producer
+
+    from rendezvous.kernel.topics import REPLY_TO
+    from rendezvous.kernel.wire import encode
+
+    system, _ = served
+    worker = next(c.spec.name for c in system.runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous")
+    before = system.stats(worker)["ignored_reply_to"]
+    producer = Producer(system.kafka.producer())
+    producer.produce(system.topics.requests, encode({"request_id": "hijack", "features": {}}), b"hijack",
+                     headers=[(REPLY_TO, system.topics.results.encode())])  # not a replies topic
+    assert producer.flush(10) == 0
+    assert system.collector.wait_for(["hijack"], 15)
+    assert len(system.collector.results["hijack"]) == 1  # answered once, on the results topic only
+    assert system.stats(worker)["ignored_reply_to"] == before + 1

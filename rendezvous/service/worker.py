@@ -59,6 +59,7 @@ class RendezvousWorker:
         self.metrics = ServiceMetrics()
         self.metrics.attach(self, now_ms)
         self.canary: CanaryWatch | None = None
+        self.ignored_reply_to = 0  # requests whose reply-to header named no replies topic of ours
         self._canary_key: tuple | None = None
         self._canary_policy: Any = None
         self._watch_canary()
@@ -176,6 +177,7 @@ class RendezvousWorker:
             "results_in_flight": len(self.writer),
             "uncommitted": self._uncommitted(),
             "deadletters_written": self.writer.deadletters_written,
+            "ignored_reply_to": self.ignored_reply_to,
             "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
@@ -212,7 +214,10 @@ class RendezvousWorker:
                 topic = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
                 if self.topics.is_reply_topic(topic):
                     return topic
-                log.warning("ignored reply-to %r: not a replies topic of %s", topic, self.topics.namespace)
+                self.ignored_reply_to += 1  # counted, logged once: a client must not be able to flood the log
+                if self.ignored_reply_to == 1:
+                    log.warning("ignored reply-to %r: not a replies topic of %s (counted in /stats from now on)",
+                                topic, self.topics.namespace)
         return None
 
     def on_score_event(self, event: Any) -> None:
