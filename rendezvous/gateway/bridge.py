@@ -74,9 +74,11 @@ class KafkaBridge:
         policies = Consumer(self.kafka.consumer(f"{self.reply_topic}.policies", **{
             "enable.auto.commit": False, "fetch.wait.max.ms": max(self.kafka.fetch_wait_ms, 5 * BACKGROUND_FETCH_WAIT_MS)}))
         policies.assign([TopicPartition(self.topics.policies, 0, 0)])
-        for target, consumer, name in ((self._read_replies, replies, "replies"),
-                                       (self._follow_policies, policies, "policies")):
-            thread = threading.Thread(target=self._run, args=(target, consumer), name=f"gateway-{name}", daemon=True)
+        # the replies thread also serves the producer's delivery reports; the policy follower does not
+        for target, consumer, name, serve in ((self._read_replies, replies, "replies", True),
+                                              (self._follow_policies, policies, "policies", False)):
+            thread = threading.Thread(target=self._run, args=(target, consumer, serve), name=f"gateway-{name}",
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info("gateway %s: replies on %s", self.gateway_id, self.reply_topic)
@@ -88,13 +90,14 @@ class KafkaBridge:
         self._producer.flush(5)
         delete_topic(self.kafka, self.reply_topic)  # best effort: a crashed gateway leaves an idle topic
 
-    def _run(self, target: Any, consumer: Consumer) -> None:
+    def _run(self, target: Any, consumer: Consumer, serve_deliveries: bool) -> None:
         try:
             while not self._stop.is_set():
                 for message in poll_batch(consumer, 1000, 0.05):
                     if not message.error():
                         target(message)
-                self._producer.poll(0)
+                if serve_deliveries:
+                    self._producer.poll(0)
         finally:
             consumer.close()
 
@@ -136,7 +139,6 @@ class KafkaBridge:
             value = encode({"request_id": request_id, "features": features, "event_time": int(now_ms())})
             produce(self._producer, self.topics.requests, value, request_id.encode(),
                     on_delivery=self._delivered(request_id), headers=[(REPLY_TO, self.reply_topic.encode())])
-        self._producer.poll(0)
         done, _ = await asyncio.wait(futures, timeout=timeout_s)
         out: list[Reply | None] = []
         for (request_id, _), future in zip(requests, futures, strict=True):
@@ -168,7 +170,6 @@ class KafkaBridge:
             partition = self._partitions.get(request_id, -1)  # -1: the key's partition, as a keyed request lands
         produce(self._producer, self.topics.outcomes, encode(Outcome(request_id, outcome, now_ms())),
                 request_id.encode(), partition)
-        self._producer.poll(0)
         return partition
 
     def flush(self, timeout: float = 5.0) -> int:
