@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from rendezvous.kernel.admin import ensure_topics
-from rendezvous.kernel.kafka import poll_batch
+from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.wire import WireError, decode_score_batch
 from rendezvous.operations.broker import EmbeddedBroker
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.tools.client import RequestSender, ResultCollector
@@ -115,13 +116,61 @@ class ProcessLines:
 
 
 def eventually(check, timeout: float = 15.0, every: float = 0.2):  # noqa: ANN001, ANN201
-    """``check()``'s first truthy value within ``timeout`` (else its last value)."""
+    """``check()``'s first truthy value within ``timeout`` seconds, else its last value.
+
+    A check that raises is tried again (a service still starting refuses connections);
+    if it raised on the last try, that error is raised.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
-        if value or time.monotonic() > deadline:
+        try:
+            value, error = check(), None
+        except Exception as exc:  # noqa: BLE001 - any failure of the check means "not yet"
+            value, error = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if error is not None:
+                raise error
             return value
         time.sleep(every)
+
+
+def wait_until(check, what: str, timeout: float = 15.0, every: float = 0.1):  # noqa: ANN001, ANN201
+    """``check()``'s first truthy value; fails the test saying ``what`` did not happen, and the last value, if none
+    comes within ``timeout`` seconds."""
+    try:
+        value = eventually(check, timeout, every)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"{what}: not within {timeout:g}s (last try raised {exc!r})")
+    if not value:
+        pytest.fail(f"{what}: not within {timeout:g}s (last value {value!r})")
+    return value
+
+
+def in_background(target, *args, what: str = "background work"):  # noqa: ANN001, ANN201
+    """Run ``target(*args)`` on a thread; ``.join()`` on the result waits, bounded, and re-raises its error."""
+    return _Background(target, args, what)
+
+
+class _Background:
+    def __init__(self, target, args: tuple, what: str) -> None:  # noqa: ANN001
+        self.what, self.error = what, None
+
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 120.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.what} did not finish within {timeout:g}s"
+        if self.error is not None:
+            raise self.error
 
 
 class System:
@@ -173,9 +222,16 @@ class System:
         return self.collector.results[request_id][0].result
 
     def results_for(self, ids: list[str], timeout: float = 30.0) -> dict[str, list]:
-        self.collector.wait_for(ids, timeout)
-        time.sleep(0.5)  # give a duplicate the chance to show up
+        """Every result of each id: fails if one has none within ``timeout``. Results are read to the end of
+        the results topic first, so a second answer, if one was written, is here too."""
+        if not self.collector.wait_for(ids, timeout):
+            missing = [rid for rid in ids if rid not in self.collector.results]
+            pytest.fail(f"{len(missing)} of {len(ids)} requests got no result within {timeout:g}s, e.g. {missing[:5]}")
+        assert self.collector.caught_up(timeout=15), "the results topic was not read to its end within 15 s"
         return {rid: [r.result for r in self.collector.results.get(rid, [])] for rid in ids}
+
+    def send_in_background(self, requests: list[tuple[str, dict[str, Any]]], rate: float) -> _Background:
+        return in_background(self.send, requests, rate, what=f"sending {len(requests)} requests at {rate:g}/s")
 
     def partition_of(self, request_id: str) -> int:
         """Where the request went (its result says): where its outcome must go."""
@@ -187,14 +243,26 @@ class System:
         self.send([(rid, {})])
         assert self.collector.wait_for([rid], timeout), "the system never answered a warm-up request"
 
-    def read_topic(self, topic: str, expected: int, timeout: float = 15.0) -> list:
+    def read_topic(self, topic: str, timeout: float = 15.0) -> list:
+        """Every record of ``topic``, read to its end as of now (fails if that takes longer than ``timeout``)."""
         consumer = Consumer(self.kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(self.partitions)])
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < expected and time.monotonic() < deadline:
-            out += [m for m in poll_batch(consumer, 1000, 0.2) if not m.error()]
-        consumer.close()
-        return out
+        try:
+            ranges = since_offsets(consumer, topic, None, timeout, range(self.partitions))
+            return list(read_range(consumer, topic, ranges, timeout))
+        finally:
+            consumer.close()
+
+    def scored_by(self, request_id: str) -> set[str]:
+        """The models whose scores for ``request_id`` are on the scores topic."""
+        models = set()
+        for message in self.read_topic(self.topics.scores):
+            try:
+                batch = decode_score_batch(message.value())
+            except WireError:  # a test's deliberately broken record
+                continue
+            if any(s.request_id == request_id for s in batch.scores):
+                models.add(batch.model)
+        return models
 
     def produce_raw(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = 0) -> tuple[int, int]:
         """Produce one record; returns the (partition, offset) it landed at."""

@@ -15,7 +15,8 @@ MODULES = [
     "rendezvous.kernel.settings", "rendezvous.kernel.topics", "rendezvous.kernel.wire",
     "rendezvous.kernel.documents", "rendezvous.tools.summary", "rendezvous.tools.data",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
-    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router", "rendezvous.operations.base",
+    "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
+    "rendezvous.routing.lateness", "rendezvous.operations.base",
     "rendezvous.service.metrics",
 ]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rendezvous.routing.plan import Choice, Plan, choose, describe, next_change_ms
+from rendezvous.routing.plan import Choice, Plan, choose, describe, due_ms, next_change_ms
 
 PLAN = Plan.chain([("m3", 40), ("m2", 30), ("m1", None)], sla_ms=100, default_score=0.5)
 
@@ -59,3 +59,25 @@ def test_descriptions_say_what_happened():
     assert text == "fallback to m1 after 71.0 ms (m3 had not answered, m2 failed)"
     assert "every model in the chain failed" in describe(Choice(None, "default", -1), PLAN, 3, {"m1", "m2", "m3"})
     assert "default at the SLA (100 ms)" in describe(Choice(None, "default", -1), PLAN, 100, set())
+
+
+@pytest.mark.parametrize(("elapsed", "expected"), [(0, 40), (40, 70), (70, 95), (95, 95)])
+def test_next_change_with_a_guard_ends_at_the_guarded_deadline(elapsed, expected):
+    assert next_change_ms(PLAN, elapsed, guard_ms=5) == expected
+
+
+def test_the_guard_is_capped_at_a_quarter_of_the_sla():
+    assert PLAN.deadline_ms(5) == 95 and PLAN.deadline_ms(60) == 75 and PLAN.deadline_ms(-1) == 100
+
+
+@pytest.mark.parametrize(("arrivals", "guard", "expected"), [
+    ({"m3": (12, False)}, 0, 12),                        # the preferred model: when it arrived
+    ({"m2": (5, False)}, 0, 40),                         # a fallback: when its stage opened
+    ({"m2": (55, False)}, 0, 55),                        # ... or when it arrived, if later
+    ({"m2": (55, False), "m3": (60, False)}, 0, 55),     # what came after the answer was due does not matter
+    ({"m3": (3, True), "m2": (8, True), "m1": (9, True)}, 0, 9),  # all failed: no reason to wait
+    ({}, 0, 100), ({}, 5, 95),                           # nothing: the deadline
+    ({"m1": (99, False)}, 5, 95),                        # arrived after the guarded deadline: the default was due
+])
+def test_due_is_the_first_moment_the_rule_answers(arrivals, guard, expected):
+    assert due_ms(PLAN, arrivals, guard) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -232,6 +233,7 @@ def test_every_request_is_answered_once_within_the_sla_by_the_best_acceptable_mo
     assert set(decisions) == {f"r{i}" for i in range(len(schedules))}
     for rid, (d, at) in decisions.items():
         t0 = d.pending.t0
+        assert d.due_ms == pytest.approx(at), "ticked at its wake times, the router is never late"
         assert at - t0 <= POLICY.plan("", 0).sla_ms + 1e-6, "decided after the SLA"
         chosen = d.choice.model
         ok = {m for m, (when, fails) in arrived.get(rid, {}).items() if when <= at and not fails}
@@ -276,3 +278,42 @@ def test_a_request_keeps_the_version_pin_of_the_policy_it_was_planned_under():
     router.set_policy(FixedChain("p", 4, [("m1", None)], sla_ms=100, versions={"m1": "2"}))
     assert router.on_request("r2", partition=0, record_ms=1000, token="t2", now_ms=1003).released == ["b3"]
     assert router.stats.dropped["other_version", "m1"] == 2
+
+
+# --------------------------------------------------------------------------- the guard, and when answers were due
+
+def test_the_last_decision_is_taken_the_guard_before_the_sla():
+    r = Router(POLICY, sla_guard_ms=5)
+    r.on_request("a", 0, 1000, "req", 1000)
+    assert r.on_tick(1040).decisions == r.on_tick(1070).decisions == []  # the stages open; nobody answered
+    assert r.next_wake_ms() == 1095
+    assert r.on_tick(1094.9).decisions == []
+    [d] = r.on_tick(1095).decisions
+    assert (d.choice.reason, d.due_ms, d.decided_ms) == ("default", 1095, 1095)
+
+
+def test_at_the_guarded_deadline_every_stage_is_open():
+    late_stage = FixedChain("p", 1, [("m2", 97), ("m1", None)], sla_ms=100)
+    r = Router(late_stage, sla_guard_ms=5)
+    r.on_request("a", 0, 1000, "req", 1000)
+    r.on_scores("m1", "v", [score("a")], "b", 1010)
+    [d] = r.on_tick(1095).decisions  # m1's stage would open at 97: the deadline comes first
+    assert (d.choice.model, d.due_ms) == ("m1", 1095)
+
+
+def test_a_late_timer_is_seen_as_lateness_and_the_best_answer_by_then_is_taken():
+    r = Router(POLICY)
+    r.on_request("a", 0, 1000, "req", 1000)
+    r.on_scores("m2", "v", [score("a")], "b1", 1005)
+    assert r.next_wake_ms() == 1040
+    [d] = r.on_scores("m3", "v", [score("a")], "b2", 1046).decisions  # the 1040 timer had not fired yet
+    assert (d.choice.model, d.due_ms, d.decided_ms, d.lateness_ms) == ("m3", 1040, 1046, 6)
+
+
+def test_a_request_that_reaches_the_worker_late_was_due_before_it_was_seen():
+    r = Router(POLICY)
+    r.on_scores("m2", "v", [score("a")], "b", 1010)  # an orphan: the model was ahead of the worker
+    [d] = r.on_request("a", 0, record_ms=1000, token="req", now_ms=1055).decisions
+    assert (d.choice.model, d.due_ms, d.pending.seen_ms) == ("m2", 1040, 1055)
+    [d] = r.on_request("b", 0, record_ms=1000, token="req-b", now_ms=1300).decisions  # long after the SLA
+    assert (d.choice.reason, d.due_ms, d.lateness_ms) == ("default", 1100, 200)

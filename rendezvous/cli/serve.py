@@ -17,6 +17,7 @@ from rendezvous.kernel.options import (
 from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
 from rendezvous.operations.broker import resolve_broker
 from rendezvous.routing.router import RouterLimits
+from rendezvous.service.settings import DEFAULT_SLA_GUARD_MS
 
 
 @click.command()
@@ -38,12 +39,17 @@ from rendezvous.routing.router import RouterLimits
 @click.option("--orphan-ttl-ms", envvar="RENDEZVOUS_ORPHAN_TTL_MS", type=click.FloatRange(1),
               default=RouterLimits.orphan_ttl_ms, show_default=True,
               help="How long a score may wait for its request before it is dropped as unknown.")
+@click.option("--sla-guard-ms", envvar="RENDEZVOUS_SLA_GUARD_MS", type=click.FloatRange(0),
+              default=DEFAULT_SLA_GUARD_MS, show_default=True,
+              help="Take the last decision this long before the SLA, so that the answer is written by then "
+                   "(at most a quarter of the SLA). Raise it if rendezvous_late_results_total{cause=\"timer\"} "
+                   "or {cause=\"write\"} grows.")
 @log_level_option
 def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float,
           fetch_min_bytes: int,
           app_id: str | None,
           worker_id: str | None, web_host: str, web_port: int, max_request_bytes: int, orphan_ttl_ms: float,
-          log_level: str) -> None:
+          sla_guard_ms: float, log_level: str) -> None:
     """Run one rendezvous worker until SIGTERM. Run several with one --app-id to share the load."""
     # Faust and the worker load here, not when the CLI starts: other commands stay quick.
     from rendezvous.service.run import build_worker, run_worker
@@ -53,7 +59,7 @@ def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch
         kafka=kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes),
         topics=topics_for(topic_prefix),
         app_id=app_id or topic_prefix, web_host=web_host, web_port=web_port, max_request_bytes=max_request_bytes,
-        limits=RouterLimits(orphan_ttl_ms=orphan_ttl_ms),
+        limits=RouterLimits(orphan_ttl_ms=orphan_ttl_ms), sla_guard_ms=sla_guard_ms,
         **({"worker_id": worker_id} if worker_id else {}),
     )
     worker = build_worker(settings, policy_path)

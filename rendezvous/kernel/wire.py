@@ -112,7 +112,14 @@ class Candidate(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Result(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The rendezvous's answer to a request (key = request id)."""
+    """The rendezvous's answer to a request (key = request id).
+
+    Its timing, all on the worker's clock (epoch ms): ``request_ms`` when the SLA clock
+    started (the record's timestamp), ``due_ms`` when the policy's rule would first have
+    answered given when each score arrived, ``decided_ms`` when the worker answered.
+    ``candidates`` are the scores that had arrived by then, with their arrival times, so
+    that anyone can check the choice against the policy.
+    """
 
     request_id: str
     model: str | None
@@ -130,6 +137,7 @@ class Result(msgspec.Struct, frozen=True, omit_defaults=True):
     worker: str
     event_time: int | float | None = None
     audit: dict[str, Any] | None = None
+    due_ms: float | None = None  # None in results written before it was recorded
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -7,6 +7,17 @@ has answered. A model that reported an error will never answer, so the models
 after it become acceptable at once instead of waiting out its budget. At the SLA,
 if no model in the chain has answered, the plan's default is the answer.
 
+The SLA promises that the answer is *written* by then, so the last decision is
+taken a little before it: ``guard_ms`` before the SLA (the service's
+``--sla-guard-ms``), every stage counts as open and, with no answer, the default
+is given. The guard pays for what follows a decision (a timer firing late on a
+busy loop, the write to Kafka); it is capped at a quarter of the SLA.
+
+:func:`due_ms` says when an answer was *due*: the first moment at which, given
+when each score arrived, the rule would have answered. A worker that decides
+later than that was late (its request reached it late, or its loop was busy);
+the result records both times.
+
 Times are milliseconds since the request's timestamp; nothing here reads a clock.
 
 >>> plan = Plan.chain([("m3", 40), ("m2", 30), ("m1", None)], sla_ms=100)
@@ -20,6 +31,12 @@ Choice(model='m2', reason='fallback', stage=1)
 Choice(model='m2', reason='fallback', stage=1)
 >>> choose(plan, answered=set(), failed=set(), elapsed_ms=100)
 Choice(model=None, reason='default', stage=-1)
+>>> choose(plan, answered=set(), failed=set(), elapsed_ms=95, guard_ms=5)   # the last decision, guarded
+Choice(model=None, reason='default', stage=-1)
+>>> due_ms(plan, arrivals={"m2": (12.0, False), "m1": (3.0, False)})      # m2 acceptable from its stage
+40.0
+>>> due_ms(plan, arrivals={"m3": (7.5, True), "m2": (12.0, False)})       # m3 failed: m2 at once
+12.0
 """
 
 from __future__ import annotations
@@ -29,6 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from rendezvous.kernel.wire import Reason
+
+#: The guard never takes more than this share of the SLA from the models.
+MAX_GUARD_SHARE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,16 @@ class Plan:
     def models(self) -> tuple[str, ...]:
         return tuple(s.model for s in self.stages)
 
+    def deadline_ms(self, guard_ms: float = 0.0) -> float:
+        """When the last decision is taken: ``guard_ms`` before the SLA, at most a quarter of it.
+
+        >>> Plan.chain([("m1", None)], sla_ms=100).deadline_ms(5)
+        95.0
+        >>> Plan.chain([("m1", None)], sla_ms=8).deadline_ms(5)
+        6.0
+        """
+        return self.sla_ms - min(max(guard_ms, 0.0), self.sla_ms * MAX_GUARD_SHARE)
+
 
 class Choice(NamedTuple):
     model: str | None  # None: the default answer
@@ -84,8 +114,14 @@ class Choice(NamedTuple):
     stage: int  # index in the chain, -1 for the default
 
 
-def choose(plan: Plan, answered: Collection[str], failed: Collection[str], elapsed_ms: float) -> Choice | None:
-    """The answer to give ``elapsed_ms`` after the request, or None to keep waiting."""
+def choose(plan: Plan, answered: Collection[str], failed: Collection[str], elapsed_ms: float,
+           guard_ms: float = 0.0) -> Choice | None:
+    """The answer to give ``elapsed_ms`` after the request, or None to keep waiting.
+
+    From the deadline (``guard_ms`` before the SLA) on, every stage is open.
+    """
+    if elapsed_ms >= plan.deadline_ms(guard_ms):
+        elapsed_ms = max(elapsed_ms, plan.sla_ms)
     all_before_failed = True
     for index, stage in enumerate(plan.stages):
         if not (all_before_failed or elapsed_ms >= stage.opens_at_ms):
@@ -99,12 +135,31 @@ def choose(plan: Plan, answered: Collection[str], failed: Collection[str], elaps
     return None
 
 
-def next_change_ms(plan: Plan, elapsed_ms: float) -> float:
+def next_change_ms(plan: Plan, elapsed_ms: float, guard_ms: float = 0.0) -> float:
     """When, with no new scores, :func:`choose` could next give a different answer."""
+    deadline = plan.deadline_ms(guard_ms)
     for stage in plan.stages:
-        if stage.opens_at_ms > elapsed_ms:
+        if elapsed_ms < stage.opens_at_ms < deadline:
             return stage.opens_at_ms
-    return plan.sla_ms
+    return deadline
+
+
+def due_ms(plan: Plan, arrivals: Mapping[str, tuple[float, bool]], guard_ms: float = 0.0) -> float:
+    """When an answer was due: the first moment :func:`choose` answers, given ``arrivals``.
+
+    ``arrivals`` maps each model that scored to (when its score arrived, whether it was
+    a failure), in ms after the request. The rule can only change its mind when a stage
+    opens, a score arrives or the deadline comes, so only those moments are tried.
+    """
+    deadline = plan.deadline_ms(guard_ms)
+    moments = sorted({*(s.opens_at_ms for s in plan.stages if s.opens_at_ms < deadline),
+                      *(at for at, _ in arrivals.values() if at < deadline), deadline})
+    for moment in moments:
+        answered = [m for m, (at, failure) in arrivals.items() if at <= moment and not failure]
+        failed = [m for m, (at, failure) in arrivals.items() if at <= moment and failure]
+        if choose(plan, answered, failed, moment, guard_ms) is not None:
+            return moment
+    return deadline  # not reached: at the deadline choose always answers
 
 
 def describe(choice: Choice, plan: Plan, elapsed_ms: float, failed: Collection[str]) -> str:

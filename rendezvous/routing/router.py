@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rendezvous.kernel.wire import Score
-from rendezvous.routing.plan import Choice, Plan, choose, describe, next_change_ms
+from rendezvous.routing.plan import Choice, Plan, choose, describe, due_ms, next_change_ms
 from rendezvous.routing.state import (
     DeadlineQueue,
     DecidedRequests,
@@ -62,14 +62,26 @@ class RouterLimits:
 
 @dataclass(slots=True)
 class Decision:
+    """An answer, and when it was due and taken (epoch ms).
+
+    ``due_ms`` is when the rule, given when each score arrived, would first have
+    answered (:func:`~rendezvous.routing.plan.due_ms`); ``decided_ms - due_ms`` is how
+    late the worker was, because the request reached it late or its loop was busy.
+    """
+
     pending: PendingRequest
     choice: Choice
     decided_ms: float
     detail: str
+    due_ms: float
 
     @property
     def latency_ms(self) -> float:
         return self.decided_ms - self.pending.t0
+
+    @property
+    def lateness_ms(self) -> float:
+        return max(self.decided_ms - self.due_ms, 0.0)
 
 
 @dataclass(slots=True)
@@ -92,9 +104,16 @@ class RouterStats:
 
 
 class Router:
-    def __init__(self, policy: RoutingPolicy, limits: RouterLimits = RouterLimits()) -> None:
+    """Joins scores with requests and decides each answer by its plan.
+
+    ``sla_guard_ms``: the last decision is taken this long before the SLA, so that
+    the answer is written by then (see :mod:`rendezvous.routing.plan`).
+    """
+
+    def __init__(self, policy: RoutingPolicy, limits: RouterLimits = RouterLimits(), sla_guard_ms: float = 0.0) -> None:
         self.policy = policy
         self.limits = limits
+        self.sla_guard_ms = sla_guard_ms
         self.stats = RouterStats()
         self._pending: dict[str, PendingRequest] = {}
         self._deadlines = DeadlineQueue()
@@ -246,9 +265,10 @@ class Router:
         # as open even when float rounding gives now - t0 a hair below its offset.
         elapsed = now_ms - pending.t0 + 1e-6
         answered = pending.scores.keys() - pending.failed if pending.failed else pending.scores.keys()
-        choice = choose(pending.plan, answered, pending.failed, elapsed)
+        guard = self.sla_guard_ms
+        choice = choose(pending.plan, answered, pending.failed, elapsed, guard)
         if choice is None:
-            wake = pending.t0 + next_change_ms(pending.plan, elapsed)
+            wake = pending.t0 + next_change_ms(pending.plan, elapsed, guard)
             if wake != pending.wake_ms:
                 self._deadlines.push(pending, wake)
             return
@@ -262,7 +282,9 @@ class Router:
         self._decided.add(pending.request_id, frozenset(pending.scores), now_ms)
         self.stats.decisions[choice.reason, choice.model or ""] += 1
         detail = describe(choice, pending.plan, elapsed, pending.failed)
-        step.decisions.append(Decision(pending, choice, now_ms, detail))
+        arrivals = {m: (v.arrived_ms - pending.t0, m in pending.failed) for m, v in pending.scores.items()}
+        due = min(pending.t0 + due_ms(pending.plan, arrivals, guard), now_ms)
+        step.decisions.append(Decision(pending, choice, now_ms, detail, due))
 
     def _drop_orphan(self, orphan: OrphanScore, step: Step) -> None:
         self.stats.dropped["unknown_request", orphan.model] += 1

@@ -25,10 +25,13 @@ from prometheus_client.core import (
 )
 
 from canary.watch import CanaryWatch
+from rendezvous.routing.lateness import CAUSES, late_cause
+from rendezvous.routing.router import Decision
 
 if TYPE_CHECKING:
     from rendezvous.service.worker import RendezvousWorker
 
+LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 SHARE_WINDOW = 1000  # decisions the traffic shares are measured over
@@ -103,15 +106,34 @@ class ServiceMetrics:
         self.scores = LoopHistogram(
             "rendezvous_model_score", "Distribution of the scores each model returned", ["model"],
             SCORE_BUCKETS, self.registry)
+        self.decision_lateness = LoopHistogram(
+            "rendezvous_decision_lateness_seconds",
+            "From when a result was due (the rule would first have answered) to when it was decided",
+            [], LATENESS_BUCKETS, self.registry)
+        self.result_write = LoopHistogram(
+            "rendezvous_result_write_seconds", "From producing a result to the broker acknowledging it",
+            [], LATENESS_BUCKETS, self.registry)
         self.shares: deque[str] = deque(maxlen=SHARE_WINDOW)
         self.sla_misses = 0
+        self.late: Counter[str] = Counter(dict.fromkeys(CAUSES, 0))
 
-    def observe_decision(self, model: str | None, reason: str, latency_ms: float, sla_ms: float,
-                         t0_ms: float, event_time_ms: float | None, now_ms: float) -> None:
-        self.result_latency.labels(reason).observe(latency_ms / 1000)
-        self.prediction_latency.observe(max(now_ms - (event_time_ms or t0_ms), 0.0) / 1000)
-        self.shares.append(model or "default")
-        if latency_ms > sla_ms:
+    def observe_decision(self, decision: Decision) -> None:
+        pending = decision.pending
+        self.result_latency.labels(decision.choice.reason).observe(decision.latency_ms / 1000)
+        self.prediction_latency.observe(max(decision.decided_ms - (pending.event_time or pending.t0), 0.0) / 1000)
+        self.decision_lateness.observe(decision.lateness_ms / 1000)
+        self.shares.append(decision.choice.model or "default")
+
+    def observe_written(self, decision: Decision, written_ms: float, guard_ms: float) -> None:
+        """A result's write was acknowledged: was it late, and why (see :mod:`rendezvous.routing.lateness`)."""
+        pending = decision.pending
+        self.result_write.observe(max(written_ms - decision.decided_ms, 0.0) / 1000)
+        plan = pending.plan
+        cause = late_cause(decision.due_ms, pending.seen_ms, decision.decided_ms, written_ms,
+                           plan.sla_ms - plan.deadline_ms(guard_ms))
+        if cause is not None:
+            self.late[cause] += 1
+        if written_ms - pending.t0 > plan.sla_ms:
             self.sla_misses += 1
 
     def observe_scores(self, model: str, scores: Iterable[Any], pending_t0: Callable[[str], float | None],
@@ -143,7 +165,14 @@ class _StateCollector:
         for (reason, model), n in sorted(stats.decisions.items(), key=str):
             results.add_metric([model or "default", reason], n)
         yield results
-        yield CounterMetricFamily("rendezvous_sla_misses", "Results decided after the SLA", value=self.metrics.sla_misses)
+        yield CounterMetricFamily("rendezvous_sla_misses", "Results not written by the SLA (acknowledged by the broker after it)",
+                                  value=self.metrics.sla_misses)
+        late = CounterMetricFamily("rendezvous_late_results", "Results written later than the SLA guard after they were "
+                                   "due, by main cause: intake (reached the worker late), timer (the worker's loop), write",
+                                   labels=["cause"])
+        for cause, n in sorted(self.metrics.late.items()):
+            late.add_metric([cause], n)
+        yield late
         yield CounterMetricFamily("rendezvous_requests", "Requests read", value=stats.requests)
         yield CounterMetricFamily("rendezvous_duplicate_requests", "Requests read again (redelivery), not re-answered",
                                   value=stats.duplicate_requests)

@@ -11,7 +11,9 @@ from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
 from rendezvous.routing.router import RouterLimits
 
-__all__ = ["ServiceSettings"]
+__all__ = ["ServiceSettings", "DEFAULT_SLA_GUARD_MS"]
+
+DEFAULT_SLA_GUARD_MS = 5.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class ServiceSettings:
     web_port: int = 6066
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     limits: RouterLimits = RouterLimits()
+    #: The last decision is taken this long before the SLA, so the answer is written by then
+    #: (pays for a timer firing late and the write to Kafka; see rendezvous.routing.plan).
+    sla_guard_ms: float = DEFAULT_SLA_GUARD_MS
     recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
     catch_up_timeout_s: float = 5.0
     outcome_index_size: int = 500_000  # answered requests whose scores await an outcome

@@ -31,7 +31,7 @@ from rendezvous.kernel.wire import (
     decode_request_head,
     decode_score_batch,
 )
-from rendezvous.routing.router import Router, Step
+from rendezvous.routing.router import Decision, Router, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.control_plane import ControlPlane
@@ -52,8 +52,8 @@ class RendezvousWorker:
     def __init__(self, settings: ServiceSettings, store: PolicyStore, feed: ControlFeed) -> None:
         self.settings = settings
         self.topics = settings.topics
-        self.router = Router(store.compiled, settings.limits)
-        self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal)
+        self.router = Router(store.compiled, settings.limits, settings.sla_guard_ms)
+        self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal, self._on_written)
         self.control = ControlPlane(settings, store, feed, self.router, self.writer, self._fatal)
         self.app = create_app(settings.app_id, settings.kafka, settings.web_host, settings.web_port)
         self.metrics = ServiceMetrics()
@@ -177,6 +177,9 @@ class RendezvousWorker:
             "results_in_flight": len(self.writer),
             "uncommitted": self._uncommitted(),
             "deadletters_written": self.writer.deadletters_written,
+            "sla_guard_ms": self.settings.sla_guard_ms,
+            "late_results": dict(self.metrics.late),
+            "sla_misses": self.metrics.sla_misses,
             "ignored_reply_to": self.ignored_reply_to,
             "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
@@ -250,14 +253,15 @@ class RendezvousWorker:
         for decision in step.decisions:
             self.writer.write(decision)
             self.control.on_decision(decision)
-            pending = decision.pending
-            self.metrics.observe_decision(decision.choice.model, decision.choice.reason, decision.latency_ms,
-                                          pending.plan.sla_ms, pending.t0, pending.event_time, decision.decided_ms)
+            self.metrics.observe_decision(decision)
         for hold in step.released:
             hold.release()
         if step.late:
             self.control.on_late(step.late)
         self._arm_timer()
+
+    def _on_written(self, decision: Decision, written_ms: float) -> None:
+        self.metrics.observe_written(decision, written_ms, self.settings.sla_guard_ms)
 
     # ------------------------------------------------------------------ time
 

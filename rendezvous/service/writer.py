@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.kafka import produce
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
@@ -64,18 +65,25 @@ def build_result(decision: Decision, worker: str) -> Result:
         worker=worker,
         event_time=pending.event_time,
         audit=dict(plan.audit) if plan.audit else None,
+        due_ms=decision.due_ms,
     )
 
 
 class ResultWriter:
-    """Produces results and dead letters with an idempotent confluent-kafka producer."""
+    """Produces results and dead letters with an idempotent confluent-kafka producer.
 
-    def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, on_fatal: Callable[[str], None]) -> None:
-        self.topics, self.worker, self._on_fatal = topics, worker, on_fatal
+    ``on_written(decision, written_ms)`` is called when the broker has acknowledged a
+    result; ``written_ms`` is when the acknowledgement reached the producer, measured by
+    librdkafka (not when this worker got round to serving the report).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, on_fatal: Callable[[str], None],
+                 on_written: Callable[[Decision, float], None] | None = None) -> None:
+        self.topics, self.worker, self._on_fatal, self._on_written = topics, worker, on_fatal, on_written
         self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-{worker}"}))
         # The idempotent producer reports deliveries of one partition in order, so each
         # report releases the oldest holds of its partition: no closure per result.
-        self._in_flight: dict[int, deque[list[Ack]]] = defaultdict(deque)
+        self._in_flight: dict[int, deque[tuple[Decision, float]]] = defaultdict(deque)
         self.results_written = 0
         self.deadletters_written = 0
         self.deadletters: Counter = Counter()  # by reason kind, for /metrics
@@ -83,7 +91,7 @@ class ResultWriter:
     def write(self, decision: Decision) -> Result:
         pending = decision.pending
         result = build_result(decision, self.worker)
-        self._in_flight[pending.partition].append([pending.token, *pending.score_tokens])
+        self._in_flight[pending.partition].append((decision, now_ms()))
         value, key = encode(result), pending.request_id.encode()
         self._produce(self.topics.results, value, key, pending.partition, self._result_delivered)
         reply_to = getattr(pending.token, "reply_to", None)
@@ -93,12 +101,17 @@ class ResultWriter:
         return result
 
     def _result_delivered(self, err: KafkaError | None, msg: Message) -> None:
-        holds = self._in_flight[msg.partition()].popleft()
+        decision, produced_ms = self._in_flight[msg.partition()].popleft()
         if err is not None:
             self._on_fatal(f"could not write a result to {self.topics.results}: {err.str()}")
             return
-        for hold in holds:
+        pending = decision.pending
+        pending.token.release()
+        for hold in pending.score_tokens:
             hold.release()
+        if self._on_written is not None:
+            latency_s = msg.latency()
+            self._on_written(decision, produced_ms + latency_s * 1000 if latency_s is not None else now_ms())
 
     def _reply_delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:  # the gateway answers its caller 504 at its deadline; nothing else waits on this

@@ -37,9 +37,12 @@ class ResultCollector:
 
     def __init__(self, kafka: KafkaSettings, topics: Topics, partitions: int) -> None:
         self._consumer = Consumer(kafka.consumer(f"rendezvous-client-{id(self)}", **{"enable.auto.commit": False}))
-        ends = [self._consumer.get_watermark_offsets(TopicPartition(topics.results, p), timeout=10)[1]
-                for p in range(partitions)]
+        # A second handle asks the broker for the topic's end while the thread reads with the first.
+        self._ends = Consumer(kafka.consumer(f"rendezvous-client-ends-{id(self)}", **{"enable.auto.commit": False}))
+        self._topic = topics.results
+        ends = self._end_offsets(partitions)
         self._consumer.assign([TopicPartition(topics.results, p, end) for p, end in enumerate(ends)])
+        self._next_offset = dict(enumerate(ends))  # per partition: the offset the thread reads next
         self.results: dict[str, list[Received]] = {}
         self.undecodable = 0
         self._lock = threading.Lock()
@@ -60,9 +63,12 @@ class ResultCollector:
                     result = decode_result(message.value())
                 except WireError:
                     self.undecodable += 1
+                    with self._lock:
+                        self._next_offset[message.partition()] = message.offset() + 1
                     continue
                 with self._lock:
                     self.results.setdefault(result.request_id, []).append(Received(result, at, message.partition()))
+                    self._next_offset[message.partition()] = message.offset() + 1
 
     def count(self) -> int:
         with self._lock:
@@ -79,10 +85,29 @@ class ResultCollector:
             time.sleep(0.02)
         return False
 
+    def caught_up(self, timeout: float) -> bool:
+        """Wait until every result written by now has been read (True), or ``timeout`` seconds pass (False).
+
+        After it, a second result for a request, if any had been written, is in :attr:`results`.
+        """
+        deadline = time.monotonic() + timeout
+        ends = dict(enumerate(self._end_offsets(len(self._next_offset), timeout)))
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(self._next_offset[p] >= end for p, end in ends.items()):
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _end_offsets(self, partitions: int, timeout: float = 10.0) -> list[int]:
+        return [self._ends.get_watermark_offsets(TopicPartition(self._topic, p), timeout=timeout)[1]
+                for p in range(partitions)]
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self._consumer.close()
+        self._ends.close()
 
 
 @dataclass
