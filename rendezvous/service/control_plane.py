@@ -115,7 +115,8 @@ class ControlPlane:
         return {
             "policy": {"name": store.doc.name, "version": store.doc.version, "strategy": compiled.routing.strategy,
                        "refused_records": store.refused,
-                       "history": [{"version": a.version, "by": a.by, "reason": a.reason} for a in store.history[-10:]]},
+                       "history": [{"version": a.version, "by": a.by, "reason": a.reason, "applied_ms": a.applied_ms,
+                                    "adopted_ms": a.adopted_ms} for a in store.history[-10:]]},
             "posterior_means": {m: round(learner.mean(m, now_ms), 4) for m in sorted(compiled.models)},
             "ramps": {r.model: {"share": r.share(now_ms)} for r in compiled.ramps},
             "rollbacks": self.rollbacks,

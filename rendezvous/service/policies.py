@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -21,6 +22,7 @@ from confluent_kafka import Producer
 
 from policies.record import POLICY_KEY, PolicyRecord, decode_policy_record
 from policies.schema import ModelEntry, Policy
+from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.settings import KafkaSettings
@@ -72,14 +74,15 @@ def demoted(doc: Policy, model: str, reason: str) -> Policy:
 @dataclass
 class Applied:
     version: int
-    applied_ms: float
+    applied_ms: float  # when it was applied, by whoever applied it (their clock)
     by: str
     reason: str
+    adopted_ms: float  # when it came into force here (this worker's clock): requests seen from then on follow it
 
 
 class PolicyStore:
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
+    def __init__(self, rng: random.Random, clock: Callable[[], float] = now_ms) -> None:
+        self.rng, self.clock = rng, clock
         self.doc: Policy | None = None
         self.compiled: CompiledPolicy | None = None
         self.learner: Learner | None = None
@@ -93,7 +96,7 @@ class PolicyStore:
             self.learner = learner_for(doc)
         self.doc = doc
         self.compiled = compile_policy(doc, self.learner, self.rng, applied_ms)
-        self.history.append(Applied(doc.version, applied_ms, by, reason))
+        self.history.append(Applied(doc.version, applied_ms, by, reason, self.clock()))
         log.info("policy %s v%d in force (%s%s)", doc.name, doc.version, by or "file", f": {reason}" if reason else "")
         return self.compiled
 
