@@ -237,7 +237,7 @@ class LiveSystem:
         }
 
     def worker_stats(self) -> dict[str, Any]:
-        port = self.runtime.supervisor.get(self.worker).spec.http_port
+        port = self.runtime.supervisor.get(self.worker).http_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
             return json.loads(response.read())
 

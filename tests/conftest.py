@@ -28,7 +28,7 @@ from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.wire import WireError, decode_score_batch
+from rendezvous.kernel.wire import WireError, decode_result, decode_score_batch
 from rendezvous.operations.broker import EmbeddedBroker
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.tools.client import RequestSender, ResultCollector
@@ -206,9 +206,13 @@ class System:
         os.kill(self.pid(name), sig)
 
     def stats(self, name: str) -> dict[str, Any]:
-        port = self.runtime.supervisor.get(name).spec.http_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+        with urllib.request.urlopen(f"{self.url(name)}/stats", timeout=5) as response:
             return json.loads(response.read())
+
+    def url(self, name: str, timeout: float = 30.0) -> str:
+        """The base URL of a child's HTTP endpoint, once it has bound its port and said which."""
+        port = wait_until(lambda: self.runtime.supervisor.get(name).http_port, f"{name} announces its port", timeout)
+        return f"http://127.0.0.1:{port}"
 
     # -- traffic
 
@@ -233,6 +237,14 @@ class System:
     def send_in_background(self, requests: list[tuple[str, dict[str, Any]]], rate: float) -> _Background:
         return in_background(self.send, requests, rate, what=f"sending {len(requests)} requests at {rate:g}/s")
 
+    def result_of(self, request_id: str, timeout: float = 15.0) -> Any:
+        """The one result of ``request_id``, as written on the results topic (whoever sent the request)."""
+        def find() -> list:
+            return [decode_result(m.value()) for m in self.read_topic(self.topics.results) if m.key() == request_id.encode()]
+        results = wait_until(find, f"a result for {request_id}", timeout)
+        assert len(results) == 1, f"{len(results)} results for {request_id}"
+        return results[0]
+
     def partition_of(self, request_id: str) -> int:
         """Where the request went (its result says): where its outcome must go."""
         return self.collector.results[request_id][0].partition if request_id in self.collector.results else 0
@@ -243,12 +255,19 @@ class System:
         self.send([(rid, {})])
         assert self.collector.wait_for([rid], timeout), "the system never answered a warm-up request"
 
+    def end_offsets(self, topic: str, timeout: float = 15.0) -> dict[int, int]:
+        """Per partition: the offset the next record will get (the high watermark)."""
+        consumer = Consumer(self.kafka.consumer(f"ends-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
+        try:
+            return {p: end for p, (_, end) in since_offsets(consumer, topic, None, timeout).items()}
+        finally:
+            consumer.close()
+
     def read_topic(self, topic: str, timeout: float = 15.0) -> list:
         """Every record of ``topic``, read to its end as of now (fails if that takes longer than ``timeout``)."""
         consumer = Consumer(self.kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
         try:
-            ranges = since_offsets(consumer, topic, None, timeout, range(self.partitions))
-            return list(read_range(consumer, topic, ranges, timeout))
+            return list(read_range(consumer, topic, since_offsets(consumer, topic, None, timeout), timeout))
         finally:
             consumer.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,7 +76,8 @@ deploy:
 """)
     process = subprocess.Popen(
         [sys.executable, "-m", "rendezvous", "up", str(policy), "--broker", broker.bootstrap,
-         "--topic-prefix", topics.namespace, "--workdir", str(tmp_path / "work")],
+         "--topic-prefix", topics.namespace, "--workdir", str(tmp_path / "work"), "--web-port", "0",
+         "--gateway-port", "0"],  # free ports, each bound by its process (the defaults, 6066 and 8080: test_help)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     output = ProcessLines(process)
     try:
@@ -83,8 +85,12 @@ deploy:
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                                                    text=True).stdout.split()]
         assert len(children) == 5  # two replicas, the decoy, one worker, the gateway
-        with urllib.request.urlopen("http://127.0.0.1:6066/metrics", timeout=5) as response:  # the documented port
+        [metrics] = re.findall(r"metrics (http://127\.0\.0\.1:\d+/metrics)", output.text())  # as up announces it
+        with urllib.request.urlopen(metrics, timeout=5) as response:
             assert b"rendezvous_" in response.read()
+        [gateway] = re.findall(r"gateway (http://127\.0\.0\.1:\d+)/v2/models/stack/infer", output.text())
+        with urllib.request.urlopen(f"{gateway}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -135,7 +141,7 @@ def test_up_without_a_broker_is_found_by_the_other_commands_and_a_second_broker_
     stack.write_text(f"policy: policy.yaml\nmodels: [{{spec: {REPO}/containers/examples/trivial.yaml}}]\n"
                      f"decoy: {{enabled: false}}\n")
     process = subprocess.Popen([sys.executable, "-m", "rendezvous", "up", str(stack), "--workdir", str(tmp_path / "w"),
-                                "--web-port", str(free_port()), "--gateway-port", "0"],
+                                "--web-port", "0", "--no-gateway"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     output = ProcessLines(process)
     try:

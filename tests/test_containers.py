@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -29,11 +28,13 @@ from rendezvous.kernel.wire import ScoreBatch
 from rendezvous.operations.base import RuntimeUnavailable
 from rendezvous.operations.docker import CLIENT_MOUNT, DockerRuntime, connect
 from rendezvous.operations.images import ImageError, ensure_runner_image
-from tests.conftest import REPO, System, cli, eventually, scripted_spec, write_policy
+from tests.conftest import REPO, System, cli, eventually, scripted_spec, wait_until, write_policy
+from tests.rule import Chain, check
 from tests.tls import KEY_PASSWORD, TlsBroker, make_pki, stunnel_binary
 
 pytestmark = pytest.mark.slow
 EXAMPLES = REPO / "containers" / "examples"
+BACKUP_CHAIN = Chain((("m1", 60), ("m2", None)), sla_ms=200)  # chain_policy(first="m1", then="m2")
 
 
 @pytest.fixture(scope="session")
@@ -88,9 +89,9 @@ class DockerSystem(System):
         assert not self.docker.wait_ready(names, 90), self.docker.logs(load_spec(spec).name)
         return names
 
-    def scores(self, expected: int, timeout: float = 20.0) -> list[ScoreBatch]:
-        records = self.read_topic(self.topics.scores, expected, timeout)
-        return [msgspec.json.decode(m.value(), type=ScoreBatch) for m in records]
+    def scores(self, timeout: float = 20.0) -> list[ScoreBatch]:
+        """Every score record so far (the topic read to its end)."""
+        return [msgspec.json.decode(m.value(), type=ScoreBatch) for m in self.read_topic(self.topics.scores, timeout)]
 
     def close(self) -> None:
         self.docker.stop_all()
@@ -104,15 +105,12 @@ def docked(kafka, tmp_path: Path, docker_client, runner_image) -> Iterator[Docke
     s.close()
 
 
-def send_in_background(system: System, ids: list[str], rate: float) -> threading.Thread:
-    thread = threading.Thread(target=system.send, args=([(rid, {}) for rid in ids], rate), daemon=True)
-    thread.start()
-    return thread
-
-
-def answered_once(system: System, ids: list[str]) -> dict:
+def answered_once(system: System, ids: list[str], chain: Chain = BACKUP_CHAIN) -> dict:
+    """Every request answered exactly once, each by the rule of ``chain`` given the worker's record."""
     results = system.results_for(ids, timeout=60)
     assert Counter(len(r) for r in results.values()) == Counter({1: len(ids)})  # none lost, none doubled
+    for [result] in results.values():
+        check(result, chain)
     return {rid: r[0] for rid, r in results.items()}
 
 
@@ -150,14 +148,16 @@ def test_two_models_two_replicas_each_score_every_request_once(docked: DockerSys
     docked.send([(rid, {"https": 1.0}) for rid in ids], rate=400)
     per_model: dict[str, Counter] = defaultdict(Counter)
     instances, artifacts = defaultdict(set), defaultdict(set)
-    deadline = time.monotonic() + 30
-    while min((len(per_model[m]) for m in ("baseline", "m2")), default=0) < len(ids) and time.monotonic() < deadline:
+
+    def all_scored() -> bool:
         per_model.clear()
-        for batch in docked.scores(2 * len(ids)):
+        for batch in docked.scores():
             for score in batch.scores:
                 per_model[batch.model][score.request_id] += 1
             instances[batch.model].add(batch.instance)
             artifacts[batch.model].add(batch.artifact_sha256)
+        return all(set(ids) <= set(per_model[m]) for m in ("baseline", "m2"))
+    eventually(all_scored, timeout=30, every=0.5)
     for model in ("baseline", "m2"):
         counts = per_model[model]
         assert set(counts) == set(ids), f"{model} missed {len(set(ids) - set(counts))} requests"
@@ -170,13 +170,12 @@ def test_two_models_two_replicas_each_score_every_request_once(docked: DockerSys
 
 def test_a_killed_container_is_covered_by_the_fallback_and_comes_back(docked: DockerSystem):
     names = m1_in_containers_m2_as_backup(docked, scripted_spec(docked.directory, "m1", 0.1), 2)
-    ids = [f"kill-{i}" for i in range(800)]
-    sender = send_in_background(docked, ids, rate=100)
-    time.sleep(2)
+    ids = [f"kill-{i}" for i in range(600)]
+    sender = docked.send_in_background([(rid, {}) for rid in ids], rate=100)
+    assert docked.collector.wait_for(ids[:100], 30), "traffic is not flowing"
     os.kill(docked.docker.pid_of(names[0]), signal.SIGKILL)  # a crash, not an API stop
     sender.join()
-    results = answered_once(docked, ids)
-    assert max(r.latency_ms for r in results.values()) <= 200, "an answer came after the SLA"
+    results = answered_once(docked, ids)  # by the rule: m1 where it answered in time, else m2
     by_model = Counter(r.model for r in results.values())
     assert by_model["m1"] > 0 and by_model["m2"] > 0, by_model  # m2 covered the dead replica's partitions
     replica = eventually(lambda: next((r for r in docked.docker.replicas("m1")
@@ -186,9 +185,10 @@ def test_a_killed_container_is_covered_by_the_fallback_and_comes_back(docked: Do
 
 
 def all_preferred(system: System, model: str) -> bool:
+    """A probe of 40 requests, one per partition at least, all answered by ``model``: it scores every partition."""
     ids = [f"probe-{time.monotonic_ns()}-{i}" for i in range(40)]
     system.send([(rid, {}) for rid in ids])
-    return all(r[0].model == model for r in system.results_for(ids, timeout=10).values() if r)
+    return all(r[0].model == model for r in system.results_for(ids, timeout=10).values())
 
 
 def test_limits_are_applied_and_a_model_over_its_memory_is_killed_and_reported(docked: DockerSystem, docker_client):
@@ -213,19 +213,23 @@ def test_limits_are_applied_and_a_model_over_its_memory_is_killed_and_reported(d
 
 def test_scaling_up_and_down_under_load_loses_no_request(docked: DockerSystem):
     m1_in_containers_m2_as_backup(docked, scripted_spec(docked.directory, "m1", 0.1), 1)
-    ids = [f"scale-{i}" for i in range(1400)]
-    sender = send_in_background(docked, ids, rate=100)
-    time.sleep(2)
+    ids = [f"scale-{i}" for i in range(1000)]
+    sender = docked.send_in_background([(rid, {}) for rid in ids], rate=100)
+    assert docked.collector.wait_for(ids[:100], 30), "traffic is not flowing"
     assert cli(docked, "scale", "m1", "3").returncode == 0
-    assert eventually(lambda: running(docked, "m1") == 3, timeout=30), docked.docker.replicas("m1")
-    time.sleep(2)
+    wait_until(lambda: running(docked, "m1") == 3, "three m1 replicas running", timeout=30)
+    answered = docked.collector.snapshot()
+    a_second_later = ids[sum(rid in answered for rid in ids) + 100]  # a second of traffic with three replicas
+    assert docked.collector.wait_for([a_second_later], 30), "traffic stopped after scaling up"
     done = cli(docked, "scale", "m1", "1")
     assert done.returncode == 0, done.stderr
     sender.join()
-    results = answered_once(docked, ids)
-    assert max(r.latency_ms for r in results.values()) <= 200
-    scored = {s.request_id for b in docked.scores(2 * len(ids)) if b.model == "m1" for s in b.scores}
-    assert set(ids) <= scored, f"{len(set(ids) - scored)} requests never scored by m1"  # the group lost none
+    answered_once(docked, ids)
+
+    def unscored_by_m1() -> set[str]:
+        return set(ids) - {s.request_id for b in docked.scores() if b.model == "m1" for s in b.scores}
+    wait_until(lambda: not unscored_by_m1(), "m1 scored every request: its group lost none while members changed",
+               timeout=30, every=0.5)
     assert [r.index for r in docked.docker.replicas("m1")] == [0]
 
 
@@ -235,24 +239,24 @@ def test_a_version_swap_loses_no_request(docked: DockerSystem):
     v2.write_text(v1.read_text().replace('version: "1"', 'version: "2"').replace("score: 0.1", "score: 0.9"))
     pin = "models: {m1: {version: '%s'}, m2: {}}"
     m1_in_containers_m2_as_backup(docked, v1, 1, pin=pin % "1")
-    ids = [f"swap-{i}" for i in range(1200)]
-    sender = send_in_background(docked, ids, rate=100)
+    ids = [f"swap-{i}" for i in range(1000)]
+    sender = docked.send_in_background([(rid, {}) for rid in ids], rate=100)
     docked.deploy(v2, 1)  # its scores flow in and are ignored: the policy pins v1
     policy_v2 = chain_policy(docked.directory, "m1", "m2", pin=pin % "2")
     policy_v2.write_text(policy_v2.read_text().replace("version: 1", "version: 2", 1))
     applied = cli(docked, "policy", "apply", str(policy_v2), "--reason", "m1 v2")
     assert applied.returncode == 0, applied.stderr
-    time.sleep(1)
+    wait_until(lambda: any((x[0].result.model, x[0].result.model_version) == ("m1", "2")
+                           for x in docked.collector.snapshot().values()),
+               "m1 v2 answers: the policy pinning it is in force and v2 scores", timeout=30)
     assert cli(docked, "stop", "m1", "--version", "1").returncode == 0
     sender.join()
-    results = answered_once(docked, ids)
+    results = answered_once(docked, ids)  # m2 covers whatever m1 did not answer in time, by the rule
     by_version = Counter((r.model, r.model_version, r.policy_version) for r in results.values())
     assert by_version[("m1", "1", 1)] > 0 and by_version[("m1", "2", 2)] > 0, by_version
     assert not [k for k in by_version if k[0] == "m1" and k[1] != str(k[2])], by_version  # a pin is obeyed
-    # Starting v2's container under load can starve a 2-core machine for a moment: a few
-    # requests may get the default (still answered, within the SLA), not more.
-    defaults = [r for r in results.values() if r.model is None]
-    assert len(defaults) <= 0.02 * len(ids), f"{len(defaults)} requests fell through to the default"
+    assert not [r for r in results.values() if "m1" in r.candidates and r.candidates["m1"].model_version
+                != str(r.policy_version)], "a score of the version not pinned was used"
     assert [(r.version, r.health) for r in docked.docker.replicas("m1")] == [("2", "running")]
 
 
@@ -320,7 +324,8 @@ def test_containers_get_the_kafka_config_mounted_read_only_and_score_over_mutual
         workers = s.start_workers(chain_policy(tmp_path, "m1", "m2"))
         s.wait_ready(backup + workers)
         s.warm_up()
-        assert eventually(lambda: s.ask(f"mtls-{time.monotonic_ns()}", {}).model == "m1", timeout=30)
+        wait_until(lambda: s.ask(f"mtls-{time.monotonic_ns()}", {}).model == "m1", "m1 answers over mutual TLS",
+                   timeout=30)
         container = docker_client.containers.get(names[0])
         config = container.attrs["Config"]
         seen = repr((config.get("Env"), config.get("Cmd"), config.get("Labels")))

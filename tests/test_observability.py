@@ -15,7 +15,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rendezvous.operations.broker import free_port
-from tests.conftest import REPO, System, eventually, scripted_spec, write_policy
+from tests.conftest import REPO, System, eventually, scripted_spec, wait_until, write_policy
 
 pytestmark = pytest.mark.slow
 COMPOSE = REPO / "compose"
@@ -55,7 +54,6 @@ def get_json(url: str) -> dict:
 
 class Prometheus:
     def __init__(self, directory: Path, targets: dict[str, list[int]]) -> None:
-        self.port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(COMPOSE / "prometheus" / "alerts.yml")],
@@ -65,12 +63,17 @@ class Prometheus:
         path = directory / "prometheus.yml"
         path.write_text(json.dumps(config))  # JSON is YAML
         self.log = directory / "prometheus.log"
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [prometheus_binary(), f"--config.file={path}", f"--storage.tsdb.path={directory / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        assert eventually(self._ready, timeout=30), self.log.read_text()[-2000:]
+        for _ in range(3):  # Prometheus cannot bind port 0 and say which: if the free port is taken first, retry
+            self.port = free_port()
+            with open(self.log, "ab") as out:
+                self.process = subprocess.Popen(
+                    [prometheus_binary(), f"--config.file={path}", f"--storage.tsdb.path={directory / 'tsdb'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT)
+            self.url = f"http://127.0.0.1:{self.port}"
+            if eventually(lambda: self.process.poll() is not None or self._ready(), timeout=30) \
+                    and self.process.poll() is None:
+                return
+        pytest.fail(f"Prometheus did not start: {self.log.read_text()[-2000:]}")
 
     def _ready(self) -> bool:
         try:
@@ -103,7 +106,7 @@ def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dic
     decoy = system.runtime.start_decoy(directory / "archive")
     workers = system.start_workers(write_policy(directory, POLICY))
     system.wait_ready(models + [decoy] + workers)
-    ports = {c.spec.name: c.spec.http_port for c in system.runtime.supervisor.children()}
+    ports = {c.spec.name: c.http_port for c in system.runtime.supervisor.children()}
     prometheus = Prometheus(directory, {"rendezvous": [ports[w] for w in workers],
                                         "models": [ports[m] for m in models], "decoy": [ports[decoy]]})
     # every target scraped once before traffic: counters are seen at 0, so increase() sees them grow
@@ -119,7 +122,9 @@ def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dic
     system.produce_raw(system.topics.requests, b"this is not JSON", b"bad-1")  # one dead letter
     system.send([(f"shifted-{i}", request(0.3)) for i in range(400)], rate=200)
     system.results_for([f"shifted-{i}" for i in range(400)])
-    time.sleep(3)  # a few more scrapes, so rates have two samples
+    written = system.stats(workers[0])["results_written"]
+    wait_until(lambda: prometheus.query(f"sum(rendezvous_results_total) >= {written}"),
+               "Prometheus scraped the worker after the last result", timeout=30)
     system.worker = workers[0]
     yield system, prometheus, {"worker": ports[workers[0]], "model": ports[models[0]], "decoy": ports[decoy]}
     prometheus.stop()
@@ -138,6 +143,9 @@ def labels_of(family) -> set[str]:  # noqa: ANN001
 @pytest.mark.parametrize(("component", "name", "kind", "labels"), [
     ("worker", "rendezvous_results", "counter", {"model", "reason"}),
     ("worker", "rendezvous_sla_misses", "counter", set()),
+    ("worker", "rendezvous_late_results", "counter", {"cause"}),
+    ("worker", "rendezvous_decision_lateness_seconds", "histogram", set()),
+    ("worker", "rendezvous_result_write_seconds", "histogram", set()),
     ("worker", "rendezvous_scores_dropped", "counter", {"kind", "model"}),
     ("worker", "rendezvous_deadletters", "counter", {"reason"}),
     ("worker", "rendezvous_result_latency_seconds", "histogram", {"reason"}),
@@ -205,10 +213,9 @@ def test_every_dashboard_panel_query_returns_data(observed):
 
 def test_the_drift_and_dead_letter_alerts_fire(observed):
     _, prometheus, _ = observed
-    firing = eventually(lambda: {"RendezvousChampionDrift", "RendezvousDeadLetters"} <= prometheus.firing()
-                        and prometheus.firing(), timeout=30)
-    assert firing and {"RendezvousChampionDrift", "RendezvousDeadLetters"} <= firing, prometheus.firing()
-    assert "RendezvousSLAMisses" not in firing
+    wait_until(lambda: {"RendezvousChampionDrift", "RendezvousDeadLetters"} <= prometheus.firing(),
+               "the drift and dead-letter alerts fire", timeout=30)
+    # (whether the SLA alert fires depends on the machine's load: alerts.test.yml unit-tests its rule)
 
 
 def test_rules_dashboards_and_compose_files_check_out(tmp_path: Path):

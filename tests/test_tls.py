@@ -8,6 +8,7 @@ missing client certificate fails at start with the setting named.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -64,7 +65,7 @@ def test_whole_pipeline_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path):
         # (within-the-SLA is the pipeline tests' guarantee; here: every record crossed the TLS hop)
         # every model's scores crossed the TLS hop (and reached the worker through aiokafka's SSL context)
         assert set().union(*(r.candidates for r in answered)) == {"m1", "m2", "m3"}
-        port = system.runtime.supervisor.get(decoy).spec.http_port
+        port = system.runtime.supervisor.get(decoy).http_port
 
         def archived() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=5) as response:
@@ -74,7 +75,7 @@ def test_whole_pipeline_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path):
         worker_stats = system.stats(workers[0])
         assert worker_stats["kafka"]["security_protocol"] == "SSL"
         for name in (workers[0], models[0]):
-            port = system.runtime.supervisor.get(name).spec.http_port
+            port = system.runtime.supervisor.get(name).http_port
             for page in ("/stats", "/info"):
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as response:
@@ -135,7 +136,6 @@ def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: Tls
     import httpx
 
     from rendezvous.kernel.topics import Topics
-    from rendezvous.operations.broker import free_port
     from rendezvous.tools.client import RequestSender, ResultCollector
     from tests.conftest import REPO
 
@@ -145,11 +145,11 @@ def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: Tls
     (tmp_path / "stack.yaml").write_text(
         f"policy: policy.yaml\nmodels: [{{spec: {REPO}/containers/examples/trivial.yaml, replicas: 2}}]\n"
         f"decoy: {{archive: {tmp_path}/archive}}\n")
-    prefix, gateway_port = f"tlsup-{tls_broker.tls_port}", free_port()
+    prefix = f"tlsup-{tls_broker.tls_port}"
     common = ["--broker", tls_broker.bootstrap, "--kafka-config", str(config), "--topic-prefix", prefix]
     process = subprocess.Popen(
         [sys.executable, "-m", "rendezvous", "up", str(tmp_path / "stack.yaml"), *common, "--workdir",
-         str(tmp_path / "work"), "--web-port", str(free_port()), "--gateway-port", str(gateway_port)],
+         str(tmp_path / "work"), "--web-port", "0", "--gateway-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     output = ProcessLines(process)
     try:
@@ -165,7 +165,8 @@ def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: Tls
             sender.send_outcome(rid, True, collector.results[rid][0].partition)
         sender.flush()
         collector.stop()
-        with httpx.Client(base_url=f"http://127.0.0.1:{gateway_port}", timeout=10) as http:
+        [gateway] = re.findall(r"gateway (http://127\.0\.0\.1:\d+)/v2/models/tls/infer", output.text())
+        with httpx.Client(base_url=gateway, timeout=10) as http:
             answer = http.post("/v2/models/tls/infer", json={"id": "up-tls-http", "features": {}})
             assert answer.status_code == 200 and answer.json()["parameters"]["model"] == "trivial", answer.text
             assert http.post("/v2/models/tls/outcome", json={"id": "up-tls-http", "outcome": 1.0}).status_code == 202

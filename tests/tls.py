@@ -60,8 +60,8 @@ class TlsBroker:
 
     def __init__(self, pki: Pki, directory: Path, mutual: bool = False) -> None:
         self.pki, self.directory, self.mutual = pki, directory, mutual
-        self.tls_port = free_port()
-        self.tansu = EmbeddedBroker(log_path=directory / "tansu.log", advertised_port=self.tls_port)
+        self.tls_port = 0
+        self.tansu = EmbeddedBroker(log_path=directory / "tansu.log")
         self._stunnel: subprocess.Popen | None = None
 
     @property
@@ -69,6 +69,15 @@ class TlsBroker:
         return f"127.0.0.1:{self.tls_port}"
 
     def start(self, timeout: float = 15.0) -> TlsBroker:
+        """stunnel cannot bind port 0 and say which: if another process takes the chosen port, try another."""
+        for _ in range(3):
+            self.tls_port = free_port()
+            self.tansu = EmbeddedBroker(log_path=self.directory / "tansu.log", advertised_port=self.tls_port)
+            if self._start(timeout):
+                return self
+        raise RuntimeError(f"stunnel could not bind a free port three times; see {self.directory / 'stunnel.log'}")
+
+    def _start(self, timeout: float) -> bool:
         self.tansu.start()
         verify = f"CAfile = {self.pki.ca}\nverifyChain = yes\nrequireCert = yes\n" if self.mutual else ""
         conf = self.directory / "stunnel.conf"
@@ -80,12 +89,15 @@ class TlsBroker:
         self._stunnel = subprocess.Popen([stunnel_binary() or "stunnel4", str(conf)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.tls_port):
-            if self._stunnel.poll() is not None or time.monotonic() > deadline:
+        while not port_open("127.0.0.1", self.tls_port) or self._stunnel.poll() is not None:
+            if self._stunnel.poll() is not None:  # it could not bind the port
+                self.stop()
+                return False
+            if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"stunnel did not listen on {self.bootstrap}; see {self.directory / 'stunnel.log'}")
             time.sleep(0.02)
-        return self
+        return True
 
     def stop(self) -> None:
         if self._stunnel is not None and self._stunnel.poll() is None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
 
-from rendezvous.kernel.errors import ConfigError
+from rendezvous.kernel.errors import ConfigError, OperationsError
 from rendezvous.kernel.lifecycle import configure_logging
 from rendezvous.kernel.options import broker_option, kafka_settings, log_level_option, topic_prefix_option, topics_for
+from rendezvous.kernel.status import announce_port
 from rendezvous.operations.broker import resolve_broker
 
 DEFAULT_PORT = 8080
@@ -20,7 +22,7 @@ DEFAULT_PORT = 8080
 @click.option("--host", envvar="RENDEZVOUS_GATEWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
               help="Address to listen on (0.0.0.0 to serve other hosts).")
 @click.option("--port", envvar="RENDEZVOUS_GATEWAY_PORT", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
-              show_default=True, show_envvar=True, help="Port to listen on.")
+              show_default=True, show_envvar=True, help="Port to listen on (0: a free one).")
 @click.option("--gateway-id", envvar="RENDEZVOUS_GATEWAY_ID", default=None, show_envvar=True,
               help="Names this instance's reply topic (PREFIX.replies.ID). Default: a fresh id per start.")
 @click.option("--reply-margin-ms", envvar="RENDEZVOUS_REPLY_MARGIN_MS", type=click.FloatRange(0, 60_000),
@@ -58,6 +60,21 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway
     if token_file and not token:
         raise ConfigError(f"--token-file {token_file} is empty")
     app = create_app(bridge, GatewaySettings(reply_margin_ms=reply_margin_ms, model_inputs=inputs, token=token))
+    sock = _listen(host, port)  # bound here, so that port 0 picks a free one and says which
+    announce_port(sock.getsockname()[1])
+    config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], access_log=False, ssl_certfile=certfile,
+                            ssl_keyfile=keyfile, log_level="warning" if log_level == "info" else log_level)
     # uvicorn stops on SIGTERM: it finishes the calls in flight, then the lifespan stops the bridge
-    uvicorn.run(app, host=host, port=port, log_level="warning" if log_level == "info" else log_level,
-                access_log=False, ssl_certfile=certfile, ssl_keyfile=keyfile)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OperationsError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                              hint="pass another --port (RENDEZVOUS_GATEWAY_PORT), or 0 for a free one") from None
+    return sock

@@ -32,8 +32,8 @@ from rendezvous.service.settings import DEFAULT_SLA_GUARD_MS
 @click.option("--worker-id", envvar="RENDEZVOUS_WORKER_ID", default=None, help="Name written on results. Default: host/pid.")
 @click.option("--web-host", envvar="RENDEZVOUS_WEB_HOST", default="127.0.0.1", show_default=True,
               help="Address of the web server (/ready, /stats, /metrics); 0.0.0.0 to serve other hosts.")
-@click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", type=int, default=6066, show_default=True,
-              help="Port of /ready, /stats and /metrics; each worker on a host needs its own.")
+@click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", type=click.IntRange(0, 65535), default=6066, show_default=True,
+              help="Port of /ready, /stats and /metrics; each worker on a host needs its own (0: a free one).")
 @click.option("--max-request-bytes", envvar="RENDEZVOUS_MAX_REQUEST_BYTES", type=click.IntRange(64),
               default=DEFAULT_MAX_REQUEST_BYTES, show_default=True, help="Larger requests are dead-lettered.")
 @click.option("--orphan-ttl-ms", envvar="RENDEZVOUS_ORPHAN_TTL_MS", type=click.FloatRange(1),

@@ -32,14 +32,17 @@ from rendezvous.operations.stackfile import load_stack
               help="Partition count for topics that do not exist yet.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rendezvous"),
               show_default=True, help="Where the components' logs go.")
-@click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", show_envvar=True, type=click.IntRange(1, 65535),
+@click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", show_envvar=True, type=click.IntRange(0, 65535),
               default=6066, show_default=True,
-              help="Port of the first rendezvous worker's /metrics, /stats and /ready; worker i uses PORT+i.")
+              help="Port of the first rendezvous worker's /metrics, /stats and /ready; worker i uses PORT+i "
+                   "(0: each a free one, shown at start).")
 @click.option("--gateway-port", envvar="RENDEZVOUS_GATEWAY_PORT", show_envvar=True, type=click.IntRange(0, 65535),
               default=8080, show_default=True,
-              help="Port of the HTTP gateway (Open Inference Protocol v2); 0 starts none.")
+              help="Port of the HTTP gateway (Open Inference Protocol v2); 0: a free one, shown at start.")
+@click.option("--no-gateway", envvar="RENDEZVOUS_NO_GATEWAY", show_envvar=True, is_flag=True, default=False,
+              help="Start no HTTP gateway (clients use Kafka only).")
 def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int,
-       gateway_port: int) -> None:
+       gateway_port: int, no_gateway: bool) -> None:
     """Run the models, decoy, rendezvous workers and gateway that the stack FILE declares, until SIGTERM.
 
     FILE is a stack document (policy: POLICY_FILE, models: [...]; see policies/example.stack.yaml).
@@ -52,21 +55,24 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
         console.log(f"[yellow]deprecated:[/] {declared.deprecation}")
     policy = declared.policy
     options = StackOptions(broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
-                           web_port=web_port, gateway_port=gateway_port or None)
+                           web_port=web_port, gateway_port=None if no_gateway else gateway_port)
     with running_stack(options, declared, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
         gateway = f", gateway {stack.gateway_url}/v2/models/{policy.name}/infer" if stack.gateway_url else ""
-        console.log(f"up: broker {stack.kafka.bootstrap}, {_in_force(stack, policy)}{gateway}; "
-                    "stop with Ctrl-C or SIGTERM")
+        metrics = "".join(f", metrics http://127.0.0.1:{child.http_port}/metrics"
+                          for child in stack.runtime.supervisor.children() if child.spec.labels.get("role") == "rendezvous")
+        # one line, never wrapped: scripts (and the tests) read the addresses from it
+        console.print(f"up: broker {stack.kafka.bootstrap}, {_in_force(stack, policy)}{gateway}{metrics}; "
+                      "stop with Ctrl-C or SIGTERM", soft_wrap=True, highlight=False, markup=False)
         _watch(stack, stop, console)
 
 
 def _in_force(stack: RunningStack, policy: Any) -> str:
     """The policy the workers run, which may be a higher version from the policies topic than the file's."""
     for child in stack.runtime.supervisor.children():
-        if child.spec.labels.get("role") == "rendezvous" and child.spec.http_port:
+        if child.spec.labels.get("role") == "rendezvous" and child.http_port:
             try:
-                url = f"http://127.0.0.1:{child.spec.http_port}/stats"
+                url = f"http://127.0.0.1:{child.http_port}/stats"
                 with urllib.request.urlopen(url, timeout=5) as response:
                     running = json.loads(response.read())["policy"]
                 source = "from the file" if running["version"] == policy.version else f"from {stack.topics.policies}"
@@ -96,7 +102,7 @@ def _status_table(stack: RunningStack, name: str) -> Table:
     for column in ("component", "pid", "status endpoint", "state"):
         table.add_column(column)
     for child in stack.runtime.supervisor.children():
-        port = child.spec.http_port
+        port = child.http_port
         table.add_row(child.spec.name, str(child.pid), f"http://127.0.0.1:{port}" if port else "-", child.state)
     if isinstance(stack.models, DockerRuntime):
         for replica in stack.models.replicas():

@@ -4,17 +4,38 @@
 has joined its consumer group (503 before), ``GET /metrics`` the Prometheus
 metrics, ``GET /info`` a JSON description of the service. It runs on a daemon
 thread, bound to loopback unless told otherwise.
+
+Port 0 binds a free port; :func:`announce_port` tells it to whoever started the
+process (the supervisor of ``rendezvous up`` and the tests): choosing a free port
+and binding it in one step leaves no moment in which another process can take it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["StatusServer", "announce_port", "PORT_FILE_ENV"]
+
+#: Set by a supervisor that started this process with port 0: where to write the port it bound.
+PORT_FILE_ENV = "RENDEZVOUS_PORT_FILE"
+
+
+def announce_port(port: int) -> None:
+    """Write ``port`` to the file named by ``$RENDEZVOUS_PORT_FILE``, if set (whole, by a rename)."""
+    path = os.environ.get(PORT_FILE_ENV)
+    if not path:
+        return
+    partial = f"{path}.partial"
+    with open(partial, "w") as out:
+        out.write(str(port))
+    os.replace(partial, path)
 
 
 class StatusServer:
@@ -37,6 +58,7 @@ class StatusServer:
 
     def start(self) -> StatusServer:
         self._thread.start()
+        announce_port(self.port)
         return self
 
     def stop(self) -> None:

@@ -60,6 +60,10 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+class _PortTaken(Exception):
+    """The chosen free port was taken by another process before Tansu could bind it."""
+
+
 @dataclass
 class EmbeddedBroker:
     """Tansu on loopback with in-memory storage.
@@ -87,10 +91,22 @@ class EmbeddedBroker:
         return self._process.pid if self._process else None
 
     def start(self, timeout: float = 10.0) -> str:
-        if self.port == 0:
-            self.port = free_port(self.host)
-        elif port_open(self.host, self.port):
-            raise BrokerError(f"port {self.port} on {self.host} is already in use")
+        """Start Tansu and wait until it listens. Port 0: a free port; Tansu cannot bind port 0 and say
+        which, so if another process takes the chosen port first (Tansu exits), another is tried."""
+        if self.port != 0:
+            if port_open(self.host, self.port):
+                raise BrokerError(f"port {self.port} on {self.host} is already in use")
+            return self._start(self.port, timeout)
+        for attempt in range(3):
+            try:
+                return self._start(free_port(self.host), timeout)
+            except _PortTaken:
+                if attempt == 2:
+                    raise BrokerError("Tansu could not bind a free port three times in a row") from None
+        raise AssertionError("unreachable")
+
+    def _start(self, port: int, timeout: float) -> str:
+        self.port = port
         url = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -106,8 +122,10 @@ class EmbeddedBroker:
             if log is not subprocess.DEVNULL:
                 log.close()
         deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
+        while not port_open(self.host, self.port) or self._process.poll() is not None:
             if self._process.poll() is not None:
+                if port_open(self.host, self.port):  # someone else listens there: try another port
+                    raise _PortTaken()
                 raise BrokerError(f"Tansu exited with code {self._process.returncode} while starting"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
             if time.monotonic() > deadline:

@@ -7,6 +7,7 @@ container would run (``python -m containers``, ``python -m decoy``,
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from rendezvous.kernel.client_config import ENV_PREFIX
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.operations.base import Replica, replica_changes
-from rendezvous.operations.broker import free_port, port_open
+from rendezvous.operations.broker import port_open
 from rendezvous.operations.supervisor import ChildSpec, Supervisor
 
 
@@ -67,10 +68,9 @@ class ProcessRuntime:
         running = {int(c.spec.labels["replica"]): c for c in self._model_children(spec.name, spec.version)}
         start, stop = replica_changes(list(running), wanted)
         for i in start:
-            port = free_port()
             argv = [sys.executable, "-m", "containers", "--spec", str(spec_path), *self._common(),
-                    "--http-port", str(port), *(extra_args or [])]
-            self._add(f"model/{spec.name}/{spec.version}/{i}", argv, port, role="model", model=spec.name,
+                    "--http-port", "0", *(extra_args or [])]
+            self._add(f"model/{spec.name}/{spec.version}/{i}", argv, 0, role="model", model=spec.name,
                       version=spec.version, replica=str(i), spec=str(spec_path))
         for i in stop:
             self.supervisor.remove(running[i].spec.name)
@@ -95,7 +95,7 @@ class ProcessRuntime:
         health = {"running": "running", "backoff": "restarting", "failed": "failed", "stopped": "stopped"}
         out = []
         for child in self._model_children(model):
-            labels, url = child.spec.labels, f"http://127.0.0.1:{child.spec.http_port}"
+            labels, url = child.spec.labels, f"http://127.0.0.1:{child.http_port}"
             state = health[child.state]
             if state == "running" and not self.supervisor.is_ready(child.spec.name):
                 state = "starting"
@@ -117,16 +117,15 @@ class ProcessRuntime:
                 and (version is None or c.spec.labels["version"] == version)]
 
     def start_decoy(self, archive: Path) -> str:
-        port = free_port()
-        argv = [sys.executable, "-m", "decoy", "--archive", str(archive), *self._common(), "--http-port", str(port)]
-        return self._add("decoy", argv, port, role="decoy")
+        argv = [sys.executable, "-m", "decoy", "--archive", str(archive), *self._common(), "--http-port", "0"]
+        return self._add("decoy", argv, 0, role="decoy")
 
     def start_rendezvous(self, policy_path: Path, workers: int = 1, extra_args: list[str] | None = None,
                          first_index: int = 0, web_port: int = 0) -> list[str]:
         """Start ``workers`` rendezvous workers; worker i serves /metrics on ``web_port + i`` (0: free ports)."""
         names = []
         for i in range(first_index, first_index + workers):
-            port = web_port + i if web_port else free_port()
+            port = web_port + i if web_port else 0  # 0: the worker binds a free one and says which
             if web_port and port_open("127.0.0.1", port):
                 raise OperationsError(f"port {port} for rendezvous worker {i}'s metrics is in use",
                                       hint="pass another --web-port (RENDEZVOUS_WEB_PORT), or stop what uses it")
@@ -140,12 +139,11 @@ class ProcessRuntime:
     def start_gateway(self, port: int = 0, specs: list[Path] | None = None, name: str = "gateway",
                       extra_args: list[str] | None = None) -> str:
         """The HTTP gateway (OIP v2) on ``port`` (0: a free one); ``specs`` tell it the models' inputs."""
-        port = port or free_port()
-        if port_open("127.0.0.1", port):
+        if port and port_open("127.0.0.1", port):
             raise OperationsError(f"port {port} for the gateway is in use",
                                   hint="pass another --gateway-port (RENDEZVOUS_GATEWAY_PORT), or stop what uses it")
         argv = [sys.executable, "-m", "rendezvous", "gateway", *self._common_broker(), "--port", str(port),
-                "--gateway-id", f"{socket.gethostname()}-{name.replace('/', '-')}-{port}",
+                "--gateway-id", f"{socket.gethostname()}-{name.replace('/', '-')}-{os.getpid()}",
                 *[arg for spec in specs or [] for arg in ("--spec", str(spec))], *(extra_args or [])]
         return self._add(name, argv, port, role="gateway")
 

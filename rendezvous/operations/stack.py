@@ -110,7 +110,7 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
                 raise StackError(f"the gateway was not ready after {options.startup_timeout_s:.0f}s; "
                                  f"see {options.log_dir}/gateway.log")
             workers.append(gateway)
-            gateway_url = f"http://127.0.0.1:{runtime.supervisor.get(gateway).spec.http_port}"
+            gateway_url = f"http://127.0.0.1:{runtime.supervisor.get(gateway).http_port}"
         yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models, gateway_url)
     finally:
         if runtime is not None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from rendezvous.kernel.status import PORT_FILE_ENV
 from rendezvous.operations.base import fetch_ready
 
 log = logging.getLogger("rendezvous.supervisor")
@@ -47,8 +48,15 @@ class ChildSpec:
     log_path: Path
     env: dict[str, str] | None = None
     env_drop_prefixes: tuple[str, ...] = ()  # inherited variables it must not see (secrets it gets by file)
-    http_port: int | None = None  # its status endpoint, for /ready
+    #: Its status endpoint, for /ready. 0: the child binds a free port itself and writes it to the
+    #: file named by $RENDEZVOUS_PORT_FILE (see kernel.status.announce_port), so that no other
+    #: process can take the port between our choosing it and the child binding it.
+    http_port: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port_file(self) -> Path:
+        return self.log_path.with_suffix(".port")
 
 
 @dataclass
@@ -60,10 +68,23 @@ class Child:
     exits: deque = field(default_factory=deque)  # monotonic times of recent unasked exits
     next_start: float = 0.0
     last_exit_code: int | None = None
+    _bound_port: int | None = None  # the port the running process announced (http_port 0)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process and self.process.poll() is None else None
+
+    @property
+    def http_port(self) -> int | None:
+        """Where its status endpoint listens; None while a child that binds its own has not said yet."""
+        if self.spec.http_port != 0:
+            return self.spec.http_port
+        if self._bound_port is None:
+            try:
+                self._bound_port = int(self.spec.port_file.read_text())
+            except (OSError, ValueError):  # not written yet (it is written whole, by a rename)
+                return None
+        return self._bound_port
 
 
 class Supervisor:
@@ -101,9 +122,9 @@ class Supervisor:
 
     def is_ready(self, name: str, timeout: float = 0.5) -> bool:
         child = self._children.get(name)
-        if child is None or child.state != "running" or child.spec.http_port is None:
+        if child is None or child.state != "running" or child.http_port is None:
             return False
-        return fetch_ready(f"http://127.0.0.1:{child.spec.http_port}", timeout)
+        return fetch_ready(f"http://127.0.0.1:{child.http_port}", timeout)
 
     def wait_ready(self, names: list[str], timeout: float) -> list[str]:
         """Wait until every named child is ready; returns the ones that are not."""
@@ -149,11 +170,16 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         spec = child.spec
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(spec.env_drop_prefixes or ("\0",))},
+               **(spec.env or {})}
+        if spec.http_port == 0:
+            spec.port_file.unlink(missing_ok=True)  # a restarted child binds and announces afresh
+            child._bound_port = None
+            env[PORT_FILE_ENV] = str(spec.port_file)
         with open(spec.log_path, "ab") as out:
             child.process = subprocess.Popen(
-                spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**{k: v for k, v in os.environ.items() if not k.startswith(spec.env_drop_prefixes or ("\0",))},
-                     **(spec.env or {})}, preexec_fn=die_with_parent,
+                spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=die_with_parent,
             )
         child.state = "running"
 

@@ -8,15 +8,19 @@ configured wait instead.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka
 import faust
+from aiohttp.web import SockSite
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.web.drivers import aiohttp as faust_aiohttp
 
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
+from rendezvous.kernel.status import announce_port
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -37,6 +41,23 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
+class _Web(faust_aiohttp.Web):
+    """Faust's aiohttp server on a socket we bind: port 0 picks a free port, and the port is announced
+    (:func:`rendezvous.kernel.status.announce_port`). Faust itself refuses port 0."""
+
+    def _new_transport_tcp(self) -> SockSite:
+        app: RendezvousApp = self.app  # type: ignore[assignment]
+        sock = socket.socket(socket.AF_INET6 if ":" in app.conf.web_bind else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((app.conf.web_bind, app.listen_port))
+        app.listen_port = sock.getsockname()[1]
+        return SockSite(self._runner, sock)
+
+    async def start_server(self) -> None:
+        await super().start_server()
+        announce_port(self.app.listen_port)  # type: ignore[attr-defined]
+
+
 class RendezvousApp(faust.App):
     """A Faust app whose consumer fetches with a short, configurable wait, with two hooks:
 
@@ -48,14 +69,18 @@ class RendezvousApp(faust.App):
     fetch_min_bytes: int = 1
 
     def __init__(self, *args: Any, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS, fetch_min_bytes: int = 1,
-                 **kwargs: Any) -> None:
+                 listen_port: int = 6066, **kwargs: Any) -> None:
         self.fetch_wait_ms, self.fetch_min_bytes = fetch_wait_ms, fetch_min_bytes
+        self.listen_port = listen_port  # of the web server; 0: a free one (the bound port replaces it)
         self.rebalance_start_callbacks: list[Callable[[], None]] = []
         self.before_stop_callbacks: list[Callable[[], Awaitable[None]]] = []
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+    def _new_web(self) -> _Web:
+        return _Web(self)
 
     def on_rebalance_start(self) -> None:
         super().on_rebalance_start()
@@ -89,7 +114,8 @@ def create_app(app_id: str, kafka: KafkaSettings, web_host: str, web_port: int, 
         fetch_min_bytes=kafka.fetch_min_bytes,
         web_host=web_host,
         web_bind=web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host
-        web_port=web_port,
+        web_port=web_port or 6066,  # Faust's own record (its canonical URL); we bind listen_port
+        listen_port=web_port,
         web_in_thread=False,
         broker_session_timeout=kafka.session_timeout_ms / 1000,  # Tansu holds a group join for about half of it
         broker_heartbeat_interval=1.0,

@@ -43,6 +43,7 @@ class ResultCollector:
         ends = self._end_offsets(partitions)
         self._consumer.assign([TopicPartition(topics.results, p, end) for p, end in enumerate(ends)])
         self._next_offset = dict(enumerate(ends))  # per partition: the offset the thread reads next
+        self._fetched_end: dict[int, int] = {}
         self.results: dict[str, list[Received]] = {}
         self.undecodable = 0
         self._lock = threading.Lock()
@@ -54,7 +55,11 @@ class ResultCollector:
         return self
 
     def _run(self) -> None:
+        partitions = [TopicPartition(self._topic, p) for p in self._next_offset]
         while not self._stop.is_set():
+            fetched = {tp.partition: self._consumer.get_watermark_offsets(tp, cached=True)[1] for tp in partitions}
+            with self._lock:
+                self._fetched_end = fetched  # the partition ends the consumer's latest fetches saw
             for message in poll_batch(self._consumer, 1000, timeout=0.05):
                 if message.error():
                     continue
@@ -73,6 +78,11 @@ class ResultCollector:
     def count(self) -> int:
         with self._lock:
             return len(self.results)
+
+    def snapshot(self) -> dict[str, list[Received]]:
+        """A copy of the results so far, safe to iterate while the thread reads on."""
+        with self._lock:
+            return {rid: list(received) for rid, received in self.results.items()}
 
     def wait_for(self, request_ids: Iterable[str], timeout: float) -> bool:
         """Wait until every id has a result (True) or ``timeout`` seconds pass (False)."""
@@ -93,9 +103,13 @@ class ResultCollector:
         deadline = time.monotonic() + timeout
         ends = dict(enumerate(self._end_offsets(len(self._next_offset), timeout)))
         while time.monotonic() < deadline:
+            # The broker's reported end can be too low (Tansu: the last batch's base offset + 1; see
+            # kernel.kafka.read_range); the end our own latest fetch saw is the true one.
             with self._lock:
-                if all(self._next_offset[p] >= end for p, end in ends.items()):
-                    return True
+                read = dict(self._next_offset)
+                fetched = dict(self._fetched_end)
+            if all(read[p] >= max(end, fetched.get(p, end)) for p, end in ends.items()):
+                return True
             time.sleep(0.02)
         return False
 

@@ -202,7 +202,7 @@ def _request_rows(rows: list, n: int, shift_at: float) -> list[int]:
 
 def _worker_url(stack) -> str:  # noqa: ANN001
     worker = next(c for c in stack.runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous")
-    return f"http://127.0.0.1:{worker.spec.http_port}"
+    return f"http://127.0.0.1:{worker.http_port}"
 
 
 def _stats(url: str) -> dict[str, Any]:
