@@ -108,10 +108,11 @@ def read_range(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]
         if time.monotonic() > deadline:
             raise BrokerUnavailable(f"reading {topic} partitions {sorted(todo)} took longer than {timeout:.0f}s")
         for message in poll_batch(consumer, 10_000, 0.2):
-            if message.error() or message.partition() not in ranges:
+            p, offset = message.partition(), message.offset()
+            if message.error() or p is None or offset is None or p not in ranges:
                 continue
-            if message.offset() >= todo.get(message.partition(), 0) - 1:
-                todo.pop(message.partition(), None)
+            if offset >= todo.get(p, 0) - 1:
+                todo.pop(p, None)
             yield message
     for _ in range(10):  # bounded: on a busy topic the consumer keeps fetching newer records
         held = [m for m in consumer.consume(10_000, timeout=0) if not m.error() and m.partition() in ranges]
