@@ -292,8 +292,8 @@ class System:
         return landed[0]
 
     def close(self) -> None:
+        self.runtime.stop()  # the workers first (see ProcessRuntime.stop), then the client
         self.collector.stop()
-        self.runtime.stop()
 
 
 @pytest.fixture

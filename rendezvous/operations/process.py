@@ -151,7 +151,14 @@ class ProcessRuntime:
         return self.supervisor.wait_ready(names, timeout)
 
     def stop(self, names: list[str] | None = None, timeout: float = 15.0) -> None:
+        """Stop the named children, or all: then gateways and rendezvous workers first, while the models
+        still answer, so that in-flight requests are answered (and a worker that stops alone leaves
+        its group in about a second, against six when every group changes at once)."""
         if names is None:
+            for role in ("gateway", "rendezvous"):
+                for child in self.supervisor.children():
+                    if child.spec.labels.get("role") == role:
+                        self.supervisor.remove(child.spec.name, timeout)
             self.supervisor.stop_all(timeout)
         else:
             for name in names:

@@ -119,7 +119,7 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
             runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
             if isinstance(models, DockerRuntime):
                 models.stop_all()
-            runtime.stop()
+            runtime.stop()  # the models and the decoy
         if broker is not None:
             forget_running(broker)
             broker.stop()
