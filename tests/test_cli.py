@@ -15,7 +15,7 @@ import pytest
 
 from rendezvous.kernel.admin import TopicError, create_topic, ensure_topics
 from rendezvous.kernel.topics import Topics
-from tests.conftest import REPO, ProcessLines, fresh_topics
+from tests.conftest import REPO, ProcessLines
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def rendezvous(*args: str, timeout: float = 300, env: dict | None = None) -> sub
 
 
 def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path):
-    done = rendezvous("demo", "--requests", "600", "--rate", "60", "--shift-at", "0.6", "--json", "--workdir", str(tmp_path),
+    done = rendezvous("demo", "--requests", "600", "--rate", "100", "--shift-at", "0.6", "--json", "--workdir", str(tmp_path),
                       env={"RENDEZVOUS_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -58,8 +58,10 @@ def test_a_bad_policy_is_refused_at_start_naming_file_line_and_field(broker, tmp
     assert f"{bad}:8: routing.chain[0].wait_ms: Input should be greater than or equal to 0" in done.stderr
 
 
-def test_up_runs_the_declared_stack_until_sigterm_then_stops_cleanly(broker, kafka, tmp_path: Path):
-    topics = fresh_topics(kafka)
+def test_up_runs_the_declared_stack_until_sigterm_and_other_commands_find_its_broker(tmp_path: Path):
+    """`up` without --broker starts the embedded broker and records it: `policy show` finds it, a second
+    `rendezvous broker` is refused; SIGTERM stops every child and forgets the broker."""
+    env = {"RENDEZVOUS_HOME": str(tmp_path / "home")}
     policy = tmp_path / "stack.yaml"
     policy.write_text(f"""\
 name: stack
@@ -75,22 +77,25 @@ deploy:
   decoy: {{archive: {tmp_path}/archive}}
 """)
     process = subprocess.Popen(
-        [sys.executable, "-m", "rendezvous", "up", str(policy), "--broker", broker.bootstrap,
-         "--topic-prefix", topics.namespace, "--workdir", str(tmp_path / "work"), "--web-port", "0",
+        [sys.executable, "-m", "rendezvous", "up", str(policy), "--workdir", str(tmp_path / "work"), "--web-port", "0",
          "--gateway-port", "0"],  # free ports, each bound by its process (the defaults, 6066 and 8080: test_help)
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     output = ProcessLines(process)
     try:
         output.wait_for("stop with Ctrl-C or SIGTERM")
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                                                    text=True).stdout.split()]
-        assert len(children) == 5  # two replicas, the decoy, one worker, the gateway
+        assert len(children) == 6  # the broker, two replicas, the decoy, one worker, the gateway
         [metrics] = re.findall(r"metrics (http://127\.0\.0\.1:\d+/metrics)", output.text())  # as up announces it
         with urllib.request.urlopen(metrics, timeout=5) as response:
             assert b"rendezvous_" in response.read()
         [gateway] = re.findall(r"gateway (http://127\.0\.0\.1:\d+)/v2/models/stack/infer", output.text())
         with urllib.request.urlopen(f"{gateway}/v2/health/ready", timeout=5) as response:
             assert response.status == 200
+        shown = rendezvous("policy", "show", timeout=60, env=env)
+        assert shown.returncode == 0 and "name: stack" in shown.stdout, shown.stderr
+        second = rendezvous("broker", "--port", "1", timeout=60, env=env)  # refused before it binds anything
+        assert second.returncode == 3 and "already running" in second.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -98,6 +103,7 @@ deploy:
     assert "deprecated" in output.text()  # its deploy: section belongs in a stack file now
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not (tmp_path / "home" / "broker.json").exists()  # forgotten when up stopped its broker
 
 
 def test_topics_are_created_co_partitioned_and_a_mismatch_is_refused(kafka):
@@ -130,29 +136,3 @@ def test_validate_refuses_typos_and_quoted_numbers(tmp_path: Path, change: tuple
     done = rendezvous("policy", "validate", str(tmp_path / "stack.yaml"), timeout=60)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
-
-def test_up_without_a_broker_is_found_by_the_other_commands_and_a_second_broker_is_refused(tmp_path: Path):
-    from rendezvous.operations.broker import free_port
-
-    env = {**os.environ, "RENDEZVOUS_HOME": str(tmp_path / "home")}
-    stack = tmp_path / "stack.yaml"
-    (tmp_path / "policy.yaml").write_text("name: found\nversion: 1\nsla_ms: 100\n"
-                                          "routing: {strategy: fixed, chain: [{model: trivial}]}\n")
-    stack.write_text(f"policy: policy.yaml\nmodels: [{{spec: {REPO}/containers/examples/trivial.yaml}}]\n"
-                     f"decoy: {{enabled: false}}\n")
-    process = subprocess.Popen([sys.executable, "-m", "rendezvous", "up", str(stack), "--workdir", str(tmp_path / "w"),
-                                "--web-port", "0", "--no-gateway"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    output = ProcessLines(process)
-    try:
-        output.wait_for("stop with Ctrl-C or SIGTERM")
-        shown = rendezvous("policy", "show", timeout=60, env={"RENDEZVOUS_HOME": env["RENDEZVOUS_HOME"]})
-        assert shown.returncode == 0 and "name: found" in shown.stdout, shown.stderr
-        second = rendezvous("broker", "--port", str(free_port()), timeout=60,
-                            env={"RENDEZVOUS_HOME": env["RENDEZVOUS_HOME"]})
-        assert second.returncode == 3 and "already running" in second.stderr
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    assert process.returncode == 0
-    assert not (tmp_path / "home" / "broker.json").exists()  # forgotten when up stopped its broker

@@ -33,3 +33,11 @@ def test_every_option_has_help_and_a_variable_shown_by_help(path: str, command: 
             assert param.help, f"{path} {param.opts[0]} has no help text"
             assert param.envvar and param.show_envvar, f"{path} {param.opts[0]} has no RENDEZVOUS_* variable"
             assert str(param.envvar).startswith("RENDEZVOUS_")
+
+
+def test_up_serves_on_the_documented_ports_by_default():
+    """README: worker metrics on 6066, the gateway on 8080 (the live tests bind free ports instead)."""
+    defaults = {p.name: p.default for p in main.commands["up"].params}
+    assert (defaults["web_port"], defaults["gateway_port"], defaults["no_gateway"]) == (6066, 8080, False)
+    serve = {p.name: p.default for p in main.commands["serve"].params}
+    assert serve["web_port"] == 6066 and serve["sla_guard_ms"] == 5.0

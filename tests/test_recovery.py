@@ -33,7 +33,7 @@ def assert_exactly_once(system: System, ids: list[str], timeout: float = 60.0) -
 
 def test_a_worker_killed_mid_stream_and_restarted_loses_nothing_and_answers_nothing_twice(system: System):
     [worker] = start(system)
-    ids = [f"kill-{i}" for i in range(800)]
+    ids = [f"kill-{i}" for i in range(600)]
     sender = system.send_in_background([(rid, {}) for rid in ids], rate=100)
     assert system.collector.wait_for(ids[:250], 30), "the first requests were not answered"  # well into the stream
     system.signal(worker, signal.SIGKILL)
@@ -66,7 +66,7 @@ def test_two_workers_share_the_partitions(system: System):
 
 def test_a_worker_stopped_with_sigterm_hands_over_without_loss(system: System):
     workers = start(system, workers=2)
-    ids = [f"term-{i}" for i in range(600)]
+    ids = [f"term-{i}" for i in range(400)]
     sender = system.send_in_background([(rid, {}) for rid in ids], rate=100)
     assert system.collector.wait_for(ids[:200], 30), "the first requests were not answered"
     leaving = system.runtime.supervisor.get(workers[0])

@@ -48,6 +48,7 @@ def _secured(broker: TlsBroker, **kwargs: object) -> KafkaSettings:
     return KafkaSettings(broker.bootstrap, client=ClientConfig.parse(broker.client_properties(**kwargs)))
 
 
+@pytest.mark.parametrize("tls_broker", ["tls"], indirect=True)  # mutual TLS: the `up` test below
 def test_whole_pipeline_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path):
     kafka = _secured(tls_broker)
     system = System(kafka, tmp_path)
@@ -93,7 +94,7 @@ def test_whole_pipeline_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path):
 
 def test_plaintext_client_is_refused_by_the_tls_listener(tls_broker: TlsBroker):
     with pytest.raises((BrokerUnavailable, KafkaConfigError)):
-        check_connection(KafkaSettings(tls_broker.bootstrap), timeout=4)
+        check_connection(KafkaSettings(tls_broker.bootstrap), timeout=2)
 
 
 def test_wrong_ca_fails_fast_naming_the_setting(tls_broker: TlsBroker, pki: Pki):
@@ -111,9 +112,8 @@ def test_cli_reports_a_wrong_ca_without_a_traceback(tls_broker: TlsBroker, pki: 
     assert KEY_PASSWORD not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize("tls_broker", ["mtls"], indirect=True)  # only mutual TLS asks for a client certificate
 def test_missing_client_certificate_fails_fast_under_mutual_tls(tls_broker: TlsBroker):
-    if not tls_broker.mutual:
-        pytest.skip("only a mutual-TLS listener asks for a client certificate")
     with pytest.raises(KafkaConfigError) as caught:
         check_connection(_secured(tls_broker, with_cert=False), timeout=10)
     assert caught.value.setting == "ssl.certificate.location"
@@ -128,6 +128,7 @@ def test_wrong_key_password_is_refused_before_connecting(pki: Pki):
     assert "wrong" not in str(caught.value)
 
 
+@pytest.mark.parametrize("tls_broker", ["mtls"], indirect=True)  # one-way TLS: the pipeline test above
 def test_up_runs_the_whole_stack_over_tls_from_a_properties_file(tls_broker: TlsBroker, tmp_path: Path):
     """`rendezvous up` with a stack file, every child and the gateway over the TLS hop; requests and
     outcomes from a Kafka client and over HTTP; other commands with the same file; then SIGTERM."""
