@@ -46,7 +46,8 @@ def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path)
     auc = summary["learned"]["roc_auc"]  # each model judged on the labels sent back as outcomes
     assert set(auc) == {"boosted", "forest", "baseline"} and all(0.8 < v <= 1 for v in auc.values()), auc
     gateway = summary["gateway"]  # one OIP call through the HTTP gateway
-    assert gateway["model"] in {"boosted", "forest", "baseline", None} and "error" not in gateway
+    assert "error" not in gateway and gateway["model"] in {"boosted", "forest", "baseline", None}, gateway
+    assert (gateway["model"] is None) == (gateway["reason"] == "default") and 0 <= gateway["score"] <= 1, gateway
 
 
 def test_a_bad_policy_is_refused_at_start_naming_file_line_and_field(broker, tmp_path: Path):

@@ -22,6 +22,7 @@ from rendezvous.kernel.wire import (
     DLQ_VALUE_DROPPED,
     Score,
     ScoreBatch,
+    decode_result,
     encode,
 )
 from tests.conftest import CHAIN_POLICY, System, scripted_spec, wait_until, write_policy
@@ -69,9 +70,11 @@ def test_every_request_gets_exactly_one_result_in_order(chain: System):
         answered_by_the_rule(result)
     assert {r[0].policy for r in results.values()} == {"test-chain"}
     # one worker writes each partition's results in the order it decided them
-    by_partition: dict[int, list[float]] = {}
-    for received in sorted((x for rid in ids for x in chain.collector.results[rid]), key=lambda x: x.at_ms):
-        by_partition.setdefault(received.partition, []).append(received.result.decided_ms)
+    wanted, by_partition = set(ids), {}
+    for message in chain.read_topic(chain.topics.results):  # in offset order per partition
+        if message.key().decode() in wanted:
+            by_partition.setdefault(message.partition(), []).append(decode_result(message.value()).decided_ms)
+    assert sum(map(len, by_partition.values())) == len(ids)
     assert all(times == sorted(times) for times in by_partition.values())
 
 

@@ -9,15 +9,11 @@ import time
 from pathlib import Path
 
 from rendezvous.operations.supervisor import ChildSpec, Supervisor
+from tests.conftest import eventually
 
 
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def wait_until(condition, timeout=10.0):  # noqa: ANN001, ANN201
+    return eventually(condition, timeout, every=0.05)
 
 
 def spec(tmp_path: Path, name: str, code: str) -> ChildSpec:
@@ -68,6 +64,7 @@ def test_children_die_with_their_supervisor(tmp_path):
         import sys, time
         from pathlib import Path
         from rendezvous.operations.supervisor import ChildSpec, Supervisor
+from tests.conftest import eventually
         sup = Supervisor()
         c = sup.add(ChildSpec("c", [sys.executable, "-c", "import time; time.sleep(60)"], Path({str(tmp_path)!r}) / "c.log"))
         print(c.pid, flush=True)
@@ -85,3 +82,19 @@ def test_children_die_with_their_supervisor(tmp_path):
         except (ProcessLookupError, FileNotFoundError):
             return True
     assert wait_until(gone, 5), "the child outlived its supervisor"
+
+
+def test_a_child_on_port_0_binds_a_free_port_and_says_which_after_every_start(tmp_path):
+    serve = ("import time; from prometheus_client import CollectorRegistry; from rendezvous.kernel.status import "
+             "StatusServer; StatusServer(CollectorRegistry(), lambda: True).start(); time.sleep(60)")
+    sup = Supervisor(backoff_initial_s=0.05)
+    child = sup.add(ChildSpec("web", [sys.executable, "-c", serve], tmp_path / "web.log", http_port=0))
+    try:
+        assert wait_until(lambda: sup.is_ready("web")), (tmp_path / "web.log").read_text()
+        first = child.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: (sup.check(), child.pid not in (None, first))[1])
+        assert wait_until(lambda: sup.is_ready("web"))  # the restarted child announced its new port
+        assert child.http_port == int(child.spec.port_file.read_text())
+    finally:
+        sup.stop_all(5)
