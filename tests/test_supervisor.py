@@ -64,7 +64,6 @@ def test_children_die_with_their_supervisor(tmp_path):
         import sys, time
         from pathlib import Path
         from rendezvous.operations.supervisor import ChildSpec, Supervisor
-from tests.conftest import eventually
         sup = Supervisor()
         c = sup.add(ChildSpec("c", [sys.executable, "-c", "import time; time.sleep(60)"], Path({str(tmp_path)!r}) / "c.log"))
         print(c.pid, flush=True)
