@@ -142,8 +142,7 @@ def labels_of(family) -> set[str]:  # noqa: ANN001
 
 @pytest.mark.parametrize(("component", "name", "kind", "labels"), [
     ("worker", "rendezvous_results", "counter", {"model", "reason"}),
-    ("worker", "rendezvous_sla_misses", "counter", set()),
-    ("worker", "rendezvous_late_results", "counter", {"cause"}),
+    ("worker", "rendezvous_sla_misses", "counter", {"cause"}),
     ("worker", "rendezvous_decision_lateness_seconds", "histogram", set()),
     ("worker", "rendezvous_result_write_seconds", "histogram", set()),
     ("worker", "rendezvous_scores_dropped", "counter", {"kind", "model"}),

@@ -144,10 +144,10 @@ def test_a_hung_model_costs_only_its_wait(chain: System):
     scored_by_all(chain, ids[-1])
 
 
-def test_lateness_is_recorded_and_blamed_on_its_cause(chain: System):
+def test_sla_misses_are_recorded_and_blamed_on_their_cause(chain: System):
     """A worker frozen with requests in flight decides them late (timer); requests sent while it is frozen
     reach it after they were due (intake). Each result says when it was due and decided."""
-    before = chain.stats(chain.worker)["late_results"]
+    before = chain.stats(chain.worker)["sla_misses"]
     for name in chain.models.values():  # no scores: every request waits for its deadline
         chain.signal(name, signal.SIGSTOP)
     try:
@@ -166,13 +166,13 @@ def test_lateness_is_recorded_and_blamed_on_its_cause(chain: System):
     firsts = [r[0] for r in results.values()]
     for result in firsts:
         answered_by_the_rule(result)
-    very_late = [r for r in firsts if r.decided_ms - r.due_ms > 300]  # over the freeze, by the worker's clock
-    assert very_late, "the freeze should have delayed some decisions"
+    assert any(r.decided_ms - r.due_ms > 300 for r in firsts), "the freeze should have delayed some decisions"
+    missed = [r for r in firsts if r.decided_ms - r.request_ms > SLA]  # decided after the SLA: written after it
 
     def grown() -> dict[str, int]:  # counted when the broker acknowledges each write
-        after = chain.stats(chain.worker)["late_results"]
+        after = chain.stats(chain.worker)["sla_misses"]
         return {cause: after[cause] - before.get(cause, 0) for cause in after}
-    wait_until(lambda: sum(grown().values()) >= len(very_late), f"{len(very_late)} late results counted")
+    wait_until(lambda: sum(grown().values()) >= len(missed), f"{len(missed)} SLA misses counted")
     assert grown()["timer"] >= 1 and grown()["intake"] >= 1, grown()
     scored_by_all(chain, ids[-1])
 

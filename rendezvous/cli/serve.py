@@ -42,7 +42,7 @@ from rendezvous.service.settings import DEFAULT_SLA_GUARD_MS
 @click.option("--sla-guard-ms", envvar="RENDEZVOUS_SLA_GUARD_MS", type=click.FloatRange(0),
               default=DEFAULT_SLA_GUARD_MS, show_default=True,
               help="Take the last decision this long before the SLA, so that the answer is written by then "
-                   "(at most a quarter of the SLA). Raise it if rendezvous_late_results_total{cause=\"timer\"} "
+                   "(at most a quarter of the SLA). Raise it if rendezvous_sla_misses_total{cause=\"timer\"} "
                    "or {cause=\"write\"} grows.")
 @log_level_option
 def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float,

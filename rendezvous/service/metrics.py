@@ -114,8 +114,7 @@ class ServiceMetrics:
             "rendezvous_result_write_seconds", "From producing a result to the broker acknowledging it",
             [], LATENESS_BUCKETS, self.registry)
         self.shares: deque[str] = deque(maxlen=SHARE_WINDOW)
-        self.sla_misses = 0
-        self.late: Counter[str] = Counter(dict.fromkeys(CAUSES, 0))
+        self.sla_misses: Counter[str] = Counter(dict.fromkeys(CAUSES, 0))  # by cause
 
     def observe_decision(self, decision: Decision) -> None:
         pending = decision.pending
@@ -124,17 +123,14 @@ class ServiceMetrics:
         self.decision_lateness.observe(decision.lateness_ms / 1000)
         self.shares.append(decision.choice.model or "default")
 
-    def observe_written(self, decision: Decision, written_ms: float, guard_ms: float) -> None:
-        """A result's write was acknowledged: was it late, and why (see :mod:`rendezvous.routing.lateness`)."""
+    def observe_written(self, decision: Decision, written_ms: float) -> None:
+        """A result's write was acknowledged: did it miss the SLA, and why (see :mod:`rendezvous.routing.lateness`)."""
         pending = decision.pending
         self.result_write.observe(max(written_ms - decision.decided_ms, 0.0) / 1000)
-        plan = pending.plan
-        cause = late_cause(decision.due_ms, pending.seen_ms, decision.decided_ms, written_ms,
-                           plan.sla_ms - plan.deadline_ms(guard_ms))
+        cause = late_cause(pending.t0, pending.plan.sla_ms, decision.due_ms, pending.seen_ms, decision.decided_ms,
+                           written_ms)
         if cause is not None:
-            self.late[cause] += 1
-        if written_ms - pending.t0 > plan.sla_ms:
-            self.sla_misses += 1
+            self.sla_misses[cause] += 1
 
     def observe_scores(self, model: str, scores: Iterable[Any], pending_t0: Callable[[str], float | None],
                        now_ms: float) -> None:
@@ -165,14 +161,12 @@ class _StateCollector:
         for (reason, model), n in sorted(stats.decisions.items(), key=str):
             results.add_metric([model or "default", reason], n)
         yield results
-        yield CounterMetricFamily("rendezvous_sla_misses", "Results not written by the SLA (acknowledged by the broker after it)",
-                                  value=self.metrics.sla_misses)
-        late = CounterMetricFamily("rendezvous_late_results", "Results written later than the SLA guard after they were "
-                                   "due, by main cause: intake (reached the worker late), timer (the worker's loop), write",
-                                   labels=["cause"])
-        for cause, n in sorted(self.metrics.late.items()):
-            late.add_metric([cause], n)
-        yield late
+        misses = CounterMetricFamily("rendezvous_sla_misses", "Results the broker acknowledged after the SLA, by main "
+                                     "cause: intake (the request reached the worker late), timer (the worker's loop was "
+                                     "busy), write (the broker was slow)", labels=["cause"])
+        for cause, n in sorted(self.metrics.sla_misses.items()):
+            misses.add_metric([cause], n)
+        yield misses
         yield CounterMetricFamily("rendezvous_requests", "Requests read", value=stats.requests)
         yield CounterMetricFamily("rendezvous_duplicate_requests", "Requests read again (redelivery), not re-answered",
                                   value=stats.duplicate_requests)

@@ -178,8 +178,7 @@ class RendezvousWorker:
             "uncommitted": self._uncommitted(),
             "deadletters_written": self.writer.deadletters_written,
             "sla_guard_ms": self.settings.sla_guard_ms,
-            "late_results": dict(self.metrics.late),
-            "sla_misses": self.metrics.sla_misses,
+            "sla_misses": dict(self.metrics.sla_misses),  # written after the SLA, by cause
             "ignored_reply_to": self.ignored_reply_to,
             "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
@@ -261,7 +260,7 @@ class RendezvousWorker:
         self._arm_timer()
 
     def _on_written(self, decision: Decision, written_ms: float) -> None:
-        self.metrics.observe_written(decision, written_ms, self.settings.sla_guard_ms)
+        self.metrics.observe_written(decision, written_ms)
 
     # ------------------------------------------------------------------ time
 
