@@ -31,7 +31,7 @@ from rendezvous.kernel.wire import (
     decode_request_head,
     decode_score_batch,
 )
-from rendezvous.routing.router import Decision, Router, Step
+from rendezvous.routing.router import Router, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.control_plane import ControlPlane
@@ -53,10 +53,11 @@ class RendezvousWorker:
         self.settings = settings
         self.topics = settings.topics
         self.router = Router(store.compiled, settings.limits, settings.sla_guard_ms)
-        self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal, self._on_written)
+        self.metrics = ServiceMetrics()
+        self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal,
+                                   self.metrics.observe_written)
         self.control = ControlPlane(settings, store, feed, self.router, self.writer, self._fatal)
         self.app = create_app(settings.app_id, settings.kafka, settings.web_host, settings.web_port)
-        self.metrics = ServiceMetrics()
         self.metrics.attach(self, now_ms)
         self.canary: CanaryWatch | None = None
         self.ignored_reply_to = 0  # requests whose reply-to header named no replies topic of ours
@@ -258,9 +259,6 @@ class RendezvousWorker:
         if step.late:
             self.control.on_late(step.late)
         self._arm_timer()
-
-    def _on_written(self, decision: Decision, written_ms: float) -> None:
-        self.metrics.observe_written(decision, written_ms)
 
     # ------------------------------------------------------------------ time
 
