@@ -286,7 +286,8 @@ def test_up_runs_a_stack_file_with_the_docker_runtime_and_stops_it_cleanly(docke
           decoy: {{enabled: false}}
     """)
     up = subprocess.Popen([sys.executable, "-m", "rendezvous", "up", str(policy), "--broker", docked.kafka.bootstrap,
-                           "--topic-prefix", docked.topics.namespace, "--workdir", str(docked.directory / "up")],
+                           "--topic-prefix", docked.topics.namespace, "--workdir", str(docked.directory / "up"),
+                           "--web-port", "0", "--gateway-port", "0"],  # free ports, bound by each process
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert eventually(lambda: running(docked, "m1") == 2 or up.poll() is not None, timeout=120) and up.poll() is None

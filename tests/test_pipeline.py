@@ -84,6 +84,7 @@ def test_every_request_gets_exactly_one_result_in_order(chain: System):
         ({}, set(), ""),
         ({"m3_delay_ms": 70}, set(), ""),
         ({"m3_delay_ms": 45, "m2_delay_ms": 10}, set(), ""),
+        ({"m3_delay_ms": 70, "m2_delay_ms": 16}, set(), ""),  # m2 in just before its stage opens: it waits for it
         ({"m3_delay_ms": 80, "m2_delay_ms": 80}, set(), ""),
         ({"m3_delay_ms": 80, "m2_delay_ms": 40}, set(), ""),
         ({"m3_fail": True}, {"m3"}, "m3 failed"),  # a failure is not waited out
