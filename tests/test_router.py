@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rendezvous.kernel.wire import Score
+from rendezvous.routing.plan import due_ms
 from rendezvous.routing.policy import FixedChain
 from rendezvous.routing.router import Router, RouterLimits
 
@@ -317,3 +318,45 @@ def test_a_request_that_reaches_the_worker_late_was_due_before_it_was_seen():
     assert (d.choice.model, d.due_ms, d.pending.seen_ms) == ("m2", 1040, 1055)
     [d] = r.on_request("b", 0, record_ms=1000, token="req-b", now_ms=1300).decisions  # long after the SLA
     assert (d.choice.reason, d.due_ms, d.lateness_ms) == ("default", 1100, 200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(arrival, arrival, arrival), min_size=1, max_size=15),
+       st.lists(st.floats(0, 5), min_size=1, max_size=15),
+       st.lists(st.floats(0, 60), min_size=1, max_size=15), st.sampled_from([0.0, 5.0]))
+def test_when_an_answer_was_due_is_the_rule_replayed_on_its_arrivals_even_with_late_ticks(
+        schedules, gaps, tick_delays, guard):
+    """The router knows the due time without replaying the rule when it is punctual; with ticks that come late
+    (a busy loop), or requests seen after their scores, it must still equal the replay (plan.due_ms)."""
+    r = Router(POLICY, sla_guard_ms=guard)
+    events: list[tuple[float, int, str, tuple]] = []
+    t, seq = 1000.0, 0
+    for i, models in enumerate(schedules):
+        t += gaps[i % len(gaps)]
+        events.append((t, seq, "request", (f"r{i}",)))
+        seq += 1
+        for name, when in zip(("m3", "m2", "m1"), models, strict=False):
+            if when is not None:
+                events.append((t + when[0] - 20, seq, "score", (f"r{i}", name, when[1])))  # some before the request
+                seq += 1
+    heapq.heapify(events)
+    decisions, ticks = [], 0
+    while events or r.next_wake_ms() is not None:
+        wake = r.next_wake_ms()
+        late = wake + tick_delays[ticks % len(tick_delays)] if wake is not None else None
+        if late is not None and (not events or late < events[0][0]):
+            ticks += 1
+            decisions += r.on_tick(late).decisions
+            continue
+        now, _, kind, data = heapq.heappop(events)
+        if kind == "request":
+            decisions += r.on_request(data[0], 0, now, "req", now).decisions
+        else:
+            rid, model, fails = data
+            decisions += r.on_scores(model, "v", [score(rid, error="x" if fails else None)], "s", now).decisions
+    assert len(decisions) == len(schedules)
+    for d in decisions:
+        t0 = d.pending.t0
+        arrivals = {m: (v.arrived_ms - t0, m in d.pending.failed) for m, v in d.pending.scores.items()}
+        assert d.due_ms == pytest.approx(min(t0 + due_ms(d.pending.plan, arrivals, guard), d.decided_ms))
+        assert d.due_ms <= d.decided_ms

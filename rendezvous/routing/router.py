@@ -170,7 +170,9 @@ class Router:
                     self.stats.dropped["unknown_model", model] += 1
                 elif self._attach(pending, model, view, token):
                     step.kept += 1
-                    self._evaluate(pending, now_ms, step)
+                    # Every arrival and wake is evaluated, so an answer now was due now, unless the
+                    # request's wake time has passed without its tick (the timer is late).
+                    self._evaluate(pending, now_ms, step, due=now_ms if now_ms <= pending.wake_ms else None)
                 continue
             if not named:
                 self.stats.dropped["unknown_model", model] += 1
@@ -190,8 +192,10 @@ class Router:
     def on_tick(self, now_ms: float) -> Step:
         """Decide every request whose next change has come; expire old state."""
         step = Step()
-        for pending in self._deadlines.pop_due(now_ms):
-            self._evaluate(pending, now_ms, step)
+        for wake, pending in self._deadlines.pop_due(now_ms):
+            # Punctual unless the rule's next change after the wake time has come too (a late tick).
+            punctual = pending.t0 + next_change_ms(pending.plan, wake - pending.t0, self.sla_guard_ms) > now_ms
+            self._evaluate(pending, now_ms, step, due=wake if punctual else None)
         for orphan in self._orphans.expire(now_ms):
             self._drop_orphan(orphan, step)
         self._decided.expire(now_ms)
@@ -260,7 +264,9 @@ class Router:
         pending.score_tokens.append(token)
         return True
 
-    def _evaluate(self, pending: PendingRequest, now_ms: float, step: Step) -> None:
+    def _evaluate(self, pending: PendingRequest, now_ms: float, step: Step, due: float | None = None) -> None:
+        """Decide ``pending`` if its plan says so. ``due``: when the answer was due if it is given now, when
+        the caller knows it (the common, punctual case); None: worked out from the arrivals (``plan.due_ms``)."""
         # The epsilon makes a stage whose opening time has come (t0 + opens <= now) count
         # as open even when float rounding gives now - t0 a hair below its offset.
         elapsed = now_ms - pending.t0 + 1e-6
@@ -282,8 +288,9 @@ class Router:
         self._decided.add(pending.request_id, frozenset(pending.scores), now_ms)
         self.stats.decisions[choice.reason, choice.model or ""] += 1
         detail = describe(choice, pending.plan, elapsed, pending.failed)
-        arrivals = {m: (v.arrived_ms - pending.t0, m in pending.failed) for m, v in pending.scores.items()}
-        due = min(pending.t0 + due_ms(pending.plan, arrivals, guard), now_ms)
+        if due is None:
+            arrivals = {m: (v.arrived_ms - pending.t0, m in pending.failed) for m, v in pending.scores.items()}
+            due = min(pending.t0 + due_ms(pending.plan, arrivals, guard), now_ms)
         step.decisions.append(Decision(pending, choice, now_ms, detail, due))
 
     def _drop_orphan(self, orphan: OrphanScore, step: Step) -> None:

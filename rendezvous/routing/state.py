@@ -58,14 +58,15 @@ class DeadlineQueue:
         self._seq += 1
         heapq.heappush(self._heap, (wake_ms, self._seq, pending))
 
-    def pop_due(self, now_ms: float) -> list[PendingRequest]:
-        """Live requests whose wake time has come (stale heap entries are skipped)."""
-        due, heap = [], self._heap
+    def pop_due(self, now_ms: float) -> list[tuple[float, PendingRequest]]:
+        """Live requests whose wake time has come, with that time (stale heap entries are skipped)."""
+        due: list[tuple[float, PendingRequest]] = []
+        heap = self._heap
         while heap and heap[0][0] <= now_ms:
             wake, _, pending = heapq.heappop(heap)
             if not pending.decided and pending.wake_ms == wake:
                 pending.wake_ms = 0.0  # no live entry now: the next evaluation must push one
-                due.append(pending)
+                due.append((wake, pending))
         return due
 
     def next_ms(self) -> float | None:
