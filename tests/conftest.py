@@ -255,14 +255,6 @@ class System:
         self.send([(rid, {})])
         assert self.collector.wait_for([rid], timeout), "the system never answered a warm-up request"
 
-    def end_offsets(self, topic: str, timeout: float = 15.0) -> dict[int, int]:
-        """Per partition: the offset the next record will get (the high watermark)."""
-        consumer = Consumer(self.kafka.consumer(f"ends-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
-        try:
-            return {p: end for p, (_, end) in since_offsets(consumer, topic, None, timeout).items()}
-        finally:
-            consumer.close()
-
     def read_topic(self, topic: str, timeout: float = 15.0) -> list:
         """Every record of ``topic``, read to its end as of now (fails if that takes longer than ``timeout``)."""
         consumer = Consumer(self.kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
@@ -292,7 +284,9 @@ class System:
         return landed[0]
 
     def close(self) -> None:
-        self.runtime.stop()  # the workers first (see ProcessRuntime.stop), then the client
+        # The client last: stopped first, it made the worker's own stop take 6 s instead of 1.4 (measured; why,
+        # we do not know). The workers go before the models (ProcessRuntime.stop).
+        self.runtime.stop()
         self.collector.stop()
 
 

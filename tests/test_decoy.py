@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from decoy.archive import ArchiveReader
+from rendezvous.kernel.admin import end_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from tests.conftest import System, fresh_topics, wait_until
 
@@ -45,7 +46,7 @@ def archived(directory) -> list:
 def archived_to_the_end(system: System, directory, sent: int, timeout: float = 30.0) -> list:
     """The archive, once the decoy has archived the ``sent`` records of the requests topic and read it to its
     end (bounded wait). Anything read twice would be in it by then."""
-    ends = system.end_offsets(system.topics.requests)
+    ends = dict(enumerate(end_offsets(system.kafka, system.topics.requests, system.partitions)))
 
     def done() -> list | None:
         got = archived(directory)  # raises while the decoy has not created it yet: tried again

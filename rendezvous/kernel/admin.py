@@ -73,7 +73,8 @@ def partition_count(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> 
 
 
 def end_offsets(kafka: KafkaSettings, topic: str, partitions: int, timeout: float = 10.0) -> list[int]:
-    """The high watermark of each partition of ``topic``."""
+    """The high watermark of each partition of ``topic``: a lower bound on Tansu 0.6, which reports the last
+    record batch's base offset + 1 (see ``kernel.kafka.read_range``)."""
     consumer = Consumer(kafka.consumer("rendezvous-admin-probe", **{"enable.auto.commit": False}))
     try:
         return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in range(partitions)]

@@ -97,13 +97,12 @@ class EmbeddedBroker:
             if port_open(self.host, self.port):
                 raise BrokerError(f"port {self.port} on {self.host} is already in use")
             return self._start(self.port, timeout)
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 return self._start(free_port(self.host), timeout)
             except _PortTaken:
-                if attempt == 2:
-                    raise BrokerError("Tansu could not bind a free port three times in a row") from None
-        raise AssertionError("unreachable")
+                continue
+        raise BrokerError("Tansu could not bind a free port three times in a row")
 
     def _start(self, port: int, timeout: float) -> str:
         self.port = port

@@ -147,18 +147,19 @@ class ProcessRuntime:
                 *[arg for spec in specs or [] for arg in ("--spec", str(spec))], *(extra_args or [])]
         return self._add(name, argv, port, role="gateway")
 
+    def stop_roles(self, *roles: str, timeout: float = 15.0) -> None:
+        """Stop every child of these roles (model, decoy, rendezvous, gateway), role by role."""
+        for role in roles:
+            self.stop([c.spec.name for c in self.supervisor.children() if c.spec.labels.get("role") == role], timeout)
+
     def wait_ready(self, names: list[str], timeout: float = 60.0) -> list[str]:
         return self.supervisor.wait_ready(names, timeout)
 
     def stop(self, names: list[str] | None = None, timeout: float = 15.0) -> None:
-        """Stop the named children, or all: then gateways and rendezvous workers first, while the models
-        still answer, so that in-flight requests are answered (and a worker that stops alone leaves
-        its group in about a second, against six when every group changes at once)."""
+        """Stop the named children, or all: then gateways and rendezvous workers first, while the
+        models still answer, so that their in-flight requests are answered."""
         if names is None:
-            for role in ("gateway", "rendezvous"):
-                for child in self.supervisor.children():
-                    if child.spec.labels.get("role") == role:
-                        self.supervisor.remove(child.spec.name, timeout)
+            self.stop_roles("gateway", "rendezvous", timeout=timeout)
             self.supervisor.stop_all(timeout)
         else:
             for name in names:

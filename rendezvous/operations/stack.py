@@ -115,8 +115,7 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
     finally:
         if runtime is not None:
             progress("status", {"text": "stopping: rendezvous first, so in-flight requests are answered"})
-            runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "gateway"])
-            runtime.stop([c.spec.name for c in runtime.supervisor.children() if c.spec.labels.get("role") == "rendezvous"])
+            runtime.stop_roles("gateway", "rendezvous")
             if isinstance(models, DockerRuntime):
                 models.stop_all()
             runtime.stop()  # the models and the decoy

@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from rendezvous.kernel.admin import end_offsets
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.settings import KafkaSettings
@@ -37,10 +38,8 @@ class ResultCollector:
 
     def __init__(self, kafka: KafkaSettings, topics: Topics, partitions: int) -> None:
         self._consumer = Consumer(kafka.consumer(f"rendezvous-client-{id(self)}", **{"enable.auto.commit": False}))
-        # A second handle asks the broker for the topic's end while the thread reads with the first.
-        self._ends = Consumer(kafka.consumer(f"rendezvous-client-ends-{id(self)}", **{"enable.auto.commit": False}))
-        self._topic = topics.results
-        ends = self._end_offsets(partitions)
+        self._kafka, self._topic = kafka, topics.results
+        ends = end_offsets(kafka, topics.results, partitions)
         self._consumer.assign([TopicPartition(topics.results, p, end) for p, end in enumerate(ends)])
         self._next_offset = dict(enumerate(ends))  # per partition: the offset the thread reads next
         self._fetched_end: dict[int, int] = {}
@@ -101,7 +100,7 @@ class ResultCollector:
         After it, a second result for a request, if any had been written, is in :attr:`results`.
         """
         deadline = time.monotonic() + timeout
-        ends = dict(enumerate(self._end_offsets(len(self._next_offset), timeout)))
+        ends = dict(enumerate(end_offsets(self._kafka, self._topic, len(self._next_offset), timeout)))
         while time.monotonic() < deadline:
             # The broker's reported end can be too low (Tansu: the last batch's base offset + 1; see
             # kernel.kafka.read_range); the end our own latest fetch saw is the true one.
@@ -113,15 +112,10 @@ class ResultCollector:
             time.sleep(0.02)
         return False
 
-    def _end_offsets(self, partitions: int, timeout: float = 10.0) -> list[int]:
-        return [self._ends.get_watermark_offsets(TopicPartition(self._topic, p), timeout=timeout)[1]
-                for p in range(partitions)]
-
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self._consumer.close()
-        self._ends.close()
 
 
 @dataclass
