@@ -37,7 +37,7 @@ from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import ScoreBatch
-from rendezvous.operations.broker import EmbeddedBroker
+from rendezvous.operations.broker import embedded_broker
 from rendezvous.operations.docker import DockerRuntime, connect
 from rendezvous.operations.images import ensure_runner_image
 from rendezvous.operations.process import ProcessRuntime
@@ -164,8 +164,8 @@ def main() -> None:
     trials, n = (2, 50_000) if args.quick else (5, 200_000)
     client = connect()
     say("runner image: " + ensure_runner_image(client, progress=say))
-    broker = EmbeddedBroker()
-    kafka = KafkaSettings(broker.start())
+    broker = embedded_broker()
+    kafka = KafkaSettings(broker.start(), fetch_wait_ms=broker.fetch_wait_ms)
     out: dict[str, Any] = {"trials": trials, "requests_drained": n, "model": "trivial (constant score)"}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-containers-") as tmp:

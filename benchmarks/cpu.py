@@ -1,8 +1,10 @@
 """Where the CPU goes: CPU time per request of every process of the demo topology, from /proc.
 
-    python -m benchmarks.cpu [--rates 50,100,200] [--seconds 20] [--out benchmarks/results/cpu.json]
+    python -m benchmarks.cpu [--engines kafka,tansu] [--rates 100,200,400] [--seconds 20]
+                             [--out benchmarks/results/cpu.json]
 
-Runs the demo's topology (embedded broker, the three example models, the decoy,
+For each embedded broker engine in turn (both by default: their figures side by side),
+runs the demo's topology (embedded broker, the three example models, the decoy,
 one rendezvous worker, the HTTP gateway and this client) and, at each fixed
 offered rate, reads every process's utime + stime from ``/proc/PID/stat``
 before and after the window: CPU milliseconds per request per process, a
@@ -36,7 +38,7 @@ from policies import EXAMPLE, EXAMPLE_STACK, load_policy
 from rendezvous.kernel.admin import create_topic
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.operations.broker import EmbeddedBroker, free_port
+from rendezvous.operations.broker import free_port
 from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.tools.client import RequestSender, ResultCollector
@@ -56,8 +58,8 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_MS
 
 
-def processes(stack: RunningStack, broker: EmbeddedBroker) -> dict[str, int]:
-    out = {"broker": broker.pid or 0, "client": os.getpid()}
+def processes(stack: RunningStack) -> dict[str, int]:
+    out = {"broker": stack.broker.pid or 0 if stack.broker else 0, "client": os.getpid()}
     for child in stack.runtime.supervisor.children():
         if child.pid:
             out[child.spec.name] = child.pid
@@ -89,7 +91,7 @@ def at_rate(stack: RunningStack, pids: dict[str, int], rate: float, seconds: flo
     within = sum(r.latency_ms <= sla for r in got)  # judged by the worker's own clock
     per_request = {name: round((after[name] - before[name]) / max(len(got), 1), 4) for name in pids}
     return {"rate": rate, "requests": n, "answered": len(got), "all_answered": answered,
-            "within_sla": within, "elapsed_s": round(elapsed, 2),
+            "within_sla": within, "within_sla_share": round(within / max(n, 1), 5), "elapsed_s": round(elapsed, 2),
             "cpu_ms_per_request": per_request,
             "cpu_ms_per_request_total": round(sum(per_request.values()), 3),
             "worker_latency_ms": percentiles([r.latency_ms for r in got])}
@@ -107,7 +109,8 @@ def bare_faust_cpu(kafka: KafkaSettings, events_per_s: float, n: int) -> dict[st
     topic = f"bare-cpu-{os.getpid()}-{int(events_per_s)}"
     create_topic(kafka, topic, 4)
     worker = subprocess.Popen([sys.executable, "-m", "benchmarks.faust_bare", kafka.bootstrap, topic, str(n),
-                               str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                               str(free_port()), str(kafka.fetch_wait_ms)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     producer = Producer(kafka.producer())
     time.sleep(8)  # its consumer joins; events before it joins would be drained in a burst, not at the rate
     interval, start = 1 / events_per_s, time.perf_counter()
@@ -153,33 +156,37 @@ def gateway_calls(url: str, policy: str, n: int, rate: float) -> dict[str, Any]:
 def arguments(doc: str, rates: str, seconds: float, out: str) -> argparse.Namespace:
     """The options every fixed-rate benchmark of the demo topology takes."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="kafka,tansu", help="embedded broker engines to measure, in turn")
     parser.add_argument("--rates", default=rates, help="offered rates, requests per second, comma-separated")
     parser.add_argument("--seconds", type=float, default=seconds, help="how long each rate is offered")
     parser.add_argument("--out", type=Path, default=Path(out), help="where the JSON figures go")
     return parser.parse_args()
 
 
-def main() -> None:
-    args = arguments(__doc__ or "", "50,100,200", 20.0, "benchmarks/results/cpu.json")
-    rates = [float(r) for r in args.rates.split(",")]
-    broker = EmbeddedBroker()
-    bootstrap = broker.start()
-    kafka = KafkaSettings(bootstrap)
-    out: dict[str, Any] = {"machine_cores": os.cpu_count()}
+def measure_engine(engine: str, rates: list[float], seconds: float) -> dict[str, Any]:
+    """The whole measurement on one engine: idle, each rate, the floors, the gateway."""
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         policy = load_policy(EXAMPLE)
-        options = StackOptions(bootstrap, "benchcpu", 4, Path(tmp) / "logs", Path(tmp) / "archive",
-                               gateway_port=0)
+        options = StackOptions(None, "benchcpu", 4, Path(tmp) / "logs", Path(tmp) / "archive",
+                               find_running_broker=False, gateway_port=0, engine=engine)
         declared = load_stack(EXAMPLE_STACK)
-        say("starting the demo topology (3 models, decoy, 1 worker, gateway)")
+        say(f"{engine}: starting the demo topology (3 models, decoy, 1 worker, gateway)")
         with running_stack(options, declared, lambda kind, data: say(data.get("text", ""))) as stack:
-            pids = processes(stack, broker)
+            kafka = stack.kafka
+            out["broker"] = stack.broker.describe() if stack.broker else None
+            out["fetch_wait_ms"] = kafka.fetch_wait_ms
+            pids = processes(stack)
             say("idle for 10 s")
             out["idle_share_of_a_core"] = idle(pids, 10)
+            out["idle_total_share_of_a_core"] = round(sum(out["idle_share_of_a_core"].values()), 3)
             out["rates"] = []
             for rate in rates:
-                say(f"{rate:g} req/s for {args.seconds:g} s")
-                out["rates"].append(at_rate(stack, pids, rate, args.seconds))
+                say(f"{engine}: {rate:g} req/s for {seconds:g} s")
+                out["rates"].append(at_rate(stack, pids, rate, seconds))
+                entry = out["rates"][-1]
+                say(f"  within the SLA {entry['within_sla']}/{entry['requests']}, "
+                    f"p99 {entry['worker_latency_ms'].get('p99')} ms, {entry['cpu_ms_per_request_total']} CPU ms/request")
             say("a bare consumer reading the same requests")
             out["bare_consumer_cpu_ms_per_request"] = bare_consumer_cpu(kafka, stack.topics.requests, 2000)
             if stack.gateway_url:
@@ -189,16 +196,24 @@ def main() -> None:
                 calls = gateway_calls(stack.gateway_url, policy.name, 500, 50)
                 calls["gateway_cpu_ms_per_call"] = round((cpu_ms(gateway_pid) - before) / 500, 4) if gateway_pid else None
                 out["gateway"] = calls
-        for entry in out["rates"]:
-            events_per_s = entry["rate"] * 4  # a request and (about) one score record from each of three models
-            say(f"bare Faust fed at {events_per_s:g} events/s")
-            bare = bare_faust_cpu(kafka, events_per_s, int(events_per_s * 10))
-            worker = next(v for k, v in entry["cpu_ms_per_request"].items() if k.startswith("rendezvous/"))
-            runners = [v for k, v in entry["cpu_ms_per_request"].items() if k.startswith("model/")]
-            entry["bare_faust_cpu_ms_per_event"] = bare["cpu_ms_per_event"]
-            entry["worker_vs_bare_faust_per_event"] = round(worker / 4 / bare["cpu_ms_per_event"], 2)
-            entry["runner_vs_bare_consumer"] = round(min(runners) / out["bare_consumer_cpu_ms_per_request"], 2)
-    broker.stop()
+            for entry in out["rates"]:
+                events_per_s = entry["rate"] * 4  # a request and (about) one score record from each of three models
+                say(f"bare Faust fed at {events_per_s:g} events/s")
+                bare = bare_faust_cpu(kafka, events_per_s, int(events_per_s * 10))
+                worker = next(v for k, v in entry["cpu_ms_per_request"].items() if k.startswith("rendezvous/"))
+                runners = [v for k, v in entry["cpu_ms_per_request"].items() if k.startswith("model/")]
+                entry["bare_faust_cpu_ms_per_event"] = bare["cpu_ms_per_event"]
+                entry["worker_vs_bare_faust_per_event"] = round(worker / 4 / bare["cpu_ms_per_event"], 2)
+                entry["runner_vs_bare_consumer"] = round(min(runners) / out["bare_consumer_cpu_ms_per_request"], 2)
+    return out
+
+
+def main() -> None:
+    args = arguments(__doc__ or "", "100,200,400", 20.0, "benchmarks/results/cpu.json")
+    rates = [float(r) for r in args.rates.split(",")]
+    out: dict[str, Any] = {"machine_cores": os.cpu_count(), "engines": {}}
+    for engine in args.engines.split(","):
+        out["engines"][engine] = measure_engine(engine, rates, args.seconds)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

@@ -23,7 +23,8 @@ from rendezvous.service.app import create_app
 
 def main() -> None:
     bootstrap, topic_name, n, web_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    app = create_app(f"bare-{os.getpid()}", KafkaSettings(bootstrap), "127.0.0.1", web_port)
+    fetch_wait_ms = int(sys.argv[5]) if len(sys.argv) > 5 else KafkaSettings(bootstrap).fetch_wait_ms
+    app = create_app(f"bare-{os.getpid()}", KafkaSettings(bootstrap, fetch_wait_ms=fetch_wait_ms), "127.0.0.1", web_port)
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
     state = {"count": 0, "first": 0.0, "cpu": 0.0}
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks.cpu import arguments, cpu_ms, say
 from policies import EXAMPLE_STACK
-from rendezvous.operations.broker import EmbeddedBroker
+from rendezvous.operations.broker import embedded_broker
 from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.tools.client import RequestSender, ResultCollector
@@ -109,7 +109,7 @@ def wrk_max(url: str, policy: str, gateway_pid: int, seconds: int = 15) -> dict[
 
 def main() -> None:
     args = arguments(__doc__ or "", "25,50", 15.0, "benchmarks/results/gateway.json")
-    broker = EmbeddedBroker()
+    broker = embedded_broker()
     bootstrap = broker.start()
     out: dict[str, Any] = {"rates": []}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:

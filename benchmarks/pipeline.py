@@ -1,8 +1,8 @@
 """Benchmark of the core pipeline, against its floors, in one run on one broker.
 
-    python -m benchmarks.pipeline [--quick] [--out benchmarks/results/pipeline.json]
+    python -m benchmarks.pipeline [--quick] [--engines kafka,tansu] [--out benchmarks/results/pipeline.json]
 
-Measures, in order:
+For each embedded broker engine in turn (both by default, side by side), measures, in order:
 
 1. floor: one hop, produce to consume, with confluent-kafka (p50/p99);
 2. bare Faust: events per second one worker consumes doing nothing;
@@ -41,7 +41,7 @@ from rendezvous.kernel.admin import create_topic, ensure_topics
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Score, ScoreBatch, encode
-from rendezvous.operations.broker import EmbeddedBroker, free_port
+from rendezvous.operations.broker import embedded_broker, free_port
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.tools.client import RequestSender, ResultCollector
 from rendezvous.tools.summary import percentiles
@@ -108,7 +108,8 @@ def bare_faust(kafka: KafkaSettings, n: int) -> float:
         if i % 10_000 == 0:
             producer.poll(0)
     producer.flush(60)
-    out = subprocess.run([sys.executable, "-m", "benchmarks.faust_bare", kafka.bootstrap, topic, str(n), str(free_port())],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.faust_bare", kafka.bootstrap, topic, str(n), str(free_port()),
+                          str(kafka.fetch_wait_ms)],
                          capture_output=True, text=True, timeout=600)
     line = out.stdout.strip().splitlines()[-1]
     return json.loads(line[line.index("{"):])["events_per_s"]  # Faust's spinner may precede it
@@ -176,9 +177,9 @@ _systems = iter(range(1, 10**6))
 class LiveSystem:
     """Three trivial models and one worker on topics of their own.
 
-    Every measurement gets a fresh system: Tansu 0.6's in-memory engine spends more
-    per fetch the more record batches a partition holds (measured; it implements no
-    retention), so a long-lived system would measure its own history."""
+    Every measurement gets a fresh system (fresh topics): Tansu 0.6's in-memory engine
+    spends more per fetch the more record batches a partition holds (measured; it
+    implements no retention), so a long-lived system would measure its own history."""
 
     def __init__(self, kafka: KafkaSettings, workdir: Path) -> None:
         self.kafka = kafka
@@ -322,18 +323,16 @@ def find_highest_rate(kafka: KafkaSettings, workdir: Path, seconds: float,
 # ------------------------------------------------------------------ main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test of the benchmark")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline.json")
-    args = parser.parse_args()
-    n_drain = 20_000 if args.quick else 60_000
-    seconds = 4 if args.quick else 8
+def measure(engine: str, quick: bool) -> dict[str, Any]:
+    """Every measurement on one fresh broker of ``engine``."""
+    n_drain = 20_000 if quick else 60_000
+    seconds = 4 if quick else 8
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "sla_ms": SLA_MS}
-    with tempfile.TemporaryDirectory(prefix="rendezvous-bench-") as tmp, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory(prefix="rendezvous-bench-") as tmp, embedded_broker(engine) as broker:
         workdir = Path(tmp)
-        kafka = KafkaSettings(broker.bootstrap)
-        say(f"broker {broker.bootstrap} (Tansu); fetch wait {kafka.fetch_wait_ms} ms everywhere")
+        kafka = KafkaSettings(broker.bootstrap, fetch_wait_ms=broker.fetch_wait_ms)
+        report["broker"] = broker.describe()
+        say(f"broker {broker.bootstrap} ({broker.describe()}); fetch wait {kafka.fetch_wait_ms} ms everywhere")
         say("1/6 floor: one hop, produce -> consume")
         report["floor_one_hop_ms"] = floor_hop(kafka)
         say(f"    {report['floor_one_hop_ms']}")
@@ -376,9 +375,19 @@ def main() -> None:
         "requests_per_s_over_bare_faust": ">= 0.8",
         "hung_within_sla_plus_5ms": "== 1.0",
     }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test of the benchmark")
+    parser.add_argument("--engines", default="kafka,tansu", help="embedded broker engines to measure, in turn")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline.json")
+    args = parser.parse_args()
+    report = {"engines": {engine: measure(engine, args.quick) for engine in args.engines.split(",")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["ratios"], indent=2))
+    print(json.dumps({engine: r["ratios"] for engine, r in report["engines"].items()}, indent=2))
     say(f"written to {args.out}")
 
 

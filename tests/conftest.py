@@ -1,4 +1,5 @@
-"""Fixtures: a real Tansu broker for the session, and whole systems of real processes.
+"""Fixtures: a real broker for the session (Apache Kafka; Tansu where no Java 17+ runs), and whole
+systems of real processes.
 
 Every system gets its own topic prefix (hence its own topics and consumer groups)
 on the shared broker, its own ports on loopback, and is torn down by PID.
@@ -29,7 +30,7 @@ from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import WireError, decode_result, decode_score_batch
-from rendezvous.operations.broker import EmbeddedBroker
+from rendezvous.operations.broker import EmbeddedBroker, embedded_broker
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.tools.client import RequestSender, ResultCollector
 
@@ -39,15 +40,21 @@ _names = itertools.count()
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    embedded = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    """The engine ``rendezvous up`` would pick here (RENDEZVOUS_BROKER_ENGINE chooses another)."""
+    embedded = embedded_broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log")
     embedded.start()
     yield embedded
     embedded.stop()
 
 
+def settings_for(broker: EmbeddedBroker, **kwargs: Any) -> KafkaSettings:
+    """Client settings for ``broker``, with the fetch wait its engine rewards (as ``up`` gives its children)."""
+    return KafkaSettings(broker.bootstrap, fetch_wait_ms=broker.fetch_wait_ms, **kwargs)
+
+
 @pytest.fixture
 def kafka(broker: EmbeddedBroker) -> KafkaSettings:
-    return KafkaSettings(broker.bootstrap)
+    return settings_for(broker)
 
 
 def fresh_topics(kafka: KafkaSettings, partitions: int = 4) -> Topics:

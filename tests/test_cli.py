@@ -60,8 +60,10 @@ def test_a_bad_policy_is_refused_at_start_naming_file_line_and_field(broker, tmp
 
 
 def test_up_runs_the_declared_stack_until_sigterm_and_other_commands_find_its_broker(tmp_path: Path):
-    """`up` without --broker starts the embedded broker and records it: `policy show` finds it, a second
-    `rendezvous broker` is refused; SIGTERM stops every child and forgets the broker."""
+    """`up` without --broker starts the embedded broker and records it: `policy show` and `policy apply`
+    find it, a second `rendezvous broker` is refused; SIGTERM stops every child and forgets the broker;
+    started again on the same workdir, the policy applied before is still in force (the broker's data
+    persists in WORKDIR/kafka)."""
     env = {"RENDEZVOUS_HOME": str(tmp_path / "home")}
     policy = tmp_path / "stack.yaml"
     policy.write_text(f"""\
@@ -97,6 +99,10 @@ deploy:
         assert shown.returncode == 0 and "name: stack" in shown.stdout, shown.stderr
         second = rendezvous("broker", "--port", "1", timeout=60, env=env)  # refused before it binds anything
         assert second.returncode == 3 and "already running" in second.stderr
+        newer = tmp_path / "v2.yaml"
+        newer.write_text("name: stack\nversion: 2\nsla_ms: 120\nrouting:\n  strategy: fixed\n  chain: [{model: trivial}]\n")
+        applied = rendezvous("policy", "apply", str(newer), timeout=60, env=env)
+        assert applied.returncode == 0, applied.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -105,6 +111,18 @@ deploy:
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert not (tmp_path / "home" / "broker.json").exists()  # forgotten when up stopped its broker
+
+    again = subprocess.Popen(
+        [sys.executable, "-m", "rendezvous", "up", str(policy), "--workdir", str(tmp_path / "work"), "--web-port", "0",
+         "--no-gateway"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    output = ProcessLines(again)
+    try:
+        output.wait_for("stop with Ctrl-C or SIGTERM")
+        assert "policy stack v2 in force (from rendezvous.policies)" in output.text(), output.text()[-2000:]
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=60)
+    assert again.returncode == 0, output.text()[-2000:]
 
 
 def test_topics_are_created_co_partitioned_and_a_mismatch_is_refused(kafka):

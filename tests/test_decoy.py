@@ -13,8 +13,7 @@ from confluent_kafka import Producer
 
 from decoy.archive import ArchiveReader
 from rendezvous.kernel.admin import end_offsets
-from rendezvous.kernel.settings import KafkaSettings
-from tests.conftest import System, fresh_topics, wait_until
+from tests.conftest import System, fresh_topics, settings_for, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +63,7 @@ def as_sent(r) -> tuple:
 @pytest.fixture(scope="module")
 def archived_across_a_kill(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """A decoy that archived 600 requests, killed (and restarted by its supervisor) half way through the first 300."""
-    system = System(KafkaSettings(broker.bootstrap), tmp_path_factory.mktemp("decoy"))
+    system = System(settings_for(broker), tmp_path_factory.mktemp("decoy"))
     try:
         archive = system.directory / "archive"
         decoy = system.runtime.start_decoy(archive)

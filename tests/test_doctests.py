@@ -16,7 +16,8 @@ MODULES = [
     "rendezvous.kernel.documents", "rendezvous.tools.summary", "rendezvous.tools.data",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
-    "rendezvous.routing.lateness", "rendezvous.operations.base",
+    "rendezvous.routing.lateness", "rendezvous.operations.base", "rendezvous.operations.broker",
+    "rendezvous.operations.kafka_broker", "rendezvous.operations.kafka_dist",
     "rendezvous.service.metrics",
 ]
 

@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies import load_policy_text
-from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.wire import Outcome, Result
 from rendezvous.service.policies import publish_policy
-from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, write_policy
+from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, settings_for, write_policy
 from tests.rule import Chain, check
 
 pytestmark = pytest.mark.slow
@@ -33,7 +32,7 @@ def score_of(model: str | None) -> float:
 @pytest.fixture(scope="module")
 def served(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, list[str]]]:
     directory = tmp_path_factory.mktemp("gateway")
-    s = System(KafkaSettings(broker.bootstrap), directory)
+    s = System(settings_for(broker), directory)
     models = s.start_models(*(scripted_spec(directory, m, score) for m, score in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
     workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
     s.wait_ready(models + workers)
@@ -150,7 +149,7 @@ def test_two_gateways_each_answer_their_own_callers_and_read_only_their_own_repl
 
 
 def test_no_worker_means_a_504_naming_the_request_after_the_sla(broker, tmp_path: Path):
-    system = System(KafkaSettings(broker.bootstrap), tmp_path)
+    system = System(settings_for(broker), tmp_path)
     try:
         publish_policy(system.kafka, system.topics, load_policy_text(textwrap.dedent(CHAIN_POLICY)))
         gateway = system.runtime.start_gateway(extra_args=["--reply-margin-ms", "200"])

@@ -12,6 +12,8 @@ from rendezvous.cli import main
 
 def _commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
     if isinstance(command, click.Group):
+        if any(isinstance(p, click.Option) for p in command.params if p.name not in ("help", "version")):
+            yield path, command  # a group that runs on its own (`rendezvous broker`) has options of its own
         for name, sub in command.commands.items():
             yield from _commands(sub, f"{path} {name}")
     else:
@@ -41,3 +43,10 @@ def test_up_serves_on_the_documented_ports_by_default():
     assert (defaults["web_port"], defaults["gateway_port"], defaults["no_gateway"]) == (6066, 8080, False)
     serve = {p.name: p.default for p in main.commands["serve"].params}
     assert serve["web_port"] == 6066 and serve["sla_guard_ms"] == 5.0
+
+
+def test_the_embedded_broker_engine_is_chosen_by_option_or_variable_and_shown():
+    for name in ("up", "demo", "broker"):
+        engine = next(p for p in main.commands[name].params if p.name == "engine")
+        assert (engine.default, engine.envvar) == ("auto", "RENDEZVOUS_BROKER_ENGINE"), name
+        assert set(engine.type.choices) == {"auto", "kafka", "tansu"}

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rendezvous.operations.broker import free_port
-from tests.conftest import REPO, System, eventually, scripted_spec, wait_until, write_policy
+from tests.conftest import REPO, System, eventually, scripted_spec, settings_for, wait_until, write_policy
 
 pytestmark = pytest.mark.slow
 COMPOSE = REPO / "compose"
@@ -98,10 +98,9 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dict[str, int]]]:
-    from rendezvous.kernel.settings import KafkaSettings
 
     directory = tmp_path_factory.mktemp("observed")
-    system = System(KafkaSettings(broker.bootstrap), directory)
+    system = System(settings_for(broker), directory)
     models = system.start_models(scripted_spec(directory, "ch", 0.5), scripted_spec(directory, "ca", 0.5))
     decoy = system.runtime.start_decoy(directory / "archive")
     workers = system.start_workers(write_policy(directory, POLICY))

@@ -7,13 +7,15 @@ m3 is preferred for 30 ms, then m2 is accepted too for 30 ms, then m1; SLA 100 m
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.wire import (
     DLQ_OFFSET,
     DLQ_PARTITION,
@@ -25,7 +27,7 @@ from rendezvous.kernel.wire import (
     decode_result,
     encode,
 )
-from tests.conftest import CHAIN_POLICY, System, scripted_spec, wait_until, write_policy
+from tests.conftest import CHAIN_POLICY, REPO, System, scripted_spec, settings_for, wait_until, write_policy
 from tests.rule import Chain, check
 
 pytestmark = pytest.mark.slow
@@ -37,7 +39,7 @@ SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3}
 @pytest.fixture(scope="module")
 def chain(broker, tmp_path_factory) -> System:
     directory = tmp_path_factory.mktemp("chain")
-    s = System(KafkaSettings(broker.bootstrap), directory)
+    s = System(settings_for(broker), directory)
     models = s.start_models(*(scripted_spec(directory, m, score) for m, score in SCORES.items()))
     workers = s.start_workers(write_policy(directory, CHAIN_POLICY),
                               extra=["--max-request-bytes", "4096", "--orphan-ttl-ms", "1000",
@@ -233,8 +235,43 @@ def test_bad_requests_go_to_the_dead_letter_topic_with_reason_and_bytes(chain: S
     answered_by_the_rule(chain.ask(f"after-bad-{time.monotonic_ns()}", {}))  # the service carries on
 
 
+def _readme_kcat_lines() -> list[str]:
+    """The shell commands of the README's kcat example (continuation lines joined)."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("```bash\necho 'r-125"):]
+    block = block[len("```bash\n"):block.index("```", 3)]
+    return [line for line in block.replace("\\\n", "").splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="needs kcat (Debian: apt-get install kcat)")
+def test_the_readme_kcat_lines_send_a_request_and_read_its_result(chain: System):
+    rid = f"kcat-{time.monotonic_ns()}"
+    lines = _readme_kcat_lines()
+    assert len(lines) == 2, lines
+    out = ""
+    for line in lines:
+        command = (line.replace("127.0.0.1:9092", chain.kafka.bootstrap).replace("r-125", rid)
+                   .replace("-t rendezvous.", f"-t {chain.topics.namespace}."))
+        if "-C" in command:  # the reading line: until the result is there (it is bounded by wait_until)
+            def read(command: str = command) -> str:
+                return subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30).stdout
+            out = wait_until(read, f"kcat reads the result of {rid}", timeout=30)
+        else:
+            done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+    key, value = out.strip().split(" ", 1)
+    assert key == rid and decode_result(value.encode()).request_id == rid
+
+
 def test_a_request_too_large_to_copy_is_dead_lettered_without_its_value(chain: System):
-    """Over the producer's 1,000,000-byte limit the original cannot be copied: it is parked by reference."""
+    """Over the producer's 1,000,000-byte limit the original cannot be copied: it is parked by reference.
+
+    Kafka refuses such a record by default (topic max.message.bytes is 1 MB); a topic set to take
+    larger ones, as here, lets it reach the worker."""
+    admin = AdminClient(chain.kafka.admin())
+    change = ConfigResource("topic", chain.topics.requests, incremental_configs=[
+        ConfigEntry("max.message.bytes", "4000000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([change])[change].result(10)
     producer, landed = Producer(chain.kafka.producer(**{"message.max.bytes": 4_000_000})), []
     value = encode({"request_id": "huge", "features": {"blob": "x" * 1_500_000}})
     producer.produce(chain.topics.requests, value, b"huge", partition=2,

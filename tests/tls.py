@@ -1,21 +1,20 @@
-"""Test helpers for a real TLS hop: an openssl PKI and stunnel in front of Tansu.
+"""Test helpers for a secured broker: an openssl PKI, and Apache Kafka's own TLS listener.
 
-Tansu cannot terminate TLS itself (see PLATFORM.md), so a broker "with TLS" is a
-plaintext Tansu that advertises the port of a stunnel listener in front of it:
-every client connection, bootstrap and data alike, crosses the TLS hop.
+The broker terminates TLS itself (a PEM keystore made by :func:`make_pki`), one-way
+or mutual, and with ``sasl`` also asks for a SCRAM-SHA-512 login (SASL_SSL). Clients
+reach only that listener: every connection, bootstrap and data alike, is secured.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rendezvous.operations.broker import EmbeddedBroker, free_port, port_open
+from rendezvous.operations.kafka_broker import KafkaBroker, SecureListener
 
 KEY_PASSWORD = "key-pass-d41d8cd9"  # a distinctive value, so a leak is easy to find
+SCRAM_USER, SCRAM_PASSWORD = "rendezvous-app", "scram-pass-8f14e45f"  # distinctive too
 
 
 @dataclass(frozen=True)
@@ -48,70 +47,45 @@ def make_pki(directory: Path) -> Pki:
              "-out", "client.csr", "-subj", "/CN=rendezvous-client", cwd=d)
     _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "client.pem", "-days", "2", "-extfile", "client.ext", cwd=d)
+    # Kafka's PEM keystore: the private key (PKCS#8) and the certificate in one file
+    (d / "server-keystore.pem").write_text((d / "server.key").read_text() + (d / "server.pem").read_text())
     return Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key", d / "other-ca.pem")
 
 
-def stunnel_binary() -> str | None:
-    return shutil.which("stunnel4") or shutil.which("stunnel")
-
-
 class TlsBroker:
-    """Tansu behind stunnel; ``mutual``: stunnel also demands a client certificate signed by the CA."""
+    """Apache Kafka with a TLS listener; ``mutual``: it also demands a client certificate signed by the CA;
+    ``sasl``: SASL_SSL, with a SCRAM-SHA-512 user."""
 
-    def __init__(self, pki: Pki, directory: Path, mutual: bool = False) -> None:
-        self.pki, self.directory, self.mutual = pki, directory, mutual
-        self.tls_port = 0
-        self.tansu = EmbeddedBroker(log_path=directory / "tansu.log")
-        self._stunnel: subprocess.Popen | None = None
+    def __init__(self, pki: Pki, directory: Path, mutual: bool = False, sasl: bool = False) -> None:
+        self.pki, self.directory, self.mutual, self.sasl = pki, directory, mutual, sasl
+        secure = SecureListener(keystore=pki.server_cert.parent / "server-keystore.pem",
+                                client_ca=pki.ca if mutual else None, sasl="SCRAM-SHA-512" if sasl else None)
+        self.kafka = KafkaBroker(log_path=directory / "broker.log", secure=secure)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.tls_port}"
+        return self.kafka.secure_bootstrap
 
-    def start(self, timeout: float = 15.0) -> TlsBroker:
-        """stunnel cannot bind port 0 and say which: if another process takes the chosen port, try another."""
-        for _ in range(3):
-            self.tls_port = free_port()
-            self.tansu = EmbeddedBroker(log_path=self.directory / "tansu.log", advertised_port=self.tls_port)
-            if self._start(timeout):
-                return self
-        raise RuntimeError(f"stunnel could not bind a free port three times; see {self.directory / 'stunnel.log'}")
+    @property
+    def tls_port(self) -> int:
+        return self.kafka.secure_port
 
-    def _start(self, timeout: float) -> bool:
-        self.tansu.start()
-        verify = f"CAfile = {self.pki.ca}\nverifyChain = yes\nrequireCert = yes\n" if self.mutual else ""
-        conf = self.directory / "stunnel.conf"
-        conf.write_text(
-            "foreground = yes\npid =\noutput = " + str(self.directory / "stunnel.log") + "\n"
-            f"[kafka]\naccept = 127.0.0.1:{self.tls_port}\nconnect = {self.tansu.bootstrap}\n"
-            f"cert = {self.pki.server_cert}\nkey = {self.pki.server_key}\n{verify}"
-        )
-        self._stunnel = subprocess.Popen([stunnel_binary() or "stunnel4", str(conf)], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.tls_port) or self._stunnel.poll() is not None:
-            if self._stunnel.poll() is not None:  # it could not bind the port
-                self.stop()
-                return False
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"stunnel did not listen on {self.bootstrap}; see {self.directory / 'stunnel.log'}")
-            time.sleep(0.02)
-        return True
+    def start(self) -> TlsBroker:
+        self.kafka.start()
+        if self.sasl:
+            self.kafka.add_scram_user(SCRAM_USER, SCRAM_PASSWORD)
+        return self
 
     def stop(self) -> None:
-        if self._stunnel is not None and self._stunnel.poll() is None:
-            self._stunnel.terminate()
-            try:
-                self._stunnel.wait(10)
-            except subprocess.TimeoutExpired:
-                self._stunnel.kill()
-        self.tansu.stop()
+        self.kafka.stop()
 
-    def client_properties(self, *, ca: Path | None = None, with_cert: bool | None = None) -> dict[str, str]:
+    def client_properties(self, *, ca: Path | None = None, with_cert: bool | None = None,
+                          password: str = SCRAM_PASSWORD) -> dict[str, str]:
         """What a user would put in --kafka-config for this broker."""
-        props = {"security.protocol": "SSL", "ssl.ca.location": str(ca or self.pki.ca)}
+        props = {"security.protocol": "SASL_SSL" if self.sasl else "SSL", "ssl.ca.location": str(ca or self.pki.ca)}
         if self.mutual if with_cert is None else with_cert:
             props.update({"ssl.certificate.location": str(self.pki.client_cert),
                           "ssl.key.location": str(self.pki.client_key), "ssl.key.password": KEY_PASSWORD})
+        if self.sasl:
+            props.update({"sasl.mechanism": "SCRAM-SHA-512", "sasl.username": SCRAM_USER, "sasl.password": password})
         return props

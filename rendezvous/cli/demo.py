@@ -22,6 +22,7 @@ from policies import EXAMPLE_STACK
 from rendezvous.kernel.options import (
     broker_option,
     client_config,
+    engine_option,
     stderr_console,
     topic_prefix_option,
 )
@@ -45,8 +46,9 @@ from rendezvous.tools.demo import DemoOptions, run_demo
               help="Share of the requests after which the input shifts (only phishing pages), for the canary "
                    "to notice; 0 or 1: no shift.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
+@engine_option
 def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, topic_prefix: str,
-         workdir: Path | None, shift_at: float, as_json: bool) -> None:
+         workdir: Path | None, shift_at: float, as_json: bool, engine: str) -> None:
     """Run broker, three models, decoy and rendezvous on this machine; send requests; summarize.
 
     Without --broker everything is embedded; nothing needs installing.
@@ -69,7 +71,7 @@ def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, top
 
     options = DemoOptions(requests=n_requests, rate=rate, stack_path=stack_path, broker=broker,
                           topic_prefix=topic_prefix, workdir=workdir, shift_at=shift_at,
-                          client=client_config())
+                          client=client_config(), engine=engine)
     try:
         summary = run_demo(options, progress)
     finally:

@@ -2,59 +2,88 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from rendezvous.kernel.admin import ensure_topics
 from rendezvous.kernel.errors import RendezvousError
 from rendezvous.kernel.lifecycle import stop_on_signals
 from rendezvous.kernel.options import (
+    RendezvousGroup,
     broker_option,
+    engine_option,
     kafka_settings,
+    retention_option,
     topic_prefix_option,
     topics_for,
 )
+from rendezvous.kernel.settings import state_dir
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.operations.broker import (
     BrokerError,
-    EmbeddedBroker,
+    embedded_broker,
     find_running,
     forget_running,
     record_running,
     resolve_broker,
 )
+from rendezvous.operations.kafka_dist import KAFKA_VERSION, fetch_jars, kafka_available
 
 
-@click.command()
+@click.group(invoke_without_command=True, cls=RendezvousGroup)
 @click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on (loopback only).")
 @click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True,
               help="Partition count of the system's topics, created at start.")
 @topic_prefix_option
-def broker(port: int, partitions: int, topic_prefix: str) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1:PORT until SIGTERM.
+@engine_option
+@click.option("--data", "data_dir", envvar="RENDEZVOUS_BROKER_DATA", show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="$RENDEZVOUS_HOME/kafka, i.e. ~/.rendezvous/kafka",
+              help="Where the Kafka engine keeps its logs, across restarts (Tansu keeps nothing).")
+@retention_option
+@click.pass_context
+def broker(ctx: click.Context, port: int, partitions: int, topic_prefix: str, engine: str, data_dir: Path | None,
+           retention_minutes: int) -> None:
+    """Run the embedded broker on 127.0.0.1:PORT until SIGTERM (`broker fetch`: get the Kafka engine's jars).
 
     Other rendezvous commands on this machine find it without --broker.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     running = find_running()
     if running:  # a second one would silently take discovery over from the first
         raise BrokerError(f"an embedded broker is already running here at {running}; the other commands use it",
                           hint="stop it first (SIGTERM), or pass --broker to talk to another one")
     stop = stop_on_signals()
-    embedded = EmbeddedBroker(port=port)
+    retention_ms = retention_minutes * 60_000
+    embedded = embedded_broker(engine, port=port, data_dir=data_dir or state_dir() / "kafka", retention_ms=retention_ms)
     try:
         bootstrap = embedded.start()
-        ensure_topics(kafka_settings(bootstrap), topics_for(topic_prefix), partitions)
+        ensure_topics(kafka_settings(bootstrap), topics_for(topic_prefix), partitions, retention_ms=retention_ms)
     except RendezvousError:
         embedded.stop()
         raise
     record_running(embedded)
-    click.echo(f"broker listening on {bootstrap} (Tansu, in memory); stop with Ctrl-C or SIGTERM")
+    hint = "" if embedded.engine == "kafka" else " (clients: --fetch-wait-ms 5)"
+    click.echo(f"broker listening on {bootstrap} ({embedded.describe()}){hint}; stop with Ctrl-C or SIGTERM")
     try:
         while not stop.wait(0.5):
-            if embedded._process is not None and embedded._process.poll() is not None:
-                raise click.ClickException(f"Tansu exited with code {embedded._process.returncode}")
+            if embedded.returncode is not None:
+                raise click.ClickException(f"the {embedded.engine} broker exited with code {embedded.returncode}")
     finally:
         forget_running()
         embedded.stop()
+
+
+@broker.command("fetch")
+@click.option("--relock", is_flag=True, help="Write kafka/jars.lock from what Maven resolves (after changing the pom).")
+def broker_fetch(relock: bool) -> None:
+    """Fetch the Kafka engine's jars with Maven into the cache, each checked against the lock."""
+    if not kafka_available():
+        raise BrokerError("the Kafka engine needs Java 17 or newer, and none is installed",
+                          hint="install a JDK (Debian: openjdk-17-jre-headless), or use --engine tansu")
+    click.echo(f"Kafka {KAFKA_VERSION} jars in {fetch_jars(relock=relock)}")
 
 
 @click.group()

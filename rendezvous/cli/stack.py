@@ -15,6 +15,8 @@ from rendezvous.kernel.lifecycle import stop_on_signals
 from rendezvous.kernel.options import (
     broker_option,
     client_config,
+    engine_option,
+    retention_option,
     stderr_console,
     topic_prefix_option,
 )
@@ -31,7 +33,7 @@ from rendezvous.operations.stackfile import load_stack
 @click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True,
               help="Partition count for topics that do not exist yet.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rendezvous"),
-              show_default=True, help="Where the components' logs go.")
+              show_default=True, help="Where the components' logs and the embedded broker's data go.")
 @click.option("--web-port", envvar="RENDEZVOUS_WEB_PORT", show_envvar=True, type=click.IntRange(0, 65535),
               default=6066, show_default=True,
               help="Port of the first rendezvous worker's /metrics, /stats and /ready; worker i uses PORT+i "
@@ -41,12 +43,15 @@ from rendezvous.operations.stackfile import load_stack
               help="Port of the HTTP gateway (Open Inference Protocol v2); 0: a free one, shown at start.")
 @click.option("--no-gateway", envvar="RENDEZVOUS_NO_GATEWAY", show_envvar=True, is_flag=True, default=False,
               help="Start no HTTP gateway (clients use Kafka only).")
+@engine_option
+@retention_option
 def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int,
-       gateway_port: int, no_gateway: bool) -> None:
+       gateway_port: int, no_gateway: bool, engine: str, retention_minutes: int) -> None:
     """Run the models, decoy, rendezvous workers and gateway that the stack FILE declares, until SIGTERM.
 
     FILE is a stack document (policy: POLICY_FILE, models: [...]; see policies/example.stack.yaml).
-    Without --broker, uses the embedded broker running on this machine, or starts one.
+    Without --broker, uses the embedded broker running on this machine, or starts one (Kafka keeps its
+    data in WORKDIR/kafka, so a restart of `up` loses nothing).
     """
     console = stderr_console()
     stop = stop_on_signals()
@@ -55,7 +60,8 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
         console.log(f"[yellow]deprecated:[/] {declared.deprecation}")
     policy = declared.policy
     options = StackOptions(broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
-                           web_port=web_port, gateway_port=None if no_gateway else gateway_port)
+                           web_port=web_port, gateway_port=None if no_gateway else gateway_port,
+                           engine=engine, broker_data=workdir / "kafka", retention_ms=retention_minutes * 60_000)
     with running_stack(options, declared, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
         gateway = f", gateway {stack.gateway_url}/v2/models/{policy.name}/infer" if stack.gateway_url else ""

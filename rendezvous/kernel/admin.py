@@ -11,21 +11,40 @@ from confluent_kafka.cimpl import NewTopic
 from rendezvous.kernel.errors import TopicError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.topics import DEFAULT_RETENTION_MS, Topics
 
 __all__ = ["ensure_topics", "partition_count", "end_offsets", "create_topic", "delete_topic", "TopicError"]
 
 
-def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+def _partition_counts(admin: AdminClient, timeout: float, led: bool = False) -> dict[str, int]:
+    """Partition count of every topic; ``led``: only topics whose every partition has a leader already
+    (Kafka elects them just after creation; until then reads and writes are refused)."""
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise TopicError(f"cannot reach the broker: {exc.args[0].str()}") from None
-    return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
+    return {name: len(t.partitions) for name, t in metadata.topics.items()
+            if not t.error and not (led and any(p.leader < 0 or p.error for p in t.partitions.values()))}
 
 
-def ensure_topics(kafka: KafkaSettings, topics: Topics, partitions: int, timeout: float = 15.0) -> dict[str, int]:
+def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> dict[str, int]:
+    """Wait until every partition of ``names`` has a leader; the partition counts of every such topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _partition_counts(admin, timeout, led=True)
+        if all(name in counts for name in names):
+            return counts
+        if time.monotonic() > deadline:
+            raise TopicError(f"topics without a leader {timeout:.0f}s after creation: {sorted(set(names) - set(counts))}")
+        time.sleep(0.05)
+
+
+def ensure_topics(kafka: KafkaSettings, topics: Topics, partitions: int, timeout: float = 15.0,
+                  retention_ms: int = DEFAULT_RETENTION_MS) -> dict[str, int]:
     """Create the system's topics that are missing; check the co-partitioning of the rest.
+
+    New topics get :meth:`Topics.config` (``retention_ms`` for the request path);
+    existing ones are left as they are.
 
     Returns the partition count of every topic. Raises :class:`TopicError` if a
     co-partitioned topic already exists with a different partition count.
@@ -37,7 +56,7 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics, partitions: int, timeout
     wanted[topics.deadletter] = partitions
     wanted.update({name: 1 for name in topics.single_partition})
     missing = [
-        NewTopic(name, count, 1, config={"cleanup.policy": "compact"} if name == topics.policies else {})
+        NewTopic(name, count, 1, config=topics.config(name, retention_ms))
         for name, count in wanted.items() if name not in existing
     ]
     if missing:
@@ -47,14 +66,7 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics, partitions: int, timeout
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = _partition_counts(admin, timeout)
-        if all(name in counts for name in wanted):
-            break
-        if time.monotonic() > deadline:
-            raise TopicError(f"topics not visible after creation: {sorted(set(wanted) - set(counts))}")
-        time.sleep(0.05)
+    counts = _await_leaders(admin, list(wanted), timeout)
     copart = {name: counts[name] for name in topics.copartitioned}
     if len(set(copart.values())) != 1:
         raise TopicError(
@@ -76,20 +88,39 @@ def end_offsets(kafka: KafkaSettings, topic: str, partitions: int, timeout: floa
     """The high watermark of each partition of ``topic``: a lower bound on Tansu 0.6, which reports the last
     record batch's base offset + 1 (see ``kernel.kafka.read_range``)."""
     consumer = Consumer(kafka.consumer("rendezvous-admin-probe", **{"enable.auto.commit": False}))
+    deadline = time.monotonic() + timeout
     try:
-        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in range(partitions)]
+        return [_high_watermark(consumer, TopicPartition(topic, p), deadline) for p in range(partitions)]
     finally:
         consumer.close()
 
 
-def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: float = 15.0) -> None:
-    """Create one topic (e.g. a replay target); an existing one is left as it is."""
+#: What a partition answers while its leader is not serving yet (librdkafka does not mark them retriable here).
+_ELECTING = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "NOT_LEADER_OR_FOLLOWER"}
+
+
+def _high_watermark(consumer: Consumer, partition: TopicPartition, deadline: float) -> int:
+    """Retried while the partition's leader is still being elected (a topic just created, a broker restarting)."""
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(partition, timeout=max(deadline - time.monotonic(), 0.1))[1])
+        except KafkaException as exc:
+            if exc.args[0].name() not in _ELECTING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: float = 15.0,
+                 retention_ms: int = DEFAULT_RETENTION_MS) -> None:
+    """Create one topic (a replay target, a gateway's replies); an existing one is left as it is."""
     admin = AdminClient(kafka.admin())  # keep a reference until the future resolves
+    config = {"retention.ms": str(retention_ms), "segment.ms": str(min(retention_ms, 600_000))}
     try:
-        admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=timeout)[name].result()
+        admin.create_topics([NewTopic(name, partitions, 1, config=config)], operation_timeout=timeout)[name].result()
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+    _await_leaders(admin, [name], timeout)
 
 
 def delete_topic(kafka: KafkaSettings, name: str, timeout: float = 10.0) -> bool:

@@ -125,6 +125,25 @@ def broker_option(required: bool = False) -> Callable[[Any], Any]:
     return decorate
 
 
+def engine_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--engine``: which embedded broker to start when there is no --broker (see rendezvous.operations.broker)."""
+    return click.option(
+        "--engine", envvar="RENDEZVOUS_BROKER_ENGINE", show_envvar=True, default="auto", show_default=True,
+        type=click.Choice(["auto", "kafka", "tansu"], case_sensitive=False),
+        help="Embedded broker: kafka (Apache Kafka 4, needs Java 17+), tansu (no Java; in memory, no retention, "
+             "slower hops), or auto: kafka where Java 17+ runs, else tansu.",
+    )(f)
+
+
+def retention_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--retention-minutes``: how long the request path's topics keep a record, set when they are created."""
+    return click.option(
+        "--retention-minutes", envvar="RENDEZVOUS_RETENTION_MINUTES", show_envvar=True, default=60, show_default=True,
+        type=click.IntRange(1), help="How long requests, scores, results and outcomes are kept (set on topics this "
+                                     "creates; dead letters are kept a week, policies for ever).",
+    )(f)
+
+
 def topic_prefix_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--topic-prefix", envvar="RENDEZVOUS_TOPIC_PREFIX", default=DEFAULT_PREFIX, show_default=True,
@@ -147,7 +166,8 @@ def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--fetch-wait-ms", envvar="RENDEZVOUS_FETCH_WAIT_MS", type=click.IntRange(1, 10_000),
         default=DEFAULT_FETCH_WAIT_MS, show_default=True,
-        help="Longest a consumer's fetch waits on the broker; bounds each hop's latency on Tansu.",
+        help="Longest a consumer's empty fetch waits on the broker. Kafka answers as soon as a record arrives; "
+             "Tansu only at this wait, so use 5 there (up and demo do).",
     )(f)
 
 

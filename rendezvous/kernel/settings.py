@@ -2,9 +2,10 @@
 
 Why the fetch wait matters: a Kafka consumer's fetch request waits on the broker
 up to ``fetch.wait.max.ms`` for data. Apache Kafka answers it as soon as data
-arrives, but Tansu (the embedded broker) holds it for the full wait, so each hop
-costs up to that long. A few milliseconds keeps hops fast on both; against a
-large Kafka cluster you may raise it to save fetch requests.
+arrives, so a long wait costs no latency and keeps idle consumers cheap: the
+default is Kafka's own, 500 ms. Tansu (the embedded engine for machines without
+Java) holds every fetch for the full wait, so on Tansu each hop costs up to that
+long: the stack runs its consumers with 5 ms there (``--fetch-wait-ms``).
 
 Producer linger is 0 by default: every record leaves at once. Measured on the
 live system (benchmarks/README.md), lingering did not lower the embedded broker's
@@ -16,7 +17,7 @@ Security (TLS, SASL) comes from a :class:`~rendezvous.kernel.client_config.Clien
 and reaches every client built from these settings; ``repr`` never shows a secret.
 
 >>> KafkaSettings("127.0.0.1:9092").consumer("g")["fetch.wait.max.ms"]
-5
+500
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from rendezvous.kernel.client_config import ClientConfig
 __all__ = ["KafkaSettings", "state_dir", "DEFAULT_FETCH_WAIT_MS", "DEFAULT_PRODUCER_LINGER_MS",
            "DEFAULT_SESSION_TIMEOUT_MS", "BACKGROUND_FETCH_WAIT_MS"]
 
-DEFAULT_FETCH_WAIT_MS = 5
+DEFAULT_FETCH_WAIT_MS = 500
 DEFAULT_PRODUCER_LINGER_MS = 0
-#: For consumers off the request path (control topics, the decoy, a gateway's policy follower):
-#: an idle consumer costs Tansu one fetch per wait, so these wait longer (a policy still
-#: reaches every worker well within a second).
+#: For consumers off the request path (control topics, the decoy, a gateway's policy follower)
+#: at least this: on Tansu an idle consumer costs one fetch per wait, so these wait longer than
+#: the request path's 5 ms there (a policy still reaches every worker well within a second).
 BACKGROUND_FETCH_WAIT_MS = 100
-DEFAULT_SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for about half of it
+DEFAULT_SESSION_TIMEOUT_MS = 6000  # Kafka's smallest allowed: a dead member is noticed soonest
 
 
 def state_dir() -> Path:

@@ -9,6 +9,15 @@ join never depends on which key partitioner a client used.
 >>> t = Topics.with_prefix("shop")
 >>> t.requests, t.scores, t.deadletter
 ('shop.requests', 'shop.scores', 'shop.deadletter')
+
+Every topic is created with a retention that fits its role: the request path keeps
+an hour (``--retention-minutes``; the decoy archives the inputs for longer), the
+dead letters and the bandit's state a week, the policies for ever (compacted).
+
+>>> t.config(t.scores, retention_ms=60_000)
+{'retention.ms': '60000', 'segment.ms': '60000'}
+>>> t.config(t.policies, retention_ms=60_000)
+{'cleanup.policy': 'compact'}
 """
 
 from __future__ import annotations
@@ -20,6 +29,12 @@ DEFAULT_PREFIX = "rendezvous"
 #: so that a gateway reads only its own callers' results, not the whole results topic.
 REPLY_TO = "rendezvous.reply-to"
 DEFAULT_PARTITIONS = 4
+#: How long the request path's topics keep a record by default: an hour.
+DEFAULT_RETENTION_MS = 3_600_000
+#: Dead letters and the bandit's state: long enough for someone to look, a week.
+CONTROL_RETENTION_MS = 7 * 24 * 3_600_000
+#: A segment rolls at least this often, so that retention can delete it.
+_SEGMENT_MS = 600_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,13 @@ class Topics:
     def single_partition(self) -> tuple[str, ...]:
         """Small control topics every worker reads whole (policies, bandit state)."""
         return (self.policies, self.bandit)
+
+    def config(self, topic: str, retention_ms: int = DEFAULT_RETENTION_MS) -> dict[str, str]:
+        """The topic configuration it is created with (retention by role; the policies compacted)."""
+        if topic == self.policies:
+            return {"cleanup.policy": "compact"}
+        keep = CONTROL_RETENTION_MS if topic in (self.deadletter, self.bandit) else retention_ms
+        return {"retention.ms": str(keep), "segment.ms": str(min(keep, _SEGMENT_MS))}
 
     def replies(self, gateway: str) -> str:
         """The topic one gateway instance reads its callers' results from (see REPLY_TO)."""

@@ -19,9 +19,16 @@ from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
+from rendezvous.kernel.topics import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS, Topics
 from rendezvous.operations.base import ModelRuntime
-from rendezvous.operations.broker import EmbeddedBroker, find_running, forget_running, record_running
+from rendezvous.operations.broker import (
+    EmbeddedBroker,
+    embedded_broker,
+    fetch_wait_for,
+    find_running_engine,
+    forget_running,
+    record_running,
+)
 from rendezvous.operations.docker import DockerRuntime
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.operations.stackfile import Stack
@@ -45,6 +52,9 @@ class StackOptions:
     client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, handed on to every child
     web_port: int = 0  # worker i's /metrics on web_port + i; 0: free ports (the demo, tests)
     gateway_port: int | None = None  # start the HTTP gateway on it (0: a free port); None: no gateway
+    engine: str | None = None  # the embedded broker's engine: kafka, tansu, or None/auto (see operations.broker)
+    broker_data: Path | None = None  # where an embedded Kafka keeps its logs (None: a temporary directory)
+    retention_ms: int = DEFAULT_RETENTION_MS  # of the request path's topics, when they are created
 
 
 @dataclass
@@ -62,19 +72,24 @@ class RunningStack:
 def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> Iterator[RunningStack]:
     """Start what ``stack`` declares (see :mod:`rendezvous.operations.stackfile`); stop it all on exit."""
     deploy = stack.deploy
-    broker, bootstrap = None, options.broker or (find_running() if options.find_running_broker else None)
+    broker, bootstrap, engine = None, options.broker, None
+    if bootstrap is None and options.find_running_broker and (found := find_running_engine()):
+        bootstrap, engine = found
     if bootstrap is None:
-        broker = EmbeddedBroker(log_path=options.log_dir / "tansu.log")
         options.log_dir.mkdir(parents=True, exist_ok=True)
-        progress("status", {"text": "starting the embedded broker (Tansu)"})
-        bootstrap = broker.start()
+        broker = embedded_broker(options.engine, log_path=options.log_dir / "broker.log", data_dir=options.broker_data,
+                                 retention_ms=options.retention_ms)
+        progress("status", {"text": f"starting the embedded broker ({broker.describe()})"})
+        bootstrap, engine = broker.start(), broker.engine
         if options.find_running_broker:  # `up`: let explain, policy show ... find the broker it started
             record_running(broker)
     runtime, models = None, None
     try:
-        kafka, topics = KafkaSettings(bootstrap, client=options.client), Topics.with_prefix(options.topic_prefix)
+        # every child's consumers wait as long as this engine rewards (Kafka: long; Tansu: 5 ms)
+        kafka = KafkaSettings(bootstrap, fetch_wait_ms=fetch_wait_for(engine), client=options.client)
+        topics = Topics.with_prefix(options.topic_prefix)
         check_connection(kafka)
-        ensure_topics(kafka, topics, options.partitions)
+        ensure_topics(kafka, topics, options.partitions, retention_ms=options.retention_ms)
         runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix)
         if deploy.runtime == "docker":
             models = DockerRuntime(kafka, options.topic_prefix)

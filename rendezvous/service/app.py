@@ -8,7 +8,9 @@ configured wait instead.
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,7 +119,7 @@ def create_app(app_id: str, kafka: KafkaSettings, web_host: str, web_port: int, 
         web_port=web_port or 6066,  # Faust's own record (its canonical URL); we bind listen_port
         listen_port=web_port,
         web_in_thread=False,
-        broker_session_timeout=kafka.session_timeout_ms / 1000,  # Tansu holds a group join for about half of it
+        broker_session_timeout=kafka.session_timeout_ms / 1000,  # a dead worker's partitions move within it
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,  # less to re-read after a crash
         consumer_auto_offset_reset="earliest",
@@ -127,5 +129,7 @@ def create_app(app_id: str, kafka: KafkaSettings, web_host: str, web_port: int, 
         key_serializer="raw",
         value_serializer="raw",
         stream_wait_empty=True,  # a revoked partition's in-flight requests are answered before it goes
+        # Faust makes a directory for table stores even with none on disk; not in the working directory
+        datadir=os.path.join(tempfile.gettempdir(), "rendezvous-faust-{conf.name}-data"),
         **conf,
     )

@@ -55,6 +55,7 @@ class DemoOptions:
     #: campaign starts), so the models' score distributions move. 0 or 1: no shift.
     shift_at: float = 0.5
     client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, with --broker
+    engine: str | None = None  # the embedded broker's (None: auto); its data lives in a temporary directory
 
 
 def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collector: ResultCollector,
@@ -101,6 +102,7 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
             log_dir=workdir / "logs", archive_dir=workdir / "archive",
             startup_timeout_s=options.startup_timeout_s, find_running_broker=False, client=options.client,
             gateway_port=0,  # the HTTP gateway too, on a free port: the summary shows one call through it
+            engine=options.engine,
         )
         with running_stack(stack_options, declared, progress) as stack:
             kafka, topics = stack.kafka, stack.topics

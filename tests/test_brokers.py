@@ -1,0 +1,139 @@
+"""The embedded broker's engines: Kafka keeps what it acknowledged across restarts and applies retention;
+Tansu still carries the whole pipeline (the smoke test of the engine for machines without Java)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from rendezvous.kernel.admin import create_topic, ensure_topics
+from rendezvous.kernel.kafka import read_range, since_offsets
+from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
+from rendezvous.operations.broker import KafkaBroker, TansuBroker, resolve_engine
+from rendezvous.operations.kafka_dist import kafka_available
+from tests.conftest import CHAIN_POLICY, System, scripted_spec, settings_for, wait_until, write_policy
+from tests.rule import Chain, check
+
+CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLICY, restated
+
+needs_kafka = pytest.mark.skipif(not kafka_available(), reason="needs Java 17+ for the Kafka engine")
+
+
+def _produce(kafka: KafkaSettings, topic: str, count: int, start: int = 0) -> list[tuple[int, int]]:
+    """``count`` records, each acknowledged by the broker (acks=all); their (partition, offset)."""
+    producer, acked = Producer(kafka.producer(acks="all")), []
+    for i in range(start, start + count):
+        producer.produce(topic, b"%d" % i, b"%d" % i, partition=i % 2,
+                         on_delivery=lambda err, msg: acked.append((msg.partition(), msg.offset())) if err is None else None)
+    assert producer.flush(30) == 0
+    assert len(acked) == count
+    return acked
+
+
+def _read_all(kafka: KafkaSettings, topic: str) -> list[bytes]:
+    consumer = Consumer(kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
+    try:
+        return sorted((m.value() for m in read_range(consumer, topic, since_offsets(consumer, topic, None, 20), 20)),
+                      key=int)
+    finally:
+        consumer.close()
+
+
+@needs_kafka
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_kafka_restart_loses_no_acknowledged_record_nor_committed_offset(tmp_path: Path, how: str):
+    """Stopped cleanly or killed, the broker comes back on the same data with every acknowledged record."""
+    broker = KafkaBroker(data_dir=tmp_path / "data", log_path=tmp_path / "broker.log")
+    broker.start()
+    try:
+        kafka = KafkaSettings(broker.bootstrap)
+        create_topic(kafka, "kept", 2)
+        acked = _produce(kafka, "kept", 500)
+        group = Consumer(kafka.consumer("kept-group", **{"enable.auto.commit": False}))
+        group.commit(offsets=[TopicPartition("kept", 0, 100), TopicPartition("kept", 1, 50)], asynchronous=False)
+        group.close()
+        if how == "sigkill":
+            os.kill(broker.pid, signal.SIGKILL)
+        broker.stop()
+        broker.start()  # the same data directory (on a new port)
+        kafka = KafkaSettings(broker.bootstrap)
+        assert _read_all(kafka, "kept") == [b"%d" % i for i in range(500)]
+        group = Consumer(kafka.consumer("kept-group"))
+        committed = group.committed([TopicPartition("kept", 0), TopicPartition("kept", 1)], timeout=20)
+        group.close()
+        assert [(tp.partition, tp.offset) for tp in committed] == [(0, 100), (1, 50)]
+        assert sorted(acked)[-1][1] < 250  # (500 records over 2 partitions: offsets 0..249 each)
+    finally:
+        broker.stop()
+
+
+@needs_kafka
+def test_every_topic_the_system_creates_has_retention_and_kafka_applies_it(tmp_path: Path):
+    broker = KafkaBroker(log_path=tmp_path / "broker.log",
+                         properties_extra={"log.retention.check.interval.ms": "300",  # check often, for the test
+                                           "log.initial.task.delay.ms": "0"})
+    broker.start()
+    try:
+        kafka = KafkaSettings(broker.bootstrap)
+        topics = Topics.with_prefix("kept")
+        ensure_topics(kafka, topics, 2, retention_ms=1500)
+        admin = AdminClient(kafka.admin())
+        resources = [ConfigResource("topic", name) for name in topics.all()]
+        configs = {r.name: f.result(10) for r, f in admin.describe_configs(resources).items()}
+        for name in (topics.requests, topics.scores, topics.results, topics.outcomes):
+            assert configs[name]["retention.ms"].value == "1500", name
+        assert configs[topics.deadletter]["retention.ms"].value == str(7 * 24 * 3_600_000)
+        assert configs[topics.policies]["cleanup.policy"].value == "compact"
+        # Kafka deletes a segment past retention: the older requests go.
+        _produce(kafka, topics.requests, 10)
+        time.sleep(1.6)  # noqa: not synchronisation - the records must be older than retention.ms; then bounded waits
+        _produce(kafka, topics.requests, 10, start=10)  # rolls a new segment (segment.ms passed)
+        consumer = Consumer(kafka.consumer("probe"))
+        try:
+            def start_offsets() -> bool:
+                lows = [consumer.get_watermark_offsets(TopicPartition(topics.requests, p), timeout=5)[0] for p in (0, 1)]
+                return all(low >= 5 for low in lows)
+            wait_until(start_offsets, "retention deletes the expired segment", timeout=30)
+        finally:
+            consumer.close()
+        # (the newer records expire too, a moment later: only they may remain)
+        assert set(_read_all(kafka, topics.requests)) <= {b"%d" % i for i in range(10, 20)}
+    finally:
+        broker.stop()
+
+
+def test_auto_engine_is_kafka_where_java_runs():
+    assert resolve_engine("auto") == ("kafka" if kafka_available() else "tansu")
+    assert resolve_engine("TANSU") == "tansu"
+
+
+@pytest.mark.slow
+def test_the_pipeline_still_runs_on_tansu(tmp_path: Path):
+    """The engine for machines without Java: a request answered by the rule, the scores of every model."""
+    tansu = TansuBroker(log_path=tmp_path / "tansu.log")
+    tansu.start()
+    system = None
+    try:
+        system = System(settings_for(tansu), tmp_path)
+        assert system.kafka.fetch_wait_ms == 5  # Tansu holds every fetch for its full wait
+        models = system.start_models(*(scripted_spec(tmp_path, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+        workers = system.start_workers(write_policy(tmp_path, CHAIN_POLICY))
+        system.wait_ready(models + workers)
+        system.warm_up()
+        ids = [f"tansu-{i}" for i in range(50)]
+        system.send([(rid, {}) for rid in ids], rate=100)
+        results = system.results_for(ids)
+        assert all(len(r) == 1 for r in results.values())
+        for [result] in results.values():
+            check(result, CHAIN)
+    finally:
+        if system is not None:
+            system.close()
+        tansu.stop()
