@@ -20,10 +20,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from containers.spec import load_spec
 from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import ScoreBatch
 from rendezvous.operations.base import RuntimeUnavailable
 from rendezvous.operations.docker import CLIENT_MOUNT, DockerRuntime, connect
@@ -336,3 +340,44 @@ def test_containers_get_the_kafka_config_mounted_read_only_and_score_over_mutual
         assert mounts[CLIENT_MOUNT]["RW"] is False
     finally:
         s.close()
+
+
+def test_the_kafka_image_runs_the_embedded_broker_and_keeps_its_data(docker_client, runner_image, tmp_path: Path):
+    """`rendezvous image kafka` (what compose runs): the broker serves, creates the system's topics, stops on
+    SIGTERM, and a new container on the same volume still has every acknowledged record."""
+    if not kafka_available():
+        pytest.skip("needs a JDK 17+ (jlink) and the Kafka jars")
+    from rendezvous.operations.broker import free_port
+    from rendezvous.operations.images import KAFKA_IMAGE, build_kafka_image
+
+    build_kafka_image(docker_client, runner_image, KAFKA_IMAGE, progress=lambda line: print(line, flush=True))
+    volume = docker_client.volumes.create(f"rendezvous-test-kafka-{os.getpid()}")
+    port = free_port()
+
+    def run():  # noqa: ANN202 - on the host's network, so that the host's clients reach it as advertised
+        return docker_client.containers.run(KAFKA_IMAGE, ["--port", str(port), "--listen", "127.0.0.1"], detach=True,
+                                            network_mode="host", volumes={volume.name: {"bind": "/var/lib/kafka"}})
+    container = run()
+    try:
+        kafka = KafkaSettings(f"127.0.0.1:{port}")
+        wait_until(lambda: "broker listening" in container.logs().decode(), "the broker in the container serves", 90)
+        topics = Topics.with_prefix("rendezvous")
+        assert set(topics.all()) <= set(AdminClient(kafka.admin()).list_topics(timeout=10).topics)
+        producer, acked = Producer(kafka.producer(acks="all")), []
+        for i in range(100):
+            producer.produce(topics.requests, b"%d" % i, partition=i % 4, on_delivery=lambda e, m: acked.append(e is None))
+        assert producer.flush(30) == 0 and all(acked) and len(acked) == 100
+        container.stop(timeout=30)  # SIGTERM
+        assert container.wait(timeout=30)["StatusCode"] == 0, container.logs().decode()[-2000:]
+        container.remove()
+        container = run()
+        wait_until(lambda: "broker listening" in container.logs().decode(), "the broker serves again", 90)
+        consumer = Consumer(kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
+        try:
+            kept = list(read_range(consumer, topics.requests, since_offsets(consumer, topics.requests, None, 20), 20))
+        finally:
+            consumer.close()
+        assert sorted(int(m.value()) for m in kept) == list(range(100))
+    finally:
+        container.remove(force=True)
+        volume.remove(force=True)

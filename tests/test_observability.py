@@ -251,5 +251,16 @@ def test_the_compose_file_mounts_what_exists_and_runs_every_role():
     policy = load_policy(REPO / "policies" / "example.yaml")
     assert policy.canary is not None and policy.canary.model == "baseline"  # the canary the dashboards watch
     assert "model-baseline" in services
+    from rendezvous.operations.images import KAFKA_IMAGE
+
+    assert services["kafka"]["image"] == KAFKA_IMAGE  # the embedded Kafka, built by `rendezvous image kafka`
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose (Debian: apt-get install "
+                                                                   "docker-compose)")
+def test_debians_docker_compose_accepts_the_compose_file():
+    done = subprocess.run(["docker-compose", "-f", str(COMPOSE / "docker-compose.yml"), "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 
 import pytest
@@ -77,3 +78,36 @@ def test_a_worker_stopped_with_sigterm_hands_over_without_loss(system: System):
     assert len({r[0].worker for r in results.values()}) == 2  # the leaver answered some, the other the rest
     for [result] in results.values():
         check(result, CHAIN)
+
+
+def _consumes_again(system: System, model: str, what: str, timeout: float = 10.0) -> float:
+    """Send a probe; seconds until ``model`` scored it (fails past ``timeout``)."""
+    rid = f"probe-{time.monotonic_ns()}"
+    started = time.monotonic()
+    system.send([(rid, {})])
+    wait_until(lambda: model in system.scored_by(rid), f"{model} scores again after {what}", timeout)
+    return time.monotonic() - started
+
+
+def test_a_model_always_consumes_again_after_restarts_and_rescaling(system: System):
+    """Its consumer group never stays stuck: 20 stops (clean and killed) and restarts, then 1 -> 3 -> 1 -> 0 -> 2
+    replicas; after each, the model scores a new request within 10 s of being started."""
+    spec = scripted_spec(system.directory, "m1", 0.1)
+    names = system.start_models(spec)
+    system.wait_ready(names)
+    times = [_consumes_again(system, "m1", "its first start", timeout=30)]
+    for cycle in range(20):
+        if cycle % 2:  # killed: the group learns of it only when its session times out
+            system.signal(names[0], signal.SIGKILL)
+        system.runtime.stop_model("m1")
+        names = system.start_models(spec)
+        times.append(_consumes_again(system, "m1", f"restart {cycle + 1}"))
+    while_none = f"while-none-{time.monotonic_ns()}"
+    for replicas in (3, 1, 0, 2):
+        system.runtime.deploy(spec, replicas)
+        if replicas == 0:
+            system.send([(while_none, {})])
+            continue
+        times.append(_consumes_again(system, "m1", f"scaling to {replicas}"))
+    assert "m1" in system.scored_by(while_none)  # sent while no replica ran: scored once one did
+    print(f"seconds to consume again: max {max(times):.2f}, each {[round(t, 2) for t in times]}")

@@ -68,10 +68,14 @@ def test_request_timestamp_in_the_future_does_not_stretch_the_sla():
     assert d.choice.reason == "default"
 
 
-def test_overdue_request_is_decided_on_arrival():
+def test_overdue_request_is_decided_on_arrival_saying_it_came_late():
     r = Router(POLICY)
     [d] = r.on_request("a", 0, 1000, "req", now_ms=1500).decisions
     assert d.choice.reason == "default" and d.latency_ms == 500
+    assert d.detail.startswith("late intake: the request reached the worker 500 ms after it was made, past its 100 ms")
+    r.on_request("b", 0, 2000, "req", now_ms=2010)  # in time: no such note
+    [d] = r.on_scores("m3", "v", [score("b")], "s", 2020).decisions
+    assert not d.detail.startswith("late intake")
 
 
 def test_scores_before_their_request_are_kept_and_joined():

@@ -47,8 +47,12 @@ from rendezvous.tools.demo import DemoOptions, run_demo
                    "to notice; 0 or 1: no shift.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
 @engine_option
+@click.option("--max-late-share", envvar="RENDEZVOUS_MAX_LATE_SHARE", show_envvar=True, type=click.FloatRange(0, 1),
+              default=0.005, show_default=True,
+              help="Exit with code 4 when more than this share of the answers were decided after the SLA "
+                   "(the promise broken); the summary says why they were late.")
 def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, topic_prefix: str,
-         workdir: Path | None, shift_at: float, as_json: bool, engine: str) -> None:
+         workdir: Path | None, shift_at: float, as_json: bool, engine: str, max_late_share: float) -> None:
     """Run broker, three models, decoy and rendezvous on this machine; send requests; summarize.
 
     Without --broker everything is embedded; nothing needs installing.
@@ -81,6 +85,11 @@ def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, top
         click.echo(json.dumps(summary))
     else:  # the result on stdout, the progress on stderr
         Console(width=None if sys.stdout.isatty() else 200).print(_table(summary))
+    late = sum(summary["late"].values())
+    if late > max_late_share * max(summary["answered"], 1):
+        console.print(f"[red]the SLA promise was broken:[/] {late} of {summary['answered']} answers were decided after "
+                      f"the SLA (more than {max_late_share:.2%}); {_late_line(summary)}")
+        sys.exit(LATE_EXIT_CODE)
 
 
 def _table(s: dict[str, Any]) -> Table:
@@ -90,6 +99,8 @@ def _table(s: dict[str, Any]) -> Table:
     table.add_row("sent", str(s["sent"]))
     table.add_row("answered", f"{s['answered']}  (lost {s['lost']}, duplicated {s['duplicated']})")
     table.add_row("within SLA", f"{s['within_sla']} of {s['answered']}")
+    if s.get("late") or s.get("written_after_sla"):
+        table.add_row("late answers", _late_line(s))
     table.add_row("answered by", ", ".join(f"{m} {n}" for m, n in s["by_model"].items()))
     table.add_row("reasons", ", ".join(f"{r} {n}" for r, n in s["by_reason"].items()))
     lat = s["latency_ms"]
@@ -114,6 +125,20 @@ def _table(s: dict[str, Any]) -> Table:
     elif g:
         table.add_row("HTTP gateway (OIP v2)", f"failed: {g['error']}")
     return table
+
+
+LATE_EXIT_CODE = 4
+_CAUSES = {"intake": "reached the worker after they were due (a backlog before it: broker, consumer lag, "
+                     "a client faster than the system)",
+           "worker_busy": "decided late by a busy worker (starved of CPU)"}
+
+
+def _late_line(s: dict[str, Any]) -> str:
+    parts = [f"{n} {_CAUSES.get(cause, cause)}" for cause, n in s.get("late", {}).items()]
+    written = s.get("written_after_sla")
+    if written:
+        parts.append("written after the SLA by the worker's count: " + ", ".join(f"{c} {n}" for c, n in written.items()))
+    return "; ".join(parts) or "none"
 
 
 def _drift_line(d: dict[str, Any]) -> str:

@@ -32,7 +32,11 @@ from rendezvous.operations.kafka_dist import KAFKA_VERSION, fetch_jars, kafka_av
 
 
 @click.group(invoke_without_command=True, cls=RendezvousGroup)
-@click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on (loopback only).")
+@click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on.")
+@click.option("--listen", envvar="RENDEZVOUS_BROKER_LISTEN", show_envvar=True, default="127.0.0.1", show_default=True,
+              help="Address to listen on: loopback, or 0.0.0.0 in a container (then --advertise is needed).")
+@click.option("--advertise", envvar="RENDEZVOUS_BROKER_ADVERTISE", show_envvar=True, default=None,
+              show_default="the --listen address", help="Host name clients are told to connect to.")
 @click.option("--partitions", type=click.IntRange(1, 1024), default=DEFAULT_PARTITIONS, show_default=True,
               help="Partition count of the system's topics, created at start.")
 @topic_prefix_option
@@ -43,8 +47,8 @@ from rendezvous.operations.kafka_dist import KAFKA_VERSION, fetch_jars, kafka_av
               help="Where the Kafka engine keeps its logs, across restarts (Tansu keeps nothing).")
 @retention_option
 @click.pass_context
-def broker(ctx: click.Context, port: int, partitions: int, topic_prefix: str, engine: str, data_dir: Path | None,
-           retention_minutes: int) -> None:
+def broker(ctx: click.Context, port: int, listen: str, advertise: str | None, partitions: int, topic_prefix: str,
+           engine: str, data_dir: Path | None, retention_minutes: int) -> None:
     """Run the embedded broker on 127.0.0.1:PORT until SIGTERM (`broker fetch`: get the Kafka engine's jars).
 
     Other rendezvous commands on this machine find it without --broker.
@@ -57,10 +61,12 @@ def broker(ctx: click.Context, port: int, partitions: int, topic_prefix: str, en
                           hint="stop it first (SIGTERM), or pass --broker to talk to another one")
     stop = stop_on_signals()
     retention_ms = retention_minutes * 60_000
-    embedded = embedded_broker(engine, port=port, data_dir=data_dir or state_dir() / "kafka", retention_ms=retention_ms)
+    embedded = embedded_broker(engine, port=port, host=listen, advertised_host=advertise,
+                               data_dir=data_dir or state_dir() / "kafka", retention_ms=retention_ms)
     try:
         bootstrap = embedded.start()
-        ensure_topics(kafka_settings(bootstrap), topics_for(topic_prefix), partitions, retention_ms=retention_ms)
+        local = f"{embedded.local_host}:{embedded.port}"  # topics are made from here, whatever clients are told
+        ensure_topics(kafka_settings(local), topics_for(topic_prefix), partitions, retention_ms=retention_ms)
     except RendezvousError:
         embedded.stop()
         raise

@@ -170,6 +170,16 @@ def image_build(base: str, tag: str, force: bool) -> None:
     build_runner_image(client, base, tag, console.log)
 
 
+@image.command("kafka")
+@click.option("--runner", default=RUNNER_IMAGE, show_default=True, help="The runner image to build on.")
+@click.option("--tag", default=None, show_default="rendezvous/kafka:KAFKA_VERSION", help="Tag of the Kafka image.")
+def image_kafka(runner: str, tag: str | None) -> None:
+    """Build the embedded Kafka's image (for compose) from the runner image, this JDK and the locked jars."""
+    from rendezvous.operations.images import KAFKA_IMAGE, build_kafka_image
+
+    build_kafka_image(connect(), runner, tag or KAFKA_IMAGE, stderr_console().log)
+
+
 def _score_rates(replicas: list[Replica], window_s: float) -> dict[str, float]:
     """Scores written per second by each running replica, from two reads of its /metrics."""
     first = {r.name: _scores_written(r.status_url) for r in replicas if r.health == "running"}

@@ -52,15 +52,17 @@ def resolve_engine(engine: str | None = None) -> str:
 
 
 def embedded_broker(engine: str | None = None, *, log_path: Path | None = None, data_dir: Path | None = None,
-                    port: int = 0, **kafka: Any) -> EmbeddedBroker:
+                    port: int = 0, host: str = LOOPBACK, advertised_host: str | None = None,
+                    **kafka: Any) -> EmbeddedBroker:
     """A not yet started broker of ``engine`` (see :func:`resolve_engine`).
 
     ``data_dir`` (Kafka only): where its logs persist; None: a temporary directory.
     Further keywords go to :class:`KafkaBroker` (``retention_ms``, ``jvm_opts``, ...).
     """
     if resolve_engine(engine) == "kafka":
-        return KafkaBroker(port=port, log_path=log_path, data_dir=data_dir, **kafka)
-    return TansuBroker(port=port, log_path=log_path)
+        return KafkaBroker(port=port, host=host, advertised_host=advertised_host, log_path=log_path, data_dir=data_dir,
+                           **kafka)
+    return TansuBroker(port=port, host=host, advertised_host=advertised_host, log_path=log_path)
 
 
 def fetch_wait_for(engine: str | None) -> int:

@@ -50,8 +50,9 @@ class EmbeddedBroker:
     """A broker engine run as a child process on loopback. Subclasses give :meth:`_launch`.
 
     ``port`` 0 picks a free port (retried if another process takes it first).
-    ``advertised_port``: the port clients are told to use, when a TLS terminator
-    listens in front of the broker (None: ``port``).
+    ``host``: the address it listens on (loopback by default; 0.0.0.0 in a container).
+    ``advertised_host``/``advertised_port``: what clients are told to connect to, when
+    that differs (a container's service name; a TLS terminator in front). None: the same.
     """
 
     #: The name ``--engine`` takes.
@@ -60,9 +61,18 @@ class EmbeddedBroker:
     fetch_wait_ms: ClassVar[int] = 500
 
     def __init__(self, port: int = 0, host: str = LOOPBACK, log_path: Path | None = None,
-                 advertised_port: int | None = None) -> None:
+                 advertised_port: int | None = None, advertised_host: str | None = None) -> None:
+        if host in ("0.0.0.0", "::") and not advertised_host:
+            raise BrokerError(f"listening on {host}, the broker needs a host name to give clients",
+                              hint="pass --advertise HOST (e.g. the container's service name)")
         self.port, self.host, self.log_path, self.advertised_port = port, host, log_path, advertised_port
+        self.advertised_host = advertised_host or host
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def local_host(self) -> str:
+        """Where this machine reaches the broker (loopback when it listens on every interface)."""
+        return LOOPBACK if self.host in ("0.0.0.0", "::") else self.host
 
     # ------------------------------------------------------------------ for engines
 
@@ -76,7 +86,7 @@ class EmbeddedBroker:
 
     def _serving(self) -> bool:
         """True once the broker answers clients, not only accepts connections."""
-        return port_open(self.host, self.port)
+        return port_open(self.local_host, self.port)
 
     def _env(self) -> dict[str, str] | None:
         return None
@@ -88,7 +98,8 @@ class EmbeddedBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        """The address clients use (the advertised one)."""
+        return f"{self.advertised_host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -106,7 +117,7 @@ class EmbeddedBroker:
     def start(self, timeout: float = 60.0) -> str:
         """Start the broker and wait until it serves; returns its bootstrap address."""
         if self.port != 0:
-            if port_open(self.host, self.port):
+            if port_open(self.local_host, self.port):
                 raise BrokerError(f"port {self.port} on {self.host} is already in use",
                                   hint="pass another --port, or stop what listens there")
             return self._start(self.port, timeout)
@@ -132,12 +143,12 @@ class EmbeddedBroker:
                 log.close()
         deadline = time.monotonic() + timeout
         where = f"; see {self.log_path}" if self.log_path else ""
-        while not (port_open(self.host, self.port) and self._serving()):
+        while not (port_open(self.local_host, self.port) and self._serving()):
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
                 self._cleanup()
-                if any(port_open(self.host, p) for p in self._ports()):  # someone else listens there
+                if any(port_open(self.local_host, p) for p in self._ports()):  # someone else listens there
                     raise PortTaken()
                 raise BrokerError(f"the {self.engine} broker exited with code {code} while starting{where}")
             if time.monotonic() > deadline:

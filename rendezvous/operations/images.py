@@ -1,6 +1,6 @@
-"""Container images for model runners, built with nothing pulled from a registry.
+"""Container images for model runners and the broker, built with nothing pulled from a registry.
 
-Two images matter:
+Three images matter:
 
 * the **base image**: a Python 3.11 userland. Users normally build on
   ``python:3.11-slim``; a machine that cannot pull images builds its own with
@@ -11,6 +11,9 @@ Two images matter:
   exactly the program the process runtime starts. A model's spec directory is
   mounted at ``/model`` when a replica starts, so one image serves every model
   whose code is either in the image or next to its spec.
+* the **Kafka image** (:func:`build_kafka_image`): the runner image plus a Java
+  runtime and the locked Kafka jars, running ``rendezvous broker``: the embedded
+  Kafka, for ``compose/docker-compose.yml``.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from pathlib import Path
 import containers
 from rendezvous import __version__
 from rendezvous.kernel.errors import OperationsError
+from rendezvous.operations.kafka_dist import KAFKA_VERSION, KafkaDistError, java_binary, verify_jars
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LOCAL_BASE_IMAGE = "local/python:3.11"
 RUNNER_IMAGE = f"rendezvous/runner:{__version__}"
+KAFKA_IMAGE = f"rendezvous/kafka:{KAFKA_VERSION}"  # what compose/docker-compose.yml runs
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version rendezvous is locked for
 
 Progress = Callable[[str], None]
+KAFKA_DOCKERFILE = Path(__file__).parent / "kafka" / "Dockerfile"
 
 
 class ImageError(OperationsError):
@@ -148,6 +154,47 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
             for chunk in log:
                 if "stream" in chunk and chunk["stream"].startswith("Step"):
                     progress(chunk["stream"].strip())
+        except Exception as exc:  # docker.errors.BuildError carries the build log
+            lines = [c.get("stream", c.get("error", "")) for c in getattr(exc, "build_log", [])]
+            raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(lines)[-2000:]}") from None
+    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+#: Enough of the Java platform for the Kafka broker (jlink drops the rest: a smaller image).
+_KAFKA_JAVA_MODULES = ("java.se,jdk.unsupported,jdk.crypto.ec,jdk.management,jdk.management.agent,jdk.zipfs,"
+                       "jdk.naming.dns,jdk.security.auth,jdk.security.jgss,jdk.net")
+
+
+def build_kafka_image(client, runner: str = RUNNER_IMAGE, tag: str = KAFKA_IMAGE,
+                      progress: Progress = lambda _: None) -> str:
+    """Build the embedded Kafka's image (``rendezvous/operations/kafka/Dockerfile``) on the runner image.
+
+    Its Java runtime is made here by jlink from this machine's JDK; its jars are the
+    locked ones from the cache (``rendezvous broker fetch``). Nothing is pulled.
+    """
+    _require_image(client, runner)
+    try:
+        jars = verify_jars()
+    except KafkaDistError as exc:
+        raise ImageError(f"{exc} ({exc.hint})") from None
+    java = java_binary()
+    jlink = java.resolve().parent / "jlink" if java else None
+    if jlink is None or not jlink.is_file():
+        raise ImageError("building the Kafka image needs a JDK 17+ with jlink (Debian: openjdk-17-jdk-headless)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rendezvous-kafka-image-") as tmp:
+        context = Path(tmp)
+        _run([str(jlink), "--add-modules", _KAFKA_JAVA_MODULES, "--strip-debug", "--no-man-pages", "--no-header-files",
+              "--compress=2", "--output", str(context / "jre")], progress, "making a Java runtime")
+        (context / "jars").mkdir()
+        for jar in jars:
+            shutil.copy(jar, context / "jars" / jar.name)
+        shutil.copy(KAFKA_DOCKERFILE, context / "Dockerfile")
+        progress(f"building {tag} on {runner}")
+        try:
+            client.images.build(path=str(context), tag=tag, buildargs={"RUNNER_IMAGE": runner}, rm=True, forcerm=True,
+                                labels={"io.rendezvous.role": "kafka", "io.rendezvous.source": source_digest()})
         except Exception as exc:  # docker.errors.BuildError carries the build log
             lines = [c.get("stream", c.get("error", "")) for c in getattr(exc, "build_log", [])]
             raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(lines)[-2000:]}") from None

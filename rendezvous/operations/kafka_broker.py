@@ -40,7 +40,7 @@ from confluent_kafka.admin import (
 )
 
 from rendezvous.kernel.topics import DEFAULT_RETENTION_MS
-from rendezvous.operations.embedded import BrokerError, EmbeddedBroker, free_port
+from rendezvous.operations.embedded import LOOPBACK, BrokerError, EmbeddedBroker, free_port
 from rendezvous.operations.kafka_dist import KAFKA_VERSION, LOG4J_CONFIG, KafkaDistError, jar_dir, java_binary, verify_jars
 
 __all__ = ["KafkaBroker", "SecureListener", "DEFAULT_JVM_OPTS", "JVM_OPTS_ENV"]
@@ -108,11 +108,11 @@ class KafkaBroker(EmbeddedBroker):
     engine = "kafka"
     fetch_wait_ms = 500  # Kafka answers a waiting fetch when a record arrives
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None,
+    def __init__(self, port: int = 0, host: str = LOOPBACK, log_path: Path | None = None,
                  data_dir: Path | None = None, retention_ms: int = DEFAULT_RETENTION_MS,
                  jvm_opts: str | None = None, properties_extra: dict[str, str] | None = None,
-                 secure: SecureListener | None = None) -> None:
-        super().__init__(port=port, host=host, log_path=log_path)
+                 secure: SecureListener | None = None, advertised_host: str | None = None) -> None:
+        super().__init__(port=port, host=host, log_path=log_path, advertised_host=advertised_host)
         self.secure, self.secure_port = secure, 0
         self.data_dir, self.retention_ms = data_dir, retention_ms
         self.jvm_opts = jvm_opts if jvm_opts is not None else os.environ.get(JVM_OPTS_ENV, DEFAULT_JVM_OPTS)
@@ -127,11 +127,11 @@ class KafkaBroker(EmbeddedBroker):
     @property
     def secure_bootstrap(self) -> str:
         """The TLS listener's address (with a :class:`SecureListener`)."""
-        return f"{self.host}:{self.secure_port}"
+        return f"{self.advertised_host}:{self.secure_port}"
 
     def add_scram_user(self, user: str, password: str, mechanism: str = "SCRAM-SHA-512", timeout: float = 15.0) -> None:
         """Create or update a SCRAM user (over the loopback PLAINTEXT listener, which needs no login)."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": f"{self.local_host}:{self.port}", "log_level": 0})
         upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism[mechanism.replace("-", "_")], 8192),
                                               password.encode())
         for future in admin.alter_user_scram_credentials([upsert], request_timeout=timeout).values():
@@ -140,18 +140,20 @@ class KafkaBroker(EmbeddedBroker):
     def properties(self, data: Path, controller_port: int) -> dict[str, str]:
         """The node's ``server.properties``."""
         listeners = [f"PLAINTEXT://{self.host}:{self.port}"]
+        advertised = [f"PLAINTEXT://{self.advertised_host}:{self.port}"]
         protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
         if self.secure is not None:
             listeners.append(f"{_SECURE}://{self.host}:{self.secure_port}")
+            advertised.append(f"{_SECURE}://{self.advertised_host}:{self.secure_port}")
             protocols.append(f"{_SECURE}:{self.secure.protocol}")
         props = {
             "process.roles": "broker,controller",
             "node.id": str(_NODE_ID),
-            "controller.quorum.voters": f"{_NODE_ID}@{self.host}:{controller_port}",
+            "controller.quorum.voters": f"{_NODE_ID}@{LOOPBACK}:{controller_port}",  # the node talks to itself
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listeners": ",".join([*listeners, f"CONTROLLER://{self.host}:{controller_port}"]),
-            "advertised.listeners": ",".join(listeners),
+            "listeners": ",".join([*listeners, f"CONTROLLER://{LOOPBACK}:{controller_port}"]),
+            "advertised.listeners": ",".join(advertised),
             "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(data / "logs"),
             # one node: every internal topic has one replica, and few partitions start faster
@@ -201,7 +203,7 @@ class KafkaBroker(EmbeddedBroker):
         data = self.data_dir if self.data_dir is not None else self._temporary
         assert data is not None
         data.mkdir(parents=True, exist_ok=True)
-        self.controller_port = free_port(self.host)
+        self.controller_port = free_port(LOOPBACK)
         if self.secure is not None:
             self.secure_port = self.secure.port or free_port(self.host)
         config = data / "server.properties"
@@ -222,7 +224,7 @@ class KafkaBroker(EmbeddedBroker):
 
     def _serving(self) -> bool:
         """The node answers metadata requests and names itself as a broker (it is unfenced)."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": f"{self.local_host}:{self.port}", "log_level": 0})
         try:
             return bool(admin.list_topics(timeout=2).brokers)
         except KafkaException:

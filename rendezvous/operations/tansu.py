@@ -50,6 +50,6 @@ class TansuBroker(EmbeddedBroker):
         return "Tansu, in memory"
 
     def _launch(self, port: int) -> list[str]:
-        advertised = f"tcp://{self.host}:{self.advertised_port or port}"
+        advertised = f"tcp://{self.advertised_host}:{self.advertised_port or port}"
         return [str(tansu_binary()), "broker", "--listener-url", f"tcp://{self.host}:{port}",
                 "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"]

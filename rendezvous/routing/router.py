@@ -288,6 +288,11 @@ class Router:
         self._decided.add(pending.request_id, frozenset(pending.scores), now_ms)
         self.stats.decisions[choice.reason, choice.model or ""] += 1
         detail = describe(choice, pending.plan, elapsed, pending.failed)
+        intake = pending.seen_ms - pending.t0
+        if intake > pending.plan.deadline_ms(guard):
+            # Overload made visible: the answer could not be on time; it goes at once, saying why.
+            detail = (f"late intake: the request reached the worker {intake:.0f} ms after it was made, past its "
+                      f"{pending.plan.deadline_ms(guard):.0f} ms deadline; answered at once: {detail}")
         if due is None:
             arrivals = {m: (v.arrived_ms - pending.t0, m in pending.failed) for m, v in pending.scores.items()}
             due = min(pending.t0 + due_ms(pending.plan, arrivals, guard), now_ms)

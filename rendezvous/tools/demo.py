@@ -151,6 +151,9 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 summary["drift"] = _drift_summary(drift, _canary(worker_url), policy)
                 summary["learned"] = _learn_from_labels(stack, sender, collector, labels)
                 summary["gateway"] = _through_the_gateway(stack.gateway_url, policy.name, rows[0][0])
+                # the worker's own count of answers the broker acknowledged after the SLA, by cause
+                summary["written_after_sla"] = {k: v for k, v in _stats(worker_url).get("sla_misses", {}).items() if v}
+                summary["broker"] = stack.broker.describe() if stack.broker else stack.kafka.bootstrap
                 summary["stack"] = str(declared.source)
                 summary["workdir"] = str(workdir) if options.workdir else None
             finally:
