@@ -45,7 +45,7 @@ from rendezvous.operations.kafka_dist import KAFKA_VERSION, LOG4J_CONFIG, KafkaD
 
 __all__ = ["KafkaBroker", "SecureListener", "DEFAULT_JVM_OPTS", "JVM_OPTS_ENV"]
 
-JVM_OPTS_ENV = "RENDEZVOUS_KAFKA_JVM_OPTS"
+JVM_OPTS_ENV = "RENDEZVOUS_BROKER_JVM_OPTS"
 #: G1 with short pauses (Kafka's own choice) in a heap sized for one small machine.
 DEFAULT_JVM_OPTS = ("-Xms256m -Xmx256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 "
                     "-XX:+ExplicitGCInvokesConcurrent -XX:ParallelGCThreads=2 -XX:ConcGCThreads=1 "

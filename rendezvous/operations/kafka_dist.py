@@ -1,7 +1,7 @@
 """The Apache Kafka broker's jars and the Java that runs them.
 
 The jars are resolved by Maven from ``kafka/pom.xml`` into a cache outside the
-repository (``RENDEZVOUS_KAFKA_JARS``, default ``~/.cache/rendezvous/kafka-<version>``)
+repository (``RENDEZVOUS_BROKER_JARS``, default ``~/.cache/rendezvous/kafka-<version>``)
 and every one is checked against ``kafka/jars.lock``: the same sha256 for the same
 file names, nothing more and nothing less. ``scripts/install`` fetches them once;
 ``rendezvous broker fetch`` does it by hand.
@@ -32,7 +32,7 @@ LOCK = _HERE / "jars.lock"
 LOG4J_CONFIG = _HERE / "log4j2.properties"
 KAFKA_VERSION = "4.4.0"
 MIN_JAVA = 17
-JARS_ENV = "RENDEZVOUS_KAFKA_JARS"
+JARS_ENV = "RENDEZVOUS_BROKER_JARS"
 
 
 class KafkaDistError(OperationsError):
