@@ -10,7 +10,8 @@ offered rate, reads every process's utime + stime from ``/proc/PID/stat``
 before and after the window: CPU milliseconds per request per process, a
 figure the machine's noise moves far less than wall-clock throughput. Also:
 
-- idle: each process's share of a core with no traffic;
+- idle: each process's share of a core with no traffic (after a warm-up: a JVM
+  compiles its hot code in its first minute, which would count against the broker);
 - floors in the same run: bare Faust's CPU per event (the rendezvous's own app
   class, an agent that does nothing, fed at the worker's event rate), and a
   bare confluent-kafka consumer's CPU per request (what a model runner costs
@@ -177,6 +178,9 @@ def measure_engine(engine: str, rates: list[float], seconds: float) -> dict[str,
             out["broker"] = stack.broker.describe() if stack.broker else None
             out["fetch_wait_ms"] = kafka.fetch_wait_ms
             pids = processes(stack)
+            # A JVM compiles its hot code in its first minute: warm every process up before measuring.
+            say("warming up: 200 req/s for 20 s (not measured)")
+            at_rate(stack, pids, 200, 20)
             say("idle for 10 s")
             out["idle_share_of_a_core"] = idle(pids, 10)
             out["idle_total_share_of_a_core"] = round(sum(out["idle_share_of_a_core"].values()), 3)
