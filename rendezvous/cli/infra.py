@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -28,7 +29,8 @@ from rendezvous.operations.broker import (
     record_running,
     resolve_broker,
 )
-from rendezvous.operations.kafka_dist import KAFKA_VERSION, fetch_jars, kafka_available
+from rendezvous.operations.kafka_broker import DEFAULT_JVM_OPTS, JVM_OPTS_ENV
+from rendezvous.operations.kafka_dist import JARS_ENV, KAFKA_VERSION, fetch_jars, kafka_available
 
 
 @click.group(invoke_without_command=True, cls=RendezvousGroup)
@@ -46,13 +48,20 @@ from rendezvous.operations.kafka_dist import KAFKA_VERSION, fetch_jars, kafka_av
               show_default="$RENDEZVOUS_HOME/kafka, i.e. ~/.rendezvous/kafka",
               help="Where the Kafka engine keeps its logs, across restarts (Tansu keeps nothing).")
 @retention_option
+@click.option("--jvm-opts", envvar=JVM_OPTS_ENV, show_envvar=True, default=DEFAULT_JVM_OPTS, show_default=True,
+              help="The Kafka engine's JVM options (heap, garbage collector).")
+@click.option("--jars", "jars", envvar=JARS_ENV, show_envvar=True, type=click.Path(file_okay=False, path_type=Path),
+              default=None, show_default="~/.cache/rendezvous/kafka-VERSION",
+              help="Where the Kafka engine's jars are cached (`broker fetch` fills it).")
 @click.pass_context
 def broker(ctx: click.Context, port: int, listen: str, advertise: str | None, partitions: int, topic_prefix: str,
-           engine: str, data_dir: Path | None, retention_minutes: int) -> None:
+           engine: str, data_dir: Path | None, retention_minutes: int, jvm_opts: str, jars: Path | None) -> None:
     """Run the embedded broker on 127.0.0.1:PORT until SIGTERM (`broker fetch`: get the Kafka engine's jars).
 
     Other rendezvous commands on this machine find it without --broker.
     """
+    if jars is not None:  # read where the jars are needed (kafka_dist.jar_dir), here and in `broker fetch`
+        os.environ[JARS_ENV] = str(jars)
     if ctx.invoked_subcommand is not None:
         return
     running = find_running()
@@ -62,7 +71,7 @@ def broker(ctx: click.Context, port: int, listen: str, advertise: str | None, pa
     stop = stop_on_signals()
     retention_ms = retention_minutes * 60_000
     embedded = embedded_broker(engine, port=port, host=listen, advertised_host=advertise,
-                               data_dir=data_dir or state_dir() / "kafka", retention_ms=retention_ms)
+                               data_dir=data_dir or state_dir() / "kafka", retention_ms=retention_ms, jvm_opts=jvm_opts)
     try:
         bootstrap = embedded.start()
         local = f"{embedded.local_host}:{embedded.port}"  # topics are made from here, whatever clients are told

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rendezvous.kernel.errors import OperationsError
 
-__all__ = ["KAFKA_VERSION", "KafkaDistError", "jar_dir", "java_binary", "java_major", "kafka_available",
+__all__ = ["KAFKA_VERSION", "JARS_ENV", "KafkaDistError", "jar_dir", "java_binary", "java_major", "kafka_available",
            "fetch_jars", "verify_jars", "parse_lock", "POM", "LOCK", "LOG4J_CONFIG"]
 
 _HERE = Path(__file__).parent / "kafka"
