@@ -16,6 +16,8 @@ dead letters and the bandit's state a week, the policies for ever (compacted).
 
 >>> t.config(t.scores, retention_ms=60_000)
 {'retention.ms': '60000', 'segment.ms': '60000'}
+>>> t.config(t.results)["message.timestamp.type"]
+'LogAppendTime'
 >>> t.config(t.policies, retention_ms=60_000)
 {'cleanup.policy': 'compact'}
 """
@@ -74,7 +76,10 @@ class Topics:
         if topic == self.policies:
             return {"cleanup.policy": "compact"}
         keep = CONTROL_RETENTION_MS if topic in (self.deadletter, self.bandit) else retention_ms
-        return {"retention.ms": str(keep), "segment.ms": str(min(keep, _SEGMENT_MS))}
+        config = {"retention.ms": str(keep), "segment.ms": str(min(keep, _SEGMENT_MS))}
+        if topic == self.results:  # a result's timestamp is when the broker wrote it: when the SLA is judged
+            config["message.timestamp.type"] = "LogAppendTime"
+        return config
 
     def replies(self, gateway: str) -> str:
         """The topic one gateway instance reads its callers' results from (see REPLY_TO)."""

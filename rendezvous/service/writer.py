@@ -13,7 +13,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, KafkaException, Message, Producer
 
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.kafka import produce
@@ -37,6 +37,15 @@ class Ack:
         self.refs -= 1
         if self.refs <= 0:
             self.event.ack()
+
+
+def written_ms(msg: Message, served_ms: float) -> float:
+    """When the broker wrote a result: its LogAppendTime (the results topic is created with it),
+    capped by ``served_ms``, when the worker learned of it. Without it (a topic made elsewhere,
+    Tansu), ``served_ms``, which is later by up to one poll of the delivery reports (librdkafka's
+    ``msg.latency()`` is measured when called, so it is no better)."""
+    kind, stamp = msg.timestamp()
+    return min(float(stamp), served_ms) if kind == TIMESTAMP_LOG_APPEND_TIME and stamp > 0 else served_ms
 
 
 def build_result(decision: Decision, worker: str) -> Result:
@@ -83,7 +92,7 @@ class ResultWriter:
         self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-{worker}"}))
         # The idempotent producer reports deliveries of one partition in order, so each
         # report releases the oldest holds of its partition: no closure per result.
-        self._in_flight: dict[int, deque[tuple[Decision, float]]] = defaultdict(deque)
+        self._in_flight: dict[int, deque[Decision]] = defaultdict(deque)
         self.results_written = 0
         self.deadletters_written = 0
         self.deadletters: Counter = Counter()  # by reason kind, for /metrics
@@ -91,7 +100,7 @@ class ResultWriter:
     def write(self, decision: Decision) -> Result:
         pending = decision.pending
         result = build_result(decision, self.worker)
-        self._in_flight[pending.partition].append((decision, now_ms()))
+        self._in_flight[pending.partition].append(decision)
         value, key = encode(result), pending.request_id.encode()
         self._produce(self.topics.results, value, key, pending.partition, self._result_delivered)
         reply_to = getattr(pending.token, "reply_to", None)
@@ -101,7 +110,7 @@ class ResultWriter:
         return result
 
     def _result_delivered(self, err: KafkaError | None, msg: Message) -> None:
-        decision, produced_ms = self._in_flight[msg.partition()].popleft()
+        decision = self._in_flight[msg.partition()].popleft()
         if err is not None:
             self._on_fatal(f"could not write a result to {self.topics.results}: {err.str()}")
             return
@@ -110,8 +119,7 @@ class ResultWriter:
         for hold in pending.score_tokens:
             hold.release()
         if self._on_written is not None:
-            latency_s = msg.latency()
-            self._on_written(decision, produced_ms + latency_s * 1000 if latency_s is not None else now_ms())
+            self._on_written(decision, written_ms(msg, now_ms()))
 
     def _reply_delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:  # the gateway answers its caller 504 at its deadline; nothing else waits on this
