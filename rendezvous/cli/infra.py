@@ -30,7 +30,7 @@ from rendezvous.operations.broker import (
     resolve_broker,
 )
 from rendezvous.operations.kafka_broker import DEFAULT_JVM_OPTS, JVM_OPTS_ENV
-from rendezvous.operations.kafka_dist import JARS_ENV, KAFKA_VERSION, fetch_jars, kafka_available
+from rendezvous.operations.kafka_dist import JARS_ENV, KAFKA_VERSION, fetch_jars, java_available
 
 
 @click.group(invoke_without_command=True, cls=RendezvousGroup)
@@ -95,7 +95,7 @@ def broker(ctx: click.Context, port: int, listen: str, advertise: str | None, pa
 @click.option("--relock", is_flag=True, help="Write kafka/jars.lock from what Maven resolves (after changing the pom).")
 def broker_fetch(relock: bool) -> None:
     """Fetch the Kafka engine's jars with Maven into the cache, each checked against the lock."""
-    if not kafka_available():
+    if not java_available():
         raise BrokerError("the Kafka engine needs Java 17 or newer, and none is installed",
                           hint="install a JDK (Debian: openjdk-17-jre-headless), or use --engine tansu")
     click.echo(f"Kafka {KAFKA_VERSION} jars in {fetch_jars(relock=relock)}")

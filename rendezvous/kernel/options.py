@@ -131,7 +131,7 @@ def engine_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--engine", envvar="RENDEZVOUS_BROKER_ENGINE", show_envvar=True, default="auto", show_default=True,
         type=click.Choice(["auto", "kafka", "tansu"], case_sensitive=False),
         help="Embedded broker: kafka (Apache Kafka 4, needs Java 17+), tansu (no Java; in memory, no retention, "
-             "slower hops), or auto: kafka where Java 17+ runs, else tansu.",
+             "slower hops), or auto: kafka where Java 17+ runs and its jars are fetched, else tansu.",
     )(f)
 
 

@@ -42,7 +42,8 @@ ENGINE_ENV = "RENDEZVOUS_BROKER_ENGINE"
 
 
 def resolve_engine(engine: str | None = None) -> str:
-    """``kafka`` or ``tansu``: ``auto`` (the default) is Kafka where Java 17+ runs, else Tansu."""
+    """``kafka`` or ``tansu``: ``auto`` (the default) is Kafka where Java 17+ runs and its jars are
+    fetched (``scripts/install`` does it), else Tansu."""
     engine = (engine or os.environ.get(ENGINE_ENV) or "auto").lower()
     if engine not in ENGINES:
         raise BrokerError(f"unknown broker engine {engine!r}: choose auto, kafka or tansu")

@@ -1,9 +1,10 @@
 """The Apache Kafka engine: a single-node Kafka 4.x in KRaft mode, one JVM on loopback.
 
-It is the default wherever Java 17+ runs (:func:`~rendezvous.operations.kafka_dist.kafka_available`),
-because it does what the product relies on: a fetch is answered as soon as a record
-arrives (so consumers can wait long and cost the idle broker nothing), topics have
-retention, logs are durable across restarts, and TLS and SASL/SCRAM work.
+It is the default wherever Java 17+ runs and its jars are fetched
+(:func:`~rendezvous.operations.kafka_dist.kafka_available`), because it does what
+the product relies on: a fetch is answered as soon as a record arrives (so consumers
+can wait long and cost the idle broker nothing), topics have retention, logs are
+durable across restarts, and TLS and SASL/SCRAM work.
 
 The node is broker and controller at once. Its storage is formatted on first
 start; a ``data_dir`` that already holds a formatted node is reused, so a restart

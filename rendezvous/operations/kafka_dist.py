@@ -23,8 +23,8 @@ from pathlib import Path
 
 from rendezvous.kernel.errors import OperationsError
 
-__all__ = ["KAFKA_VERSION", "JARS_ENV", "KafkaDistError", "jar_dir", "java_binary", "java_major", "kafka_available",
-           "fetch_jars", "verify_jars", "parse_lock", "POM", "LOCK", "LOG4J_CONFIG"]
+__all__ = ["KAFKA_VERSION", "JARS_ENV", "KafkaDistError", "jar_dir", "java_binary", "java_major", "java_available",
+           "kafka_available", "fetch_jars", "verify_jars", "parse_lock", "POM", "LOCK", "LOG4J_CONFIG"]
 
 _HERE = Path(__file__).parent / "kafka"
 POM = _HERE / "pom.xml"
@@ -67,10 +67,21 @@ def java_major(java: Path) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
 
 
-def kafka_available() -> bool:
-    """True when a Java 17+ runtime is here, so the Kafka engine can run (the jars can be fetched)."""
+def java_available() -> bool:
+    """True when a Java 17+ runtime is here (the jars can then be fetched)."""
     java = java_binary()
     return java is not None and (java_major(java) or 0) >= MIN_JAVA
+
+
+def kafka_available() -> bool:
+    """True when the Kafka engine can start here: Java 17+, and the locked jars in the cache."""
+    if not java_available():
+        return False
+    try:
+        verify_jars()
+    except KafkaDistError:
+        return False
+    return True
 
 
 def parse_lock(text: str) -> dict[str, str]:
