@@ -93,7 +93,7 @@ def test_every_topic_the_system_creates_has_retention_and_kafka_applies_it(tmp_p
         assert configs[topics.policies]["cleanup.policy"].value == "compact"
         # Kafka deletes a segment past retention: the older requests go.
         _produce(kafka, topics.requests, 10)
-        time.sleep(1.6)  # noqa: not synchronisation - the records must be older than retention.ms; then bounded waits
+        time.sleep(1.6)  # not synchronisation: the records must be older than retention.ms (then bounded waits)
         _produce(kafka, topics.requests, 10, start=10)  # rolls a new segment (segment.ms passed)
         consumer = Consumer(kafka.consumer("probe"))
         try:
