@@ -189,12 +189,8 @@ def test_new_policy_applies_to_new_requests_only():
 arrival = st.one_of(st.none(), st.tuples(st.floats(0, 300), st.booleans()))  # (delay ms, fails)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(arrival, arrival, arrival), min_size=1, max_size=25),
-       st.lists(st.floats(0, 5), min_size=1, max_size=25))
-def test_every_request_is_answered_once_within_the_sla_by_the_best_acceptable_model(schedules, gaps):
-    """Simulate requests and score arrivals, ticking the router exactly at its wake times."""
-    r = Router(POLICY)
+def _schedule(schedules, gaps, score_shift_ms: float = 0.0) -> list[tuple[float, int, str, tuple]]:  # noqa: ANN001
+    """A heap of (time, seq, kind, args) events: requests ``gaps`` apart, each model's score ``when`` after it."""
     events: list[tuple[float, int, str, tuple]] = []
     t, seq = 1000.0, 0
     for i, models in enumerate(schedules):
@@ -203,9 +199,19 @@ def test_every_request_is_answered_once_within_the_sla_by_the_best_acceptable_mo
         seq += 1
         for name, when in zip(("m3", "m2", "m1"), models, strict=False):
             if when is not None:
-                events.append((t + when[0], seq, "score", (f"r{i}", name, when[1])))
+                events.append((t + when[0] + score_shift_ms, seq, "score", (f"r{i}", name, when[1])))
                 seq += 1
     heapq.heapify(events)
+    return events
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(arrival, arrival, arrival), min_size=1, max_size=25),
+       st.lists(st.floats(0, 5), min_size=1, max_size=25))
+def test_every_request_is_answered_once_within_the_sla_by_the_best_acceptable_model(schedules, gaps):
+    """Simulate requests and score arrivals, ticking the router exactly at its wake times."""
+    r = Router(POLICY)
+    events = _schedule(schedules, gaps)
     decisions, arrived, tokens = {}, {}, Tokens()
     now = 0.0
 
@@ -333,17 +339,7 @@ def test_when_an_answer_was_due_is_the_rule_replayed_on_its_arrivals_even_with_l
     """The router knows the due time without replaying the rule when it is punctual; with ticks that come late
     (a busy loop), or requests seen after their scores, it must still equal the replay (plan.due_ms)."""
     r = Router(POLICY, sla_guard_ms=guard)
-    events: list[tuple[float, int, str, tuple]] = []
-    t, seq = 1000.0, 0
-    for i, models in enumerate(schedules):
-        t += gaps[i % len(gaps)]
-        events.append((t, seq, "request", (f"r{i}",)))
-        seq += 1
-        for name, when in zip(("m3", "m2", "m1"), models, strict=False):
-            if when is not None:
-                events.append((t + when[0] - 20, seq, "score", (f"r{i}", name, when[1])))  # some before the request
-                seq += 1
-    heapq.heapify(events)
+    events = _schedule(schedules, gaps, score_shift_ms=-20)  # some scores before their request
     decisions, ticks = [], 0
     while events or r.next_wake_ms() is not None:
         wake = r.next_wake_ms()

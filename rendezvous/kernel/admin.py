@@ -11,7 +11,7 @@ from confluent_kafka.cimpl import NewTopic
 from rendezvous.kernel.errors import TopicError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.kernel.topics import DEFAULT_RETENTION_MS, Topics
+from rendezvous.kernel.topics import DEFAULT_RETENTION_MS, Topics, retention_config
 
 __all__ = ["ensure_topics", "partition_count", "end_offsets", "create_topic", "delete_topic", "TopicError"]
 
@@ -114,9 +114,9 @@ def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: floa
                  retention_ms: int = DEFAULT_RETENTION_MS) -> None:
     """Create one topic (a replay target, a gateway's replies); an existing one is left as it is."""
     admin = AdminClient(kafka.admin())  # keep a reference until the future resolves
-    config = {"retention.ms": str(retention_ms), "segment.ms": str(min(retention_ms, 600_000))}
     try:
-        admin.create_topics([NewTopic(name, partitions, 1, config=config)], operation_timeout=timeout)[name].result()
+        topic = NewTopic(name, partitions, 1, config=retention_config(retention_ms))
+        admin.create_topics([topic], operation_timeout=timeout)[name].result()
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None

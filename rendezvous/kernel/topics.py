@@ -39,6 +39,11 @@ CONTROL_RETENTION_MS = 7 * 24 * 3_600_000
 _SEGMENT_MS = 600_000
 
 
+def retention_config(retention_ms: int) -> dict[str, str]:
+    """Keep records ``retention_ms``; segments roll often enough for retention to delete them."""
+    return {"retention.ms": str(retention_ms), "segment.ms": str(min(retention_ms, _SEGMENT_MS))}
+
+
 @dataclass(frozen=True)
 class Topics:
     """Names of every topic the system reads or writes."""
@@ -76,7 +81,7 @@ class Topics:
         if topic == self.policies:
             return {"cleanup.policy": "compact"}
         keep = CONTROL_RETENTION_MS if topic in (self.deadletter, self.bandit) else retention_ms
-        config = {"retention.ms": str(keep), "segment.ms": str(min(keep, _SEGMENT_MS))}
+        config = retention_config(keep)
         if topic == self.results:  # a result's timestamp is when the broker wrote it: when the SLA is judged
             config["message.timestamp.type"] = "LogAppendTime"
         return config
