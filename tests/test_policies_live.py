@@ -114,7 +114,9 @@ def test_shadows_are_never_returned_but_are_credited_and_the_posterior_is_shared
     stats = [system.stats(w) for w in workers]
     assert sum(s["outcomes"].get("duplicate", 0) for s in stats) == 1
     assert sum(s["outcomes"].get("unknown", 0) for s in stats) == 1
-    assert stats[0]["posterior_means"] == stats[1]["posterior_means"]  # one posterior, on every worker
+    # one posterior, on every worker: each learns the other's credits from the shared topic, a moment later
+    stats = wait_until(lambda: (lambda now: now if now[0]["posterior_means"] == now[1]["posterior_means"] else None)(
+        [system.stats(w) for w in workers]), "both workers hold the same posterior", timeout=10)
 
     # a restarted worker rebuilds the posterior from the shared observations
     before = stats[0]["posterior_means"]
