@@ -89,6 +89,18 @@ def test_a_bad_body_is_a_400_naming_the_problem(http: httpx.Client, body: dict, 
     assert reply.status_code == status and message in reply.json()["error"], reply.text
 
 
+@pytest.mark.parametrize(("raw", "message"), [
+    (b'{"features": {"amount": 1e999}}', "Number out of range"),
+    (b'{"features": {"amount": NaN}}', "malformed"),
+    (b'{"features": {"amount": Infinity}}', "malformed"),
+    (b'{"features": {"note": "\xff"}}', "invalid UTF-8"),
+])
+def test_json_the_models_could_not_read_is_a_400(http: httpx.Client, raw: bytes, message: str):
+    """Python's json would take these (1e999 as inf, sent on as null); the workers would dead-letter them."""
+    reply = http.post(f"/v2/models/{POLICY}/infer", content=raw, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and message in reply.json()["error"], reply.text
+
+
 def test_not_json_and_unknown_policy_are_refused_clearly(http: httpx.Client):
     reply = http.post(f"/v2/models/{POLICY}/infer", content=b"{not json", headers={"content-type": "application/json"})
     assert reply.status_code == 400 and "error" in reply.json()

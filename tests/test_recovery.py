@@ -51,8 +51,10 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_nothing_and_answers_noth
     assert overdue, "the kill should have left requests in flight for the replacement"
 
 
-def test_two_workers_share_the_partitions(system: System):
+def test_two_workers_share_the_partitions(system: System, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WEB_PORT", "6099")  # left in a shell: Faust would give it precedence over --web-port
     workers = start(system, workers=2)
+    assert len({system.url(w) for w in workers}) == 2
 
     def split() -> list[set[int]] | None:  # once the second rebalance settles: each owns some, together all
         owned = [set(system.stats(w)["partitions"]) for w in workers]

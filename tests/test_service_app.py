@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.service.app import create_app
@@ -19,3 +21,13 @@ def test_every_bootstrap_server_and_the_security_reach_faust():
     assert [str(url) for url in app.conf.broker] == ["kafka://b1:9092", "kafka://b2:9092"]
     credentials = app.conf.broker_credentials
     assert (credentials.username, credentials.mechanism.value) == ("u", "SCRAM-SHA-512")
+
+
+def test_faust_variables_in_the_environment_are_ignored_and_named(monkeypatch, caplog):
+    """Faust reads WEB_PORT (and 80 more) over what the app passes: two workers bound one port."""
+    monkeypatch.setenv("WEB_PORT", "7777")
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "99")
+    with caplog.at_level(logging.WARNING, logger="rendezvous.service.app"):
+        app = create_app("env-test", KafkaSettings("127.0.0.1:9"), "127.0.0.1", 6070)
+    assert app.conf.web_port == 6070 and app.conf.broker_session_timeout == 6.0
+    assert "ignoring BROKER_SESSION_TIMEOUT, WEB_PORT in the environment" in caplog.text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from rendezvous import __version__
 from rendezvous.gateway.bridge import KafkaBridge
 from rendezvous.gateway.oip import FeaturesRequest, InferRequest, OipError, OutcomeRequest, infer_response, request_ids, rows
+from rendezvous.kernel.wire import WireError, decode_json
 
 __all__ = ["GatewaySettings", "create_app"]
 
@@ -140,10 +140,14 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
     # ------------------------------------------------------------------ inference
 
     async def json_body(request: Request) -> Any:
-        """The body as JSON whatever its content type (curl -d sends form-encoded), or a 400."""
+        """The body as JSON whatever its content type (curl -d sends form-encoded), or a 400.
+
+        Strict JSON, as the workers read it: NaN, Infinity, numbers out of range and invalid
+        UTF-8 are refused here rather than passed on (Python's json would turn 1e999 into inf,
+        which would reach the models as null)."""
         try:
-            return json.loads(await request.body())
-        except (ValueError, RecursionError) as exc:
+            return decode_json(await request.body())
+        except WireError as exc:
             raise HttpError(400, f"the body is not JSON: {exc}") from None
 
     def ref(model: str) -> dict[str, str]:

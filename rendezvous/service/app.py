@@ -8,10 +8,11 @@ configured wait instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiokafka
@@ -23,6 +24,25 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.status import announce_port
+
+log = logging.getLogger(__name__)
+
+#: Every variable Faust's settings would read from the environment (``WEB_PORT``, ``BROKER_URL``...).
+FAUST_VARIABLES = frozenset(p.env_name for p in faust.Settings.SETTINGS.values() if p.env_name)
+
+
+def ambient_faust_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The Faust variables set in ``environ``: ignored, since they would override the options.
+
+    Faust gives a variable such as ``WEB_PORT`` precedence over the value the app passes
+    in, so a ``WEB_PORT`` left in a shell made two workers bind one port whatever their
+    ``--web-port``. The worker hands Faust an empty environment and names what it ignored.
+
+    >>> ambient_faust_variables({"WEB_PORT": "8000", "HOME": "/root"})
+    ['WEB_PORT']
+    """
+    environ = os.environ if environ is None else environ
+    return sorted(name for name in FAUST_VARIABLES if name in environ)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -108,6 +128,11 @@ def broker_credentials(client: ClientConfig) -> faust.types.auth.CredentialsT | 
 
 def create_app(app_id: str, kafka: KafkaSettings, web_host: str, web_port: int, **conf: Any) -> RendezvousApp:
     """The app every rendezvous worker of one deployment runs (``app_id`` is its consumer group)."""
+    ignored = ambient_faust_variables()
+    if ignored:
+        log.warning("ignoring %s in the environment: Faust would read %s behind the options; set the worker "
+                    "with its options or RENDEZVOUS_* variables (rendezvous serve --help)",
+                    ", ".join(ignored), "it" if len(ignored) == 1 else "them")
     return RendezvousApp(
         app_id,
         broker=[f"kafka://{server.strip()}" for server in kafka.bootstrap.split(",")],
@@ -131,5 +156,6 @@ def create_app(app_id: str, kafka: KafkaSettings, web_host: str, web_port: int, 
         stream_wait_empty=True,  # a revoked partition's in-flight requests are answered before it goes
         # Faust makes a directory for table stores even with none on disk; not in the working directory
         datadir=os.path.join(tempfile.gettempdir(), "rendezvous-faust-{conf.name}-data"),
+        env={},  # every setting comes from here: see ambient_faust_variables
         **conf,
     )
