@@ -14,7 +14,7 @@ import click
 from containers.runner import ModelRunner, RunnerError
 from containers.spec import load_model, load_spec
 from rendezvous.kernel.kafka import check_connection
-from rendezvous.kernel.lifecycle import configure_logging, stop_on_signals
+from rendezvous.kernel.lifecycle import StopDeadline, configure_logging, stop_on_signals
 from rendezvous.kernel.options import (
     RendezvousCommand,
     broker_option,
@@ -22,6 +22,7 @@ from rendezvous.kernel.options import (
     expose_env_vars,
     kafka_settings,
     log_level_option,
+    stop_grace_option,
     topic_prefix_option,
     topics_for,
 )
@@ -45,12 +46,13 @@ from rendezvous.kernel.status import StatusServer
 @click.option("--instance", envvar="RENDEZVOUS_INSTANCE", default=None,
               help="How scores name this replica; default HOST/PID (container runtimes set HOST/CONTAINER).")
 @log_level_option
+@stop_grace_option
 def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
          http_host: str, http_port: int,
-         max_batch: int, linger_ms: float, instance: str | None, log_level: str) -> None:
+         max_batch: int, linger_ms: float, instance: str | None, log_level: str, stop_grace_s: float) -> None:
     """Run one replica of the model SPEC against the broker."""
     configure_logging(log_level)
-    stop = stop_on_signals()
+    stop = stop_on_signals(StopDeadline(stop_grace_s, "the model runner"))
     spec = load_spec(spec_path)
     model, identity = load_model(spec, instance)
     kafka = kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes)

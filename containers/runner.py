@@ -35,6 +35,7 @@ from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import poll_batch, produce
+from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import (
@@ -113,6 +114,7 @@ class ModelRunner:
         self._predict_many = getattr(model, "predict_many", None)
         self._consumer = Consumer(kafka.consumer(group or group_for(identity, topics)))
         self._producer = Producer(kafka.producer())
+        self.link = BrokerLink(kafka)
         self._assigned: set[int] | None = None  # None until the group first assigns us
         self._fatal: str | None = None
         self._pending: dict[int, list[Score]] = defaultdict(list)  # scores not yet produced, by partition
@@ -123,16 +125,17 @@ class ModelRunner:
 
     @property
     def ready(self) -> bool:
-        return self._assigned is not None
+        return self._assigned is not None and self.link.reachable
 
     def info(self) -> dict[str, Any]:
         return {"model": self.identity.name, "version": self.identity.version, "instance": self.identity.instance,
                 "artifact_sha256": self.identity.artifact_sha256, "partitions": sorted(self._assigned or ()),
-                "kafka": self._kafka}
+                "kafka": self._kafka, "broker_problem": self.link.problem()}
 
     def run(self, stop: threading.Event) -> None:
         """Score until ``stop`` is set, then flush and commit. Raises :class:`RunnerError`."""
         self._consumer.subscribe([self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.link.start()
         log.info("model %s %s consuming %s", self.identity.name, self.identity.version, self.topics.requests)
         try:
             while not stop.is_set():
@@ -148,6 +151,7 @@ class ModelRunner:
             self._close()
 
     def _close(self) -> None:
+        self.link.stop()
         self._flush()
         remaining = self._producer.flush(10)
         if remaining:

@@ -9,7 +9,7 @@ import click
 from decoy.archive import DEFAULT_SEGMENT_BYTES, ArchiveWriter
 from decoy.service import Decoy
 from rendezvous.kernel.kafka import check_connection
-from rendezvous.kernel.lifecycle import configure_logging, stop_on_signals
+from rendezvous.kernel.lifecycle import StopDeadline, configure_logging, stop_on_signals
 from rendezvous.kernel.options import (
     RendezvousCommand,
     broker_option,
@@ -17,6 +17,7 @@ from rendezvous.kernel.options import (
     expose_env_vars,
     kafka_settings,
     log_level_option,
+    stop_grace_option,
     topic_prefix_option,
     topics_for,
 )
@@ -37,12 +38,13 @@ from rendezvous.kernel.status import StatusServer
 @click.option("--http-port", envvar="RENDEZVOUS_HTTP_PORT", type=int, default=0, show_default=True,
               help="Port of /healthz, /ready, /metrics; -1 disables it.")
 @log_level_option
+@stop_grace_option
 def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
          group: str | None, segment_mb: int,
-         http_host: str, http_port: int, log_level: str) -> None:
+         http_host: str, http_port: int, log_level: str, stop_grace_s: float) -> None:
     """Archive every request, as the models saw it, until SIGTERM."""
     configure_logging(log_level)
-    stop = stop_on_signals()
+    stop = stop_on_signals(StopDeadline(stop_grace_s, "the decoy"))
     kafka = kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes)
     check_connection(kafka)
     decoy = Decoy(kafka, topics_for(topic_prefix),

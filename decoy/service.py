@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from decoy.archive import ArchivedRecord, ArchiveWriter
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.kafka import poll_batch
+from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import Topics
 
@@ -37,23 +38,27 @@ class Decoy:
         self._consumer = Consumer(kafka.consumer(group or topics.group("decoy"), **{
             "enable.auto.commit": False, "fetch.wait.max.ms": max(kafka.fetch_wait_ms, BACKGROUND_FETCH_WAIT_MS)}))
         self._assigned: set[int] | None = None
+        self.link = BrokerLink(kafka)
 
     @property
     def ready(self) -> bool:
-        return self._assigned is not None
+        return self._assigned is not None and self.link.reachable
 
     def info(self) -> dict[str, Any]:
         return {"role": "decoy", "archive": str(self.archive.directory), "next_seq": self.archive.next_seq,
-                "partitions": sorted(self._assigned or ()), "kafka": self._kafka}
+                "partitions": sorted(self._assigned or ()), "kafka": self._kafka,
+                "broker_problem": self.link.problem()}
 
     def run(self, stop: threading.Event) -> None:
         self._consumer.subscribe([self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.link.start()
         try:
             while not stop.is_set():
                 messages = poll_batch(self._consumer, self.max_batch, timeout=0.1)
                 if messages:
                     self._archive(messages)
         finally:
+            self.link.stop()
             self.archive.close()
             self._consumer.close()
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import click
 
 from rendezvous.kernel.errors import ConfigError, OperationsError
-from rendezvous.kernel.lifecycle import configure_logging
-from rendezvous.kernel.options import broker_option, kafka_settings, log_level_option, topic_prefix_option, topics_for
+from rendezvous.kernel.lifecycle import StopDeadline, configure_logging
+from rendezvous.kernel.options import (
+    broker_option,
+    kafka_settings,
+    log_level_option,
+    stop_grace_option,
+    topic_prefix_option,
+    topics_for,
+)
 from rendezvous.kernel.status import announce_port
 from rendezvous.operations.broker import resolve_broker
 
@@ -36,9 +44,10 @@ DEFAULT_PORT = 8080
               help="Serve HTTPS with this PEM certificate (with --keyfile).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="The certificate's key.")
 @log_level_option
+@stop_grace_option
 def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway_id: str | None,
             reply_margin_ms: float, specs: tuple[Path, ...], token_file: Path | None, certfile: str | None,
-            keyfile: str | None, log_level: str) -> None:
+            keyfile: str | None, log_level: str, stop_grace_s: float) -> None:
     """Serve POST /v2/models/POLICY/infer and /outcome, health and metadata (OIP v2) until SIGTERM.
 
     Each call becomes rendezvous requests and is answered within the policy's SLA
@@ -63,9 +72,19 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway
     sock = _listen(host, port)  # bound here, so that port 0 picks a free one and says which
     announce_port(sock.getsockname()[1])
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], access_log=False, ssl_certfile=certfile,
-                            ssl_keyfile=keyfile, log_level="warning" if log_level == "info" else log_level)
-    # uvicorn stops on SIGTERM: it finishes the calls in flight, then the lifespan stops the bridge
-    uvicorn.Server(config).run(sockets=[sock])
+                            ssl_keyfile=keyfile, log_level="warning" if log_level == "info" else log_level,
+                            timeout_graceful_shutdown=max(stop_grace_s / 2, 0.5))
+    deadline = StopDeadline(stop_grace_s, "the gateway")
+
+    class Server(uvicorn.Server):
+        """uvicorn stops on SIGTERM: it finishes the calls in flight, then the lifespan stops the bridge;
+        the deadline bounds both, as every service's stop is bounded."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            deadline.arm()
+            super().handle_exit(sig, frame)
+
+    Server(config).run(sockets=[sock])
 
 
 def _listen(host: str, port: int) -> socket.socket:

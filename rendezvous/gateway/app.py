@@ -212,6 +212,9 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
         return {"live": True}
 
     async def _ready() -> tuple[bool, str]:
+        problem = bridge.link.problem()
+        if problem:
+            return False, problem
         if bridge.policy is None:
             return False, "no policy in force yet"
         if bridge.recently_answered():

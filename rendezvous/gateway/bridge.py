@@ -30,6 +30,7 @@ from rendezvous.kernel.admin import create_topic, delete_topic
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.kafka import poll_batch, produce
+from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import REPLY_TO, Topics
 from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
@@ -62,6 +63,7 @@ class KafkaBridge:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._producer = Producer(kafka.producer(**{"client.id": f"gateway-{self.gateway_id}"}))
+        self.link = BrokerLink(kafka)  # readiness: the broker answers
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -81,9 +83,11 @@ class KafkaBridge:
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.link.start()
         log.info("gateway %s: replies on %s", self.gateway_id, self.reply_topic)
 
     def stop(self) -> None:
+        self.link.stop()
         self._stop.set()
         for thread in self._threads:
             thread.join(5)

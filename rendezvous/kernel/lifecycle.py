@@ -1,19 +1,77 @@
-"""Clean shutdown for the synchronous services: SIGTERM and SIGINT set a stop event."""
+"""Clean shutdown: SIGTERM and SIGINT set a stop event, and the process ends within a grace period.
+
+A service winds down on its first stop signal: it flushes what it owes and commits its
+offsets. With the broker unreachable, that flush and the final commit can wait for ever
+(librdkafka retries for ``message.timeout.ms``, aiokafka leaves its group for a minute),
+so the stop signal also arms a :class:`StopDeadline`: if the process is still running
+``grace_s`` later, it logs what it was doing and exits. Nothing acknowledged is lost by
+that: whatever the process had not committed is read again by whoever takes over.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
+
+__all__ = ["DEFAULT_STOP_GRACE_S", "StopDeadline", "stop_on_signals", "configure_logging"]
+
+#: How long a service may take to stop after SIGTERM; Docker's own default grace is also 10 s.
+DEFAULT_STOP_GRACE_S = 10.0
+
+log = logging.getLogger("rendezvous")
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by the first SIGTERM or SIGINT; the service's loop checks it and winds down."""
+class StopDeadline:
+    """Ends the process ``grace_s`` after :meth:`arm` unless it has exited by then.
+
+    >>> deadline = StopDeadline(5.0, "test")
+    >>> deadline.remaining() is None  # not armed yet
+    True
+    """
+
+    def __init__(self, grace_s: float = DEFAULT_STOP_GRACE_S, what: str = "service", exit_code: int = 1) -> None:
+        self.grace_s, self.what, self.exit_code = grace_s, what, exit_code
+        self._armed_at: float | None = None
+        self._lock = threading.Lock()
+
+    def arm(self) -> None:
+        """Start the countdown (once; later calls do nothing)."""
+        with self._lock:
+            if self._armed_at is not None:
+                return
+            self._armed_at = time.monotonic()
+        threading.Thread(target=self._expire, name="stop-deadline", daemon=True).start()
+
+    def remaining(self) -> float | None:
+        """Seconds left before the process is ended, or None before the stop signal."""
+        if self._armed_at is None:
+            return None
+        return max(self.grace_s - (time.monotonic() - self._armed_at), 0.0)
+
+    def _expire(self) -> None:
+        time.sleep(self.grace_s)
+        log.error("%s did not stop within %gs of the stop signal (is the broker reachable?); exiting now. "
+                  "What it had not committed is read again by whoever takes over.", self.what, self.grace_s)
+        logging.shutdown()  # flush the log handlers: os._exit skips them
+        os._exit(self.exit_code)
+
+
+def stop_on_signals(deadline: StopDeadline | None = None) -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT, which also arms ``deadline``; a second signal exits at once."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
-        logging.getLogger("rendezvous").info("received %s, shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("received %s again: exiting without finishing the stop", name)
+            os._exit(1)
+        log.info("received %s, shutting down", name)
         stop.set()
+        if deadline is not None:
+            deadline.arm()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)

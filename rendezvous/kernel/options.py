@@ -13,6 +13,7 @@ from rich.console import Console
 
 from rendezvous.kernel.client_config import CONFIG_ENV, ClientConfig
 from rendezvous.kernel.errors import RendezvousError
+from rendezvous.kernel.lifecycle import DEFAULT_STOP_GRACE_S
 from rendezvous.kernel.settings import (
     DEFAULT_FETCH_WAIT_MS,
     DEFAULT_PRODUCER_LINGER_MS,
@@ -175,6 +176,17 @@ def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--log-level", envvar="RENDEZVOUS_LOG_LEVEL", default="info", show_default=True,
         type=click.Choice(["debug", "info", "warning", "error"]), help="How much the service logs.",
+    )(f)
+
+
+def stop_grace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--stop-grace-s``: how long the service may take to stop after SIGTERM (see kernel.lifecycle)."""
+    return click.option(
+        "--stop-grace-s", envvar="RENDEZVOUS_STOP_GRACE_S", show_envvar=True, type=click.FloatRange(0.5, 600),
+        default=DEFAULT_STOP_GRACE_S, show_default=True,
+        help="After SIGTERM the service flushes and commits, and exits within this many seconds whatever the "
+             "broker does (what it could not commit is read again by whoever takes over). A second signal exits "
+             "at once.",
     )(f)
 
 

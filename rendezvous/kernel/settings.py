@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.logs import KAFKA_CLIENT_LOG
 
 __all__ = ["KafkaSettings", "state_dir", "DEFAULT_FETCH_WAIT_MS", "DEFAULT_PRODUCER_LINGER_MS",
            "DEFAULT_SESSION_TIMEOUT_MS", "BACKGROUND_FETCH_WAIT_MS"]
@@ -65,6 +66,7 @@ class KafkaSettings:
             "enable.idempotence": True,  # a retry never duplicates or reorders a record
             "queue.buffering.max.messages": 1_000_000,
             "log_level": 3,
+            "logger": KAFKA_CLIENT_LOG,  # through Python logging, where repeats are held back
             **self.client.confluent(),
             **overrides,
         }
@@ -82,9 +84,11 @@ class KafkaSettings:
             "fetch.wait.max.ms": self.fetch_wait_ms,
             "fetch.min.bytes": self.fetch_min_bytes,
             "log_level": 3,
+            "logger": KAFKA_CLIENT_LOG,  # through Python logging, where repeats are held back
             **self.client.confluent(),
             **overrides,
         }
 
     def admin(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **self.client.confluent()}
+        return {"bootstrap.servers": self.bootstrap, "log_level": 3, "logger": KAFKA_CLIENT_LOG,
+                **self.client.confluent()}

@@ -22,10 +22,12 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.logs import quiet_repeats
 from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.status import announce_port
 
 log = logging.getLogger(__name__)
+quiet_repeats(["aiokafka"])  # about 40 lines a second while the broker is away
 
 #: Every variable Faust's settings would read from the environment (``WEB_PORT``, ``BROKER_URL``...).
 FAUST_VARIABLES = frozenset(p.env_name for p in faust.Settings.SETTINGS.values() if p.env_name)

@@ -67,7 +67,9 @@ def build_worker(settings: ServiceSettings, policy_path: Path | None, rng: rando
 
 
 def run_worker(worker: RendezvousWorker, log_level: str = "info") -> None:
+    worker.link.start()
     try:
         faust.Worker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
     finally:
+        worker.link.stop()
         worker.control.feed.stop()

@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from rendezvous.kernel.lifecycle import DEFAULT_STOP_GRACE_S
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
@@ -29,6 +30,7 @@ class ServiceSettings:
     #: The last decision is taken this long before the SLA, so the answer is written by then
     #: (pays for a timer firing late and the write to Kafka; see rendezvous.routing.plan).
     sla_guard_ms: float = DEFAULT_SLA_GUARD_MS
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S  # after SIGTERM the worker exits within this, whatever the broker does
     recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
     catch_up_timeout_s: float = 5.0
     outcome_index_size: int = 500_000  # answered requests whose scores await an outcome

@@ -24,6 +24,8 @@ from canary.drift import DriftSettings
 from canary.watch import CanaryWatch
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.lifecycle import StopDeadline
+from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.topics import REPLY_TO
 from rendezvous.kernel.wire import (
     RecordTooLarge,
@@ -65,6 +67,8 @@ class RendezvousWorker:
         self._canary_policy: Any = None
         self._watch_canary()
         self.ready = False
+        self.link = BrokerLink(settings.kafka)  # /ready is false while the broker does not answer
+        self.stop_deadline = StopDeadline(settings.stop_grace_s, f"rendezvous worker {settings.worker_id}")
         self.owned: set[int] = set()
         self._catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
         # Faust may deliver a newly assigned partition's records before we know which of its
@@ -108,7 +112,7 @@ class RendezvousWorker:
         app.rebalance_start_callbacks.append(self._on_rebalance_start)
 
         async def ready(web: Any, request: Any) -> Any:
-            return web.json(self.status(), status=200 if self.ready else 503)
+            return web.json(self.status(), status=200 if self.ready and self.link.reachable else 503)
 
         async def stats(web: Any, request: Any) -> Any:
             return web.json(self.status())
@@ -167,7 +171,8 @@ class RendezvousWorker:
         return {
             "worker": self.settings.worker_id,
             "kafka": {"bootstrap": self.settings.kafka.bootstrap, **describe(self.settings.kafka.client)},
-            "ready": self.ready,
+            "ready": self.ready and self.link.reachable,
+            "broker_problem": self.link.problem(),
             "partitions": sorted(self.owned),
             "pending": self.router.pending_count,
             "orphan_scores": self.router.orphan_count,
@@ -342,6 +347,9 @@ class RendezvousWorker:
         self._apply(self.router.release_orphans())
 
     async def _before_stop(self) -> None:
+        # Faust's own stop waits a minute for a consumer thread that cannot leave its group
+        # while the broker is down: bounded here, as every service's stop is.
+        self.stop_deadline.arm()
         self._on_rebalance_start()
         for p in list(self._catch_up):
             self._release(p, "stopping")

@@ -1,0 +1,117 @@
+"""Faults against a live stack on its own Kafka broker: the broker killed and restarted under
+traffic, and every component stopped while the broker is away.
+
+Guarantees, each judged by the components' own records: nothing the broker acknowledged is
+lost or answered twice; every component says it is not ready while the broker is away and is
+ready again within 15 s of its return; the system answers within the SLA again by then; and
+SIGTERM ends every component within its grace period whatever the broker does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rendezvous.operations.broker import KafkaBroker
+from rendezvous.operations.kafka_dist import kafka_available
+from tests.conftest import CHAIN_POLICY, System, scripted_spec, settings_for, wait_until, write_policy
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not kafka_available(), reason="needs Java 17+ for Kafka")]
+
+SLA_MS = 100  # CHAIN_POLICY's
+GRACE_S = 3.0  # each component's --stop-grace-s here (RENDEZVOUS_STOP_GRACE_S)
+BACK_WITHIN_S = 15.0  # after the broker's return: ready again, and answering within the SLA
+
+
+class Stack:
+    def __init__(self, broker: KafkaBroker, system: System, names: dict[str, str]) -> None:
+        self.broker, self.system, self.names = broker, system, names
+
+    def ready(self, name: str) -> bool:
+        return self.system.runtime.supervisor.is_ready(self.names[name], timeout=3)
+
+    def status(self, name: str) -> dict:
+        path = "/stats" if name == "worker" else "/info"
+        try:
+            with urllib.request.urlopen(f"{self.system.url(self.names[name])}{path}", timeout=3) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    saved = os.environ.get("RENDEZVOUS_STOP_GRACE_S")
+    os.environ["RENDEZVOUS_STOP_GRACE_S"] = str(GRACE_S)  # the children inherit it
+    broker = KafkaBroker(data_dir=tmp_path / "kafka", log_path=tmp_path / "broker.log")
+    broker.start()
+    system = System(settings_for(broker), tmp_path)
+    try:
+        models = system.start_models(*(scripted_spec(tmp_path, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+        [worker] = system.start_workers(write_policy(tmp_path, CHAIN_POLICY), 1)
+        names = {"worker": worker, "decoy": system.runtime.start_decoy(tmp_path / "archive"),
+                 "gateway": system.runtime.start_gateway(), **{f"model {m}": m for m in models}}
+        system.wait_ready(list(names.values()))
+        system.warm_up()
+        yield Stack(broker, system, names)
+    finally:
+        system.close()
+        broker.stop()
+        if saved is None:
+            os.environ.pop("RENDEZVOUS_STOP_GRACE_S", None)
+        else:
+            os.environ["RENDEZVOUS_STOP_GRACE_S"] = saved
+
+
+def test_a_broker_killed_and_restarted_is_seen_survived_and_loses_nothing(stack: Stack):
+    system = stack.system
+    before = [f"before-{i}" for i in range(100)]
+    system.send([(rid, {}) for rid in before], rate=50)  # returns once the broker acknowledged every one
+
+    os.kill(stack.broker.pid, signal.SIGKILL)
+    stack.broker.stop()
+    for name in stack.names:
+        wait_until(lambda name=name: not stack.ready(name), f"{name} says it is not ready", timeout=10)
+    assert "has not answered" in stack.status("worker")["broker_problem"]
+
+    stack.broker.start()  # the same data and port
+    returned_ms = time.time() * 1000
+    for name in stack.names:
+        wait_until(lambda name=name: stack.ready(name), f"{name} ready again", timeout=BACK_WITHIN_S)
+    after = [f"after-{i}" for i in range(150)]
+    system.send([(rid, {}) for rid in after], rate=25)
+
+    results = system.results_for(before + after, timeout=60)
+    assert Counter(len(r) for r in results.values()) == Counter({1: len(before) + len(after)}), "lost or twice"
+    # By the worker's own record: past the restart's bound, every answer is within the SLA.
+    late = [r[0] for rid, r in results.items() if rid.startswith("after")
+            and r[0].request_ms >= returned_ms + BACK_WITHIN_S * 1000 and r[0].latency_ms > SLA_MS]
+    assert not late, f"{len(late)} answered after the SLA once the broker was back, e.g. {late[0]}"
+    first = min((r[0] for rid, r in results.items() if rid.startswith("after")), key=lambda r: r.request_ms)
+    assert first.decided_ms <= returned_ms + BACK_WITHIN_S * 1000, "not answering again within 15 s"
+
+
+def test_sigterm_ends_every_component_within_its_grace_while_the_broker_is_away(stack: Stack):
+    stack.system.send([(f"pending-{i}", {}) for i in range(50)], rate=100)
+    stack.broker.stop()
+    # the processes themselves: their supervisor may start new ones once these exit
+    processes = {n: stack.system.runtime.supervisor.get(n).process for n in stack.names.values()}
+    for process in processes.values():
+        process.send_signal(signal.SIGTERM)
+    slow = []
+    for name, process in processes.items():
+        try:
+            process.wait(GRACE_S + 5)  # its grace, plus the time to start Python's exit
+        except subprocess.TimeoutExpired:
+            slow.append(name)
+    assert not slow, f"still running {GRACE_S + 5:g}s after SIGTERM: {slow}"
