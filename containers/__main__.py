@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -27,6 +28,7 @@ from rendezvous.kernel.options import (
     topics_for,
 )
 from rendezvous.kernel.status import StatusServer
+from rendezvous.kernel.trust import load_key
 
 
 @click.command(cls=RendezvousCommand)
@@ -45,11 +47,16 @@ from rendezvous.kernel.status import StatusServer
               help="Longest a finished score waits for others to share its record.")
 @click.option("--instance", envvar="RENDEZVOUS_INSTANCE", default=None,
               help="How scores name this replica; default HOST/PID (container runtimes set HOST/CONTAINER).")
+@click.option("--score-key-file", envvar="RENDEZVOUS_SCORE_KEY_FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="This model's key (readable by its owner only): every score record is signed with it, and workers "
+                   "given the stack's secret refuse unsigned ones. `rendezvous up` writes one per model.")
 @log_level_option
 @stop_grace_option
 def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int,
          http_host: str, http_port: int,
-         max_batch: int, linger_ms: float, instance: str | None, log_level: str, stop_grace_s: float) -> None:
+         max_batch: int, linger_ms: float, instance: str | None, score_key_file: Path | None, log_level: str,
+         stop_grace_s: float) -> None:
     """Run one replica of the model SPEC against the broker."""
     configure_logging(log_level)
     stop = stop_on_signals(StopDeadline(stop_grace_s, "the model runner"))
@@ -57,7 +64,9 @@ def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, pro
     model, identity = load_model(spec, instance)
     kafka = kafka_settings(broker, fetch_wait_ms, producer_linger_ms, fetch_min_bytes)
     check_connection(kafka)
-    runner = ModelRunner(model, identity, kafka, topics_for(topic_prefix), max_batch=max_batch, linger_ms=linger_ms)
+    score_key = load_key(score_key_file, "score key") if score_key_file else None
+    runner = ModelRunner(model, identity, kafka, topics_for(topic_prefix), max_batch=max_batch, linger_ms=linger_ms,
+                         score_key=score_key)
     status = None
     if http_port >= 0:
         status = StatusServer(runner.registry, lambda: runner.ready, runner.info, http_host, http_port).start()

@@ -38,6 +38,7 @@ from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.trust import SIGNATURE_HEADER, sign
 from rendezvous.kernel.wire import (
     DEFAULT_MAX_REQUEST_BYTES,
     Request,
@@ -101,6 +102,7 @@ class ModelRunner:
         linger_ms: float = 2.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         registry: CollectorRegistry | None = None,
+        score_key: bytes | None = None,
     ) -> None:
         self.model, self.identity, self.topics = model, identity, topics
         self._kafka = {"bootstrap": kafka.bootstrap, **describe(kafka.client)}  # redacted: shown by /info
@@ -115,6 +117,7 @@ class ModelRunner:
         self._consumer = Consumer(kafka.consumer(group or group_for(identity, topics)))
         self._producer = Producer(kafka.producer())
         self.link = BrokerLink(kafka)
+        self._score_key = score_key  # signs every score record: the worker refuses unsigned ones if it holds keys
         self._assigned: set[int] | None = None  # None until the group first assigns us
         self._fatal: str | None = None
         self._pending: dict[int, list[Score]] = defaultdict(list)  # scores not yet produced, by partition
@@ -282,7 +285,8 @@ class ModelRunner:
             else:
                 self._store(partition, offset)
 
-        produce(self._producer, self.topics.scores, value, key, partition, delivered)
+        headers = [(SIGNATURE_HEADER, sign(self._score_key, value))] if self._score_key else None
+        produce(self._producer, self.topics.scores, value, key, partition, delivered, headers)
 
     def _store(self, partition: int, offset: int) -> None:
         try:

@@ -183,10 +183,10 @@ class _Background:
 class System:
     """Models, rendezvous workers and a client, as real processes against the real broker."""
 
-    def __init__(self, kafka: KafkaSettings, directory: Path, partitions: int = 4) -> None:
+    def __init__(self, kafka: KafkaSettings, directory: Path, partitions: int = 4, secret_file: Path | None = None) -> None:
         self.kafka, self.directory, self.partitions = kafka, directory, partitions
         self.topics = fresh_topics(kafka, partitions)
-        self.runtime = ProcessRuntime(kafka, directory / "logs", self.topics.namespace)
+        self.runtime = ProcessRuntime(kafka, directory / "logs", self.topics.namespace, secret_file=secret_file)
         self.sender = RequestSender(kafka, self.topics)
         self.collector = ResultCollector(kafka, self.topics, partitions).start()
         self._next_worker = 0

@@ -292,7 +292,7 @@ def test_the_outcome_horizon_follows_the_policy_in_force():
 
     class Feed:
         def __init__(self) -> None:
-            self.pending = Drained(policies=[(policy_record(v2), 1.0)])
+            self.pending = Drained(policies=[(policy_record(v2), 1.0, None)])
 
         def drain(self) -> Drained:
             out, self.pending = self.pending, Drained()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import Producer
@@ -182,6 +183,7 @@ def test_sla_misses_are_recorded_and_blamed_on_their_cause(chain: System):
 
 
 def test_duplicate_and_unknown_scores_are_counted_and_dropped(chain: System):
+    """Invented model names are counted as one, "other": they never become series of /metrics or keys of /stats."""
     rid = f"dup-{time.monotonic_ns()}"
     result = wait_until(lambda: (r := chain.ask(f"{rid}-{time.monotonic_ns()}", {})).candidates and r,
                         "a result that some model had scored")
@@ -189,17 +191,22 @@ def test_duplicate_and_unknown_scores_are_counted_and_dropped(chain: System):
     before = chain.stats(chain.worker)["dropped_scores"]
     partition = chain.partition_of(rid)
     score = Score(rid, 1.0, 1.0, 2.0, score=0.9)
-    for model in (answered, "intruder"):  # the first had answered it already; intruder is not in the policy
-        chain.produce_raw(chain.topics.scores, encode(ScoreBatch(model, "1", "h", [score])), partition=partition)
-    chain.produce_raw(chain.topics.scores, encode(ScoreBatch("m1", "1", "h", [Score("never-sent", 1, 1, 2, 0.5)])))
-    expected = {f"duplicate/{answered}": 1, "unknown_model/intruder": 1, "unknown_request/m1": 1}
+    producer = Producer(chain.kafka.producer())
+    invented = [f"intruder-{i}" for i in range(40)]  # none is in the policy
+    for model in (answered, *invented):  # the first had answered it already
+        producer.produce(chain.topics.scores, encode(ScoreBatch(model, "1", "h", [score])), partition=partition)
+    producer.produce(chain.topics.scores, encode(ScoreBatch("m1", "1", "h", [Score("never-sent", 1, 1, 2, 0.5)])))
+    assert producer.flush(10) == 0
+    expected = {f"duplicate/{answered}": 1, "unknown_model/other": len(invented), "unknown_request/m1": 1}
 
     def counted() -> dict[str, int] | None:  # the never-sent request's score is an orphan until its 1 s TTL
         now = chain.stats(chain.worker)["dropped_scores"]
         grown = {key: now.get(key, 0) - before.get(key, 0) for key in expected}
-        return grown if all(grown.values()) else None
-    assert wait_until(counted, "the three scores counted") == expected
+        return grown if grown == expected else None
+    assert wait_until(counted, "the scores counted") == expected
     assert len(chain.results_for([rid])[rid]) == 1
+    with urllib.request.urlopen(f"{chain.url(chain.worker)}/metrics", timeout=5) as response:
+        assert b"intruder" not in response.read()
 
 
 def _dead_letter_for(chain: System, topic: str, partition: int, offset: int):  # noqa: ANN202

@@ -14,11 +14,13 @@ from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
     log_level_option,
+    secret_option,
     stop_grace_option,
     topic_prefix_option,
     topics_for,
 )
 from rendezvous.kernel.status import announce_port
+from rendezvous.kernel.trust import StackSecret
 from rendezvous.operations.broker import resolve_broker
 
 DEFAULT_PORT = 8080
@@ -43,11 +45,12 @@ DEFAULT_PORT = 8080
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve HTTPS with this PEM certificate (with --keyfile).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="The certificate's key.")
+@secret_option()
 @log_level_option
 @stop_grace_option
 def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway_id: str | None,
             reply_margin_ms: float, specs: tuple[Path, ...], token_file: Path | None, certfile: str | None,
-            keyfile: str | None, log_level: str, stop_grace_s: float) -> None:
+            keyfile: str | None, secret: StackSecret | None, log_level: str, stop_grace_s: float) -> None:
     """Serve POST /v2/models/POLICY/infer and /outcome, health and metadata (OIP v2) until SIGTERM.
 
     Each call becomes rendezvous requests and is answered within the policy's SLA
@@ -62,7 +65,8 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway
     configure_logging(log_level)
     kafka = kafka_settings(resolve_broker(broker))
     inputs = {spec.name: list(spec.inputs) for spec in map(load_spec, specs)}
-    bridge = KafkaBridge(kafka, topics_for(topic_prefix), gateway_id)
+    bridge = KafkaBridge(kafka, topics_for(topic_prefix), gateway_id,
+                         policy_key=secret.policy_key if secret else None)
     if bool(certfile) != bool(keyfile):
         raise ConfigError("--certfile and --keyfile go together", hint="give both to serve HTTPS, or neither")
     token = token_file.read_text().strip() if token_file else None

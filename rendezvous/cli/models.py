@@ -24,9 +24,11 @@ from rendezvous.kernel.options import (
     broker_option,
     client_options,
     kafka_settings,
+    secret_option,
     stderr_console,
     topic_prefix_option,
 )
+from rendezvous.kernel.trust import StackSecret
 from rendezvous.operations.base import Replica
 from rendezvous.operations.broker import resolve_broker
 from rendezvous.operations.docker import DeployError, DockerRuntime, connect
@@ -38,9 +40,9 @@ from rendezvous.operations.images import (
 
 
 def _runtime(broker: str | None, topic_prefix: str, fetch_wait_ms: int = 5, producer_linger_ms: float = 0.0,
-             fetch_min_bytes: int = 1, need_broker: bool = False) -> DockerRuntime:
+             fetch_min_bytes: int = 1, need_broker: bool = False, secret: StackSecret | None = None) -> DockerRuntime:
     kafka = kafka_settings(resolve_broker(broker), fetch_wait_ms, producer_linger_ms, fetch_min_bytes) if need_broker else None
-    return DockerRuntime(kafka, topic_prefix)
+    return DockerRuntime(kafka, topic_prefix, secret=secret)
 
 
 @click.command()
@@ -51,8 +53,9 @@ def _runtime(broker: str | None, topic_prefix: str, fetch_wait_ms: int = 5, prod
 @broker_option()
 @topic_prefix_option
 @client_options
+@secret_option(discover=True)
 def deploy(spec_path: Path, replicas: int | None, wait: bool, timeout: float, broker: str | None, topic_prefix: str,
-           fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int) -> None:
+           fetch_wait_ms: int, producer_linger_ms: float, fetch_min_bytes: int, secret: StackSecret | None) -> None:
     """Run the model SPEC as containers; deploying it again changes its replica count.
 
     Its scores flow into the scoring stream and are ignored until a policy names
@@ -60,7 +63,8 @@ def deploy(spec_path: Path, replicas: int | None, wait: bool, timeout: float, br
     """
     console = stderr_console()
     started = time.monotonic()
-    runtime = _runtime(broker, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True)
+    runtime = _runtime(broker, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True,
+                       secret=secret)
     names = runtime.deploy(spec_path, replicas)
     console.log(f"deployed {len(names)} replica(s): {', '.join(names) or '-'}")
     if wait and names:

@@ -17,10 +17,12 @@ from rendezvous.kernel.errors import ConfigError
 from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
+    secret_option,
     topic_prefix_option,
     topics_for,
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
+from rendezvous.kernel.trust import StackSecret, verify
 from rendezvous.operations.broker import resolve_broker
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.service.control import ControlFeed, decode_policy_record
@@ -73,7 +75,9 @@ def validate(path: Path) -> None:
               help="Apply even if a model it names has not scored in the last 5 minutes (you deploy it next).")
 @broker_option()
 @topic_prefix_option
-def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topic_prefix: str) -> None:
+@secret_option(discover=True)
+def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topic_prefix: str,
+          secret: StackSecret | None) -> None:
     """Put FILE in force on every worker (within a second), if valid and of a higher version.
 
     Refused if it names a model that has not scored recently (a typo would
@@ -83,7 +87,7 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
     kafka = kafka_settings(resolve_broker(broker))
     topics = topics_for(topic_prefix)
     ensure_topics(kafka, topics, DEFAULT_PARTITIONS)
-    current = _history(kafka, topics)
+    current = _history(kafka, topics, secret)
     if current and current[-1][0].version >= doc.version:
         raise click.ClickException(f"version {doc.version} is not higher than v{current[-1][0].version} in force; "
                                    "bump `version` in the file")
@@ -95,8 +99,9 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
                 f"{path}: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} not scored in the last "
                 f"5 minutes (scoring: {', '.join(sorted(scoring)) or 'no model'})",
                 hint="check the spelling, deploy the model first, or pass --allow-missing")
-    publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}")
-    click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}")
+    publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}", secret=secret)
+    click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}" + ("" if secret else
+               " (unsigned: workers given the stack's secret will refuse it; pass --secret-file)"))
 
 
 @policy.command()
@@ -104,9 +109,10 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
 @click.option("--json", "as_json", is_flag=True, help="The policy in force as JSON.")
 @broker_option()
 @topic_prefix_option
-def show(history: bool, as_json: bool, broker: str | None, topic_prefix: str) -> None:
-    """Show the policy in force (the highest valid version on the policies topic)."""
-    versions = _history(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix))
+@secret_option(discover=True)
+def show(history: bool, as_json: bool, broker: str | None, topic_prefix: str, secret: StackSecret | None) -> None:
+    """Show the policy in force (the highest valid version on the policies topic, signed if there is a secret)."""
+    versions = _history(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), secret)
     if not versions:
         raise click.ClickException("no policy has been applied yet")
     if history:
@@ -130,15 +136,18 @@ def policy_json_schema() -> dict:
             "title": "rendezvous routing policy"}
 
 
-def _history(kafka, topics) -> list[tuple[Policy, object]]:  # noqa: ANN001
-    """The valid policy versions on the topic, in the order they took effect."""
+def _history(kafka, topics, secret: StackSecret | None = None) -> list[tuple[Policy, object]]:  # noqa: ANN001
+    """The valid policy versions on the topic, in the order they took effect (as workers given ``secret`` see it:
+    a record not signed with its policy key never took effect)."""
     feed = ControlFeed(kafka, topics)
     try:
         drained = feed.read_policies()
     finally:
         feed.stop()
     out: list[tuple[Policy, object]] = []
-    for value, _ in drained.policies:
+    for value, _, signature in drained.policies:
+        if secret is not None and not verify(secret.policy_key, value, signature):
+            continue
         try:
             record = decode_policy_record(value)
             doc = parse_document(record.policy, Policy, "record")

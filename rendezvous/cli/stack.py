@@ -61,7 +61,8 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
     policy = declared.policy
     options = StackOptions(broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
                            web_port=web_port, gateway_port=None if no_gateway else gateway_port,
-                           engine=engine, broker_data=workdir / "kafka", retention_ms=retention_minutes * 60_000)
+                           engine=engine, broker_data=workdir / "kafka", retention_ms=retention_minutes * 60_000,
+                           secret_file=workdir / "secret")
     with running_stack(options, declared, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
         gateway = f", gateway {stack.gateway_url}/v2/models/{policy.name}/infer" if stack.gateway_url else ""

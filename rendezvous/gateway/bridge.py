@@ -33,6 +33,7 @@ from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import REPLY_TO, Topics
+from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
 
 __all__ = ["KafkaBridge", "Reply"]
@@ -50,8 +51,9 @@ class Reply:
 class KafkaBridge:
     """Start, then :meth:`ask` from the event loop; :meth:`stop` on shutdown."""
 
-    def __init__(self, kafka: KafkaSettings, topics: Topics, gateway_id: str | None = None) -> None:
-        self.kafka, self.topics = kafka, topics
+    def __init__(self, kafka: KafkaSettings, topics: Topics, gateway_id: str | None = None,
+                 policy_key: bytes | None = None) -> None:
+        self.kafka, self.topics, self.policy_key = kafka, topics, policy_key  # with a key: signed policies only
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
         self.reply_topic = topics.replies(self.gateway_id)
         self.policy: Policy | None = None
@@ -108,6 +110,9 @@ class KafkaBridge:
     # ------------------------------------------------------------------ policies
 
     def _follow_policies(self, message: Message) -> None:
+        if self.policy_key is not None and not verify(self.policy_key, message.value(), signature_of(message.headers())):
+            log.warning("ignored a policy record not signed with the policy key")
+            return
         try:
             doc = parse_document(decode_policy_record(message.value() or b"").policy, Policy, "policy record")
         except (DocumentError, ValueError, RecursionError) as exc:  # msgspec's DecodeError is a ValueError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +21,7 @@ from rendezvous.kernel.settings import (
     KafkaSettings,
 )
 from rendezvous.kernel.topics import DEFAULT_PREFIX, Topics
+from rendezvous.kernel.trust import StackSecret, remembered_secret
 
 
 class _UserError(click.ClickException):
@@ -188,6 +190,39 @@ def stop_grace_option(f: Callable[..., Any]) -> Callable[..., Any]:
              "broker does (what it could not commit is read again by whoever takes over). A second signal exits "
              "at once.",
     )(f)
+
+
+#: Where `rendezvous up` keeps the stack's secret, relative to its working directory (--workdir).
+DEFAULT_SECRET_PATH = Path(".rendezvous") / "secret"
+
+
+def secret_option(discover: bool = False) -> Callable[[Any], Any]:
+    """``--secret-file``: the stack's secret, from which the keys that sign policies, scores and bandit
+    records are derived (see kernel.trust); passed on as a :class:`StackSecret` or None.
+
+    With ``discover`` (the operator's commands: policy apply, models deploy), a command given no
+    secret uses ``.rendezvous/secret`` here, else the one the last ``rendezvous up`` used. Services
+    never guess: a worker checks signatures only when it is given the secret."""
+    def load(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> StackSecret | None:
+        path = value
+        if path is None and discover:
+            path = DEFAULT_SECRET_PATH if DEFAULT_SECRET_PATH.exists() else remembered_secret()
+        try:
+            return StackSecret.load(path) if path is not None else None
+        except RendezvousError as exc:  # parsing happens before the command's own error reporting
+            raise click.BadParameter(str(exc) + (f" ({exc.hint})" if exc.hint else ""),
+                                     param_hint="--secret-file / RENDEZVOUS_SECRET_FILE") from None
+
+    found = (f" Default: {DEFAULT_SECRET_PATH} if it exists, else the one the last `rendezvous up` here used "
+             "(its WORKDIR/secret), else none: nothing is signed.") if discover else (
+             " Default: none, and nothing is checked (the service warns).")
+    return click.option(
+        "--secret-file", "secret", envvar="RENDEZVOUS_SECRET_FILE", show_envvar=True, default=None, callback=load,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The stack's secret (a file only you can read; `rendezvous up` makes WORKDIR/secret). Policies are "
+             "signed with a key derived from it, and services given it accept only signed policies, scores and "
+             "bandit records." + found,
+    )
 
 
 def kafka_settings(broker: str, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS,

@@ -29,6 +29,7 @@ from containers.spec import ModelSpec, load_spec
 from rendezvous.kernel.client_config import FILE_PROPERTIES, write_properties
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.settings import KafkaSettings, state_dir
+from rendezvous.kernel.trust import StackSecret, write_key
 from rendezvous.operations.base import (
     Replica,
     RuntimeUnavailable,
@@ -63,6 +64,7 @@ def connect(timeout: float = 10.0):
 
 
 CLIENT_MOUNT = "/etc/rendezvous/kafka"
+SCORE_KEY_MOUNT = "/etc/rendezvous/score.key"
 _CONTAINER_UID = 65534
 
 
@@ -84,8 +86,9 @@ class DockerRuntime:
     """Deploys, scales, lists and stops model replicas as containers of one stack."""
 
     def __init__(self, kafka: KafkaSettings | None, topic_prefix: str = "rendezvous", client=None,
-                 max_restarts: int = 5, stop_timeout_s: int = 10) -> None:
+                 max_restarts: int = 5, stop_timeout_s: int = 10, secret: StackSecret | None = None) -> None:
         self.kafka, self.topic_prefix = kafka, topic_prefix
+        self.secret = secret  # each replica gets its model's key (mounted read-only), never the secret
         self.client = client or connect()
         self.max_restarts, self.stop_timeout_s = max_restarts, stop_timeout_s
 
@@ -216,6 +219,9 @@ class DockerRuntime:
         if k.client:
             volumes[str(self._client_dir())] = {"bind": CLIENT_MOUNT, "mode": "ro"}
             command += ["--kafka-config", f"{CLIENT_MOUNT}/client.properties"]
+        if self.secret is not None:
+            volumes[str(self._score_key_file(spec.name))] = {"bind": SCORE_KEY_MOUNT, "mode": "ro"}
+            command += ["--score-key-file", SCORE_KEY_MOUNT]
         labels = {f"{LABEL}.stack": self.topic_prefix, f"{LABEL}.role": "model", f"{LABEL}.model": spec.name,
                   f"{LABEL}.version": spec.version, f"{LABEL}.replica": str(index), f"{LABEL}.spec": str(spec_path),
                   f"{LABEL}.http-port": str(port), f"{LABEL}.memory": limits.memory}
@@ -237,6 +243,17 @@ class DockerRuntime:
                 raise DeployError(f"a container named {name} already exists outside rendezvous' control; "
                                   f"remove it (docker rm -f {name})") from None
             raise DeployError(f"the Docker engine refused to start {name}: {exc.explanation or exc}") from None
+
+    def _score_key_file(self, model: str) -> Path:
+        """The model's key, where only the container's user can read it (as the client files)."""
+        assert self.secret is not None
+        directory = state_dir() / "model-keys" / _slug(self.topic_prefix)
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / f"{_slug(model)}.key"
+        path.unlink(missing_ok=True)  # a read-only copy from an earlier deploy
+        write_key(path, self.secret.model_key(model))
+        _hand_to_container(path)
+        return path
 
     def _client_dir(self) -> Path:
         """The Kafka client properties and the files they name, as the containers see them.

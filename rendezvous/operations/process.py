@@ -17,6 +17,7 @@ from containers.spec import load_spec
 from rendezvous.kernel.client_config import ENV_PREFIX
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.settings import KafkaSettings
+from rendezvous.kernel.trust import StackSecret, write_key
 from rendezvous.operations.base import Replica, replica_changes
 from rendezvous.operations.broker import port_open
 from rendezvous.operations.supervisor import ChildSpec, Supervisor
@@ -28,6 +29,8 @@ class ProcessRuntime:
     log_dir: Path
     topic_prefix: str = "rendezvous"
     app_id: str | None = None  # default: the topic prefix
+    #: The stack's secret: workers and gateways get the file, each model runner only its own key.
+    secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         self._client_file_written = False
@@ -45,6 +48,18 @@ class ProcessRuntime:
                 self._client_file_written = True
             security = ["--kafka-config", str(path)]
         return ["--broker", k.bootstrap, *security, "--topic-prefix", self.topic_prefix]
+
+    def _secret(self) -> list[str]:
+        """For a worker or a gateway: the stack's secret, by file."""
+        return ["--secret-file", str(self.secret_file)] if self.secret_file else []
+
+    def _score_key(self, model: str) -> list[str]:
+        """For a model runner: a file with its model's key, and nothing else of the secret."""
+        if not self.secret_file:
+            return []
+        key = StackSecret.load(self.secret_file).model_key(model)
+        path = write_key(self.log_dir.parent / "keys" / f"model-{model}.key", key)
+        return ["--score-key-file", str(path)]
 
     def _common(self) -> list[str]:
         """What the Kafka components take besides: the client tuning."""
@@ -69,7 +84,7 @@ class ProcessRuntime:
         start, stop = replica_changes(list(running), wanted)
         for i in start:
             argv = [sys.executable, "-m", "containers", "--spec", str(spec_path), *self._common(),
-                    "--http-port", "0", *(extra_args or [])]
+                    *self._score_key(spec.name), "--http-port", "0", *(extra_args or [])]
             self._add(f"model/{spec.name}/{spec.version}/{i}", argv, 0, role="model", model=spec.name,
                       version=spec.version, replica=str(i), spec=str(spec_path))
         for i in stop:
@@ -130,6 +145,7 @@ class ProcessRuntime:
                 raise OperationsError(f"port {port} for rendezvous worker {i}'s metrics is in use",
                                       hint="pass another --web-port (RENDEZVOUS_WEB_PORT), or stop what uses it")
             argv = [sys.executable, "-m", "rendezvous", "serve", "--policy", str(policy_path), *self._common(),
+                    *self._secret(),
                     "--app-id", self.app_id or self.topic_prefix, "--web-port", str(port),
                     "--worker-id", f"{socket.gethostname()}/rendezvous-{i}",
                     "--log-level", "warning", *(extra_args or [])]
@@ -142,7 +158,8 @@ class ProcessRuntime:
         if port and port_open("127.0.0.1", port):
             raise OperationsError(f"port {port} for the gateway is in use",
                                   hint="pass another --gateway-port (RENDEZVOUS_GATEWAY_PORT), or stop what uses it")
-        argv = [sys.executable, "-m", "rendezvous", "gateway", *self._common_broker(), "--port", str(port),
+        argv = [sys.executable, "-m", "rendezvous", "gateway", *self._common_broker(), *self._secret(),
+                "--port", str(port),
                 "--gateway-id", f"{socket.gethostname()}-{name.replace('/', '-')}-{os.getpid()}",
                 *[arg for spec in specs or [] for arg in ("--spec", str(spec))], *(extra_args or [])]
         return self._add(name, argv, port, role="gateway")

@@ -20,6 +20,7 @@ from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS, Topics
+from rendezvous.kernel.trust import StackSecret, remember_secret
 from rendezvous.operations.base import ModelRuntime
 from rendezvous.operations.broker import (
     EmbeddedBroker,
@@ -55,6 +56,9 @@ class StackOptions:
     engine: str | None = None  # the embedded broker's engine: kafka, tansu, or None/auto (see operations.broker)
     broker_data: Path | None = None  # where an embedded Kafka keeps its logs (None: a temporary directory)
     retention_ms: int = DEFAULT_RETENTION_MS  # of the request path's topics, when they are created
+    #: The stack's secret (made if missing): policies, scores and bandit records are signed and checked.
+    #: None: nothing is (the worker warns that anyone who can write to the broker can steer it).
+    secret_file: Path | None = None
 
 
 @dataclass
@@ -90,9 +94,12 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
         topics = Topics.with_prefix(options.topic_prefix)
         check_connection(kafka)
         ensure_topics(kafka, topics, options.partitions, retention_ms=options.retention_ms)
-        runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix)
+        secret = StackSecret.create(options.secret_file) if options.secret_file else None
+        if secret is not None and options.find_running_broker:  # `up`: `policy apply` finds the secret
+            remember_secret(options.secret_file)
+        runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix, secret_file=options.secret_file)
         if deploy.runtime == "docker":
-            models = DockerRuntime(kafka, options.topic_prefix)
+            models = DockerRuntime(kafka, options.topic_prefix, secret=secret)
         else:
             models = runtime
         names: list[str] = []

@@ -92,6 +92,10 @@ class Step:
     late: list[tuple[str, str, float | None]] = field(default_factory=list)  # (request, model, score) after the answer
 
 
+#: How counts name a model the policy does not: a writer may invent any number of names.
+UNLISTED = "other"
+
+
 @dataclass
 class RouterStats:
     requests: int = 0
@@ -167,7 +171,7 @@ class Router:
                 continue
             if pending is not None:
                 if not (named or model in pending.plan.models):
-                    self.stats.dropped["unknown_model", model] += 1
+                    self.stats.dropped["unknown_model", UNLISTED] += 1  # any name at all: not a label
                 elif self._attach(pending, model, view, token):
                     step.kept += 1
                     # Every arrival and wake is evaluated, so an answer now was due now, unless the
@@ -175,7 +179,7 @@ class Router:
                     self._evaluate(pending, now_ms, step, due=now_ms if now_ms <= pending.wake_ms else None)
                 continue
             if not named:
-                self.stats.dropped["unknown_model", model] += 1
+                self.stats.dropped["unknown_model", UNLISTED] += 1  # any name at all: not a label
                 continue
             decided_models = self._decided.get(s.request_id)
             if decided_models is not None:
@@ -234,6 +238,10 @@ class Router:
     def oldest_pending_ms(self) -> float | None:
         """When the oldest request still waiting for its answer was made (epoch ms)."""
         return next(iter(self._pending.values())).t0 if self._pending else None  # dicts keep arrival order
+
+    def knows(self, request_id: str) -> bool:
+        """Whether ``request_id`` is pending or was answered recently: a request that was really sent."""
+        return request_id in self._pending or request_id in self._decided
 
     def pending_t0(self, request_id: str) -> float | None:
         pending = self._pending.get(request_id)

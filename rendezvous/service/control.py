@@ -28,6 +28,7 @@ from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.kafka import poll_batch, since_offsets
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.routing.bandit import Observation
 
 log = logging.getLogger("rendezvous.control")
@@ -46,13 +47,15 @@ def decode_bandit_record(data: bytes) -> BanditRecord:
 
 @dataclass
 class Drained:
-    policies: list[tuple[bytes, float]] = field(default_factory=list)  # (value, record ms), oldest first
+    #: (value, record ms, signature header), oldest first
+    policies: list[tuple[bytes, float, bytes | None]] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     undecodable: int = 0
+    unsigned: int = 0  # bandit records refused: not signed with the worker key
 
 
 def _read_to_end(consumer: Consumer, out: Drained, ends: dict[tuple[str, int], int], topics: Topics,
-                 timeout: float) -> None:
+                 timeout: float, worker_key: bytes | None) -> None:
     deadline = time.monotonic() + timeout
     positions = {tp: -1 for tp in ends}
     while any(positions[tp] < end - 1 for tp, end in ends.items() if end > 0):
@@ -61,14 +64,17 @@ def _read_to_end(consumer: Consumer, out: Drained, ends: dict[tuple[str, int], i
         for m in poll_batch(consumer, 10_000, 0.1):
             if not m.error():
                 positions[(m.topic(), m.partition())] = m.offset()
-                _take(m, out, topics)
+                _take(m, out, topics, worker_key)
 
 
-def _take(message: Any, out: Drained, topics: Topics) -> None:
+def _take(message: Any, out: Drained, topics: Topics, worker_key: bytes | None) -> None:
     if message.value() is None:
         return
     if message.topic() == topics.policies:
-        out.policies.append((message.value(), message.timestamp()[1]))
+        out.policies.append((message.value(), message.timestamp()[1], signature_of(message.headers())))
+        return
+    if worker_key is not None and not verify(worker_key, message.value(), signature_of(message.headers())):
+        out.unsigned += 1
         return
     try:
         record = decode_bandit_record(message.value())
@@ -85,8 +91,8 @@ class ControlFeed:
     policy's forgetting), then :meth:`start` the thread that follows both topics.
     """
 
-    def __init__(self, kafka: KafkaSettings, topics: Topics) -> None:
-        self.topics = topics
+    def __init__(self, kafka: KafkaSettings, topics: Topics, worker_key: bytes | None = None) -> None:
+        self.topics, self.worker_key = topics, worker_key  # with a key, bandit records must be signed with it
         self._consumer = Consumer(kafka.consumer(f"{topics.namespace}.control-reader", **{
             "enable.auto.commit": False, "fetch.wait.max.ms": max(kafka.fetch_wait_ms, BACKGROUND_FETCH_WAIT_MS)}))
         self._lock = threading.Lock()
@@ -101,7 +107,7 @@ class ControlFeed:
         # incremental: keeps the positions of the topic already assigned (it is followed from there)
         c.incremental_assign([TopicPartition(topic, p, start) for p, (start, _) in span.items()])
         out = Drained()
-        _read_to_end(c, out, ends, self.topics, timeout)
+        _read_to_end(c, out, ends, self.topics, timeout, self.worker_key)
         return out
 
     def read_policies(self, timeout: float = 30.0) -> Drained:
@@ -122,7 +128,7 @@ class ControlFeed:
                 with self._lock:
                     for m in messages:
                         if not m.error():
-                            _take(m, self._pending, self.topics)
+                            _take(m, self._pending, self.topics, self.worker_key)
 
     def drain(self) -> Drained:
         with self._lock:

@@ -19,7 +19,7 @@ from rendezvous.routing.outcomes import ScoreIndex
 from rendezvous.routing.router import Decision, Router
 from rendezvous.service.control import POLICY_KEY, ControlFeed
 from rendezvous.service.learning import OutcomeCrediting
-from rendezvous.service.policies import PolicyStore, demoted, policy_record
+from rendezvous.service.policies import PolicyStore, demoted, policy_record, signed
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
@@ -35,7 +35,9 @@ class ControlPlane:
         self.settings, self.store, self.feed, self.router, self.writer = settings, store, feed, router, writer
         horizon_ms = 1000.0 * store.doc.learning.outcome_horizon_s
         self.crediting = OutcomeCrediting(settings.kafka, settings.topics, settings.worker_id,
-                                          ScoreIndex(horizon_ms, settings.outcome_index_size), on_fatal)
+                                          ScoreIndex(horizon_ms, settings.outcome_index_size), on_fatal,
+                                          settings.secret.worker_key if settings.secret else None)
+        self.unsigned_bandit_records = 0
         self._next_flush = self._next_ramp_check = 0.0
         self.rollbacks: list[str] = []
 
@@ -76,8 +78,12 @@ class ControlPlane:
 
     def tick(self, now_ms: float) -> None:
         drained = self.feed.drain()
-        for value, record_ms in drained.policies:
-            compiled = self.store.offer(value, record_ms)
+        if drained.unsigned:
+            self.unsigned_bandit_records += drained.unsigned
+            log.error("refused %d bandit record(s) not signed with the worker key (%d so far): only workers given "
+                      "the stack's secret may teach the bandit", drained.unsigned, self.unsigned_bandit_records)
+        for value, record_ms, signature in drained.policies:
+            compiled = self.store.offer(value, record_ms, signature)
             if compiled is not None:
                 self.router.set_policy(compiled)
                 # the outcome horizon is the policy's in force, not the first one's
@@ -102,8 +108,10 @@ class ControlPlane:
             log.warning("rolling %s back to shadow (policy v%d): %s", ramp.model, doc.version, why)
             self.rollbacks.append(f"v{doc.version}: {ramp.model}: {why}")
             # on the writer's producer, without waiting: this runs on the worker's event loop
-            self.writer.publish(self.settings.topics.policies, policy_record(
-                doc, reason=f"automatic rollback: {why}", by=f"rendezvous/{self.settings.worker_id}"), POLICY_KEY)
+            value = policy_record(doc, reason=f"automatic rollback: {why}", by=f"rendezvous/{self.settings.worker_id}")
+            secret = self.settings.secret
+            self.writer.publish(self.settings.topics.policies, value, POLICY_KEY,
+                                headers=signed(value, secret.policy_key if secret else None))
             ramp.halt(why)  # preferred no more, here and now; the new version demotes it everywhere
             return
 
@@ -114,7 +122,8 @@ class ControlPlane:
         compiled = store.compiled
         return {
             "policy": {"name": store.doc.name, "version": store.doc.version, "strategy": compiled.routing.strategy,
-                       "refused_records": store.refused,
+                       "refused_records": store.refused,  # invalid, or not signed with the policy key
+                       "unsigned_bandit_records": self.unsigned_bandit_records,
                        "history": [{"version": a.version, "by": a.by, "reason": a.reason, "applied_ms": a.applied_ms,
                                     "adopted_ms": a.adopted_ms} for a in store.history[-10:]]},
             "posterior_means": {m: round(learner.mean(m, now_ms), 4) for m in sorted(compiled.models)},

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.trust import SIGNATURE_HEADER, sign
 from rendezvous.kernel.wire import Outcome, encode
 from rendezvous.routing.bandit import Learner, Observation
 from rendezvous.routing.outcomes import RewardRule, ScoreIndex
@@ -32,8 +33,9 @@ log = logging.getLogger("rendezvous.learning")
 
 class OutcomeCrediting:
     def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, index: ScoreIndex,
-                 on_fatal: Callable[[str], None]) -> None:
+                 on_fatal: Callable[[str], None], worker_key: bytes | None = None) -> None:
         self.topics, self.worker, self.index, self._on_fatal = topics, worker, index, on_fatal
+        self._worker_key = worker_key  # signs bandit records: workers given the secret refuse unsigned ones
         self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-bandit-{worker}"}))
         self._observations: list[Observation] = []
         self._holds: list[Ack] = []
@@ -81,7 +83,9 @@ class OutcomeCrediting:
                 for hold in holds:
                     hold.release()
 
-        self._producer.produce(self.topics.bandit, encode(record), partition=0, on_delivery=delivered)
+        value = encode(record)
+        headers = [(SIGNATURE_HEADER, sign(self._worker_key, value))] if self._worker_key else None
+        self._producer.produce(self.topics.bandit, value, partition=0, on_delivery=delivered, headers=headers)
         self._producer.poll(0)
 
     def poll(self) -> None:

@@ -36,7 +36,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.1
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 SHARE_WINDOW = 1000  # decisions the traffic shares are measured over
 DROP_KINDS = ("late", "duplicate", "unknown_request", "other_version")
-DEADLETTER_KINDS = ("invalid_request", "too_large", "invalid_score", "invalid_outcome")
+DEADLETTER_KINDS = ("invalid_request", "too_large", "invalid_score", "forged_score", "invalid_outcome")
 
 
 class LoopHistogram:

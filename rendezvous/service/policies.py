@@ -27,6 +27,7 @@ from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.trust import SIGNATURE_HEADER, StackSecret, sign, verify
 from rendezvous.kernel.wire import encode
 from rendezvous.routing.bandit import Learner
 from rendezvous.routing.policy import (
@@ -53,11 +54,21 @@ def policy_record(doc: Policy, reason: str = "", by: str | None = None) -> bytes
     return encode(PolicyRecord(routing, time.time() * 1000, by or who(), reason))
 
 
-def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None) -> None:
+def signed(value: bytes, key: bytes | None) -> list[tuple[str, bytes]] | None:
+    """The headers that sign ``value`` with ``key`` (None without a key)."""
+    return [(SIGNATURE_HEADER, sign(key, value))] if key else None
+
+
+def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None,
+                   secret: StackSecret | None = None) -> None:
     """Blocking: write ``doc`` to the policies topic, for every worker to apply (CLI and startup only;
-    a running worker publishes through its writer's producer, without blocking its loop)."""
+    a running worker publishes through its writer's producer, without blocking its loop).
+
+    Signed with the policy key of ``secret``: workers given the secret refuse unsigned records."""
     producer = Producer(kafka.producer())
-    producer.produce(topics.policies, policy_record(doc, reason, by), POLICY_KEY, partition=0)
+    value = policy_record(doc, reason, by)
+    producer.produce(topics.policies, value, POLICY_KEY, partition=0,
+                     headers=signed(value, secret.policy_key if secret else None))
     if producer.flush(15):
         raise BrokerUnavailable(f"could not write the policy to {topics.policies} within 15 s")
 
@@ -81,8 +92,10 @@ class Applied:
 
 
 class PolicyStore:
-    def __init__(self, rng: random.Random, clock: Callable[[], float] = now_ms) -> None:
-        self.rng, self.clock = rng, clock
+    """The policy in force. With ``policy_key``, only records signed with it are applied."""
+
+    def __init__(self, rng: random.Random, clock: Callable[[], float] = now_ms, policy_key: bytes | None = None) -> None:
+        self.rng, self.clock, self.policy_key = rng, clock, policy_key
         self.doc: Policy | None = None
         self.compiled: CompiledPolicy | None = None
         self.learner: Learner | None = None
@@ -100,8 +113,15 @@ class PolicyStore:
         log.info("policy %s v%d in force (%s%s)", doc.name, doc.version, by or "file", f": {reason}" if reason else "")
         return self.compiled
 
-    def offer(self, value: bytes, record_ms: float) -> CompiledPolicy | None:
-        """Apply a policies-topic record if it is valid and newer; None if refused or stale."""
+    def offer(self, value: bytes, record_ms: float, signature: bytes | None = None) -> CompiledPolicy | None:
+        """Apply a policies-topic record if it is signed (when a key is set), valid and newer; None if not."""
+        if self.policy_key is not None and not verify(self.policy_key, value, signature):
+            self.refused += 1
+            log.error("refused a policy record that is %s, keeping v%s in force: only a holder of the stack's "
+                      "secret may change the policy (rendezvous policy apply --secret-file)",
+                      "not signed" if not signature else "signed with another key",
+                      self.doc.version if self.doc else "-")
+            return None
         try:
             record = decode_policy_record(value)
             doc = parse_document(record.policy, Policy, source=f"policy record of {record.by or 'unknown'}")

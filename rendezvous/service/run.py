@@ -8,6 +8,7 @@ counts; then follow both topics and run the Faust worker until SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from rendezvous.service.control import ControlFeed
 from rendezvous.service.policies import PolicyStore, publish_policy, who
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.worker import RendezvousWorker
+
+log = logging.getLogger("rendezvous.service")
 
 
 class ServiceError(RendezvousError):
@@ -49,14 +52,19 @@ def build_worker(settings: ServiceSettings, policy_path: Path | None, rng: rando
     file_doc = load_policy(policy_path) if policy_path else None  # a bad file is refused before anything else
     check_connection(settings.kafka)
     check_topics(settings)
-    feed = ControlFeed(settings.kafka, settings.topics)
-    store = PolicyStore(rng or random.Random())
-    for value, record_ms in feed.read_policies().policies:
-        store.offer(value, record_ms)
+    secret = settings.secret
+    if secret is None:
+        log.warning("no stack secret (--secret-file): policies, scores and bandit records are not checked, so any "
+                    "client that can write to the broker can steer this worker; `rendezvous up` makes one")
+    feed = ControlFeed(settings.kafka, settings.topics, secret.worker_key if secret else None)
+    store = PolicyStore(rng or random.Random(), policy_key=secret.policy_key if secret else None)
+    for value, record_ms, signature in feed.read_policies().policies:
+        store.offer(value, record_ms, signature)
     now = time.time() * 1000
     if file_doc is not None and (store.doc is None or file_doc.version > store.doc.version):
         store.adopt(file_doc, now, who(), f"from {policy_path}")
-        publish_policy(settings.kafka, settings.topics, file_doc, reason=f"worker started with {policy_path}")
+        publish_policy(settings.kafka, settings.topics, file_doc, reason=f"worker started with {policy_path}",
+                       secret=secret)
     if store.doc is None:
         raise ServiceError(f"no policy: {settings.topics.policies} holds none; pass --policy FILE")
     history = feed.read_bandit(history_start_ms(store.doc, now))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from rendezvous.kernel.lifecycle import DEFAULT_STOP_GRACE_S
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.trust import StackSecret
 from rendezvous.kernel.wire import DEFAULT_MAX_REQUEST_BYTES
 from rendezvous.routing.router import RouterLimits
 
@@ -30,6 +31,8 @@ class ServiceSettings:
     #: The last decision is taken this long before the SLA, so the answer is written by then
     #: (pays for a timer firing late and the write to Kafka; see rendezvous.routing.plan).
     sla_guard_ms: float = DEFAULT_SLA_GUARD_MS
+    #: Verifies what steers the worker (policies, scores, bandit records); None: nothing is checked.
+    secret: StackSecret | None = None
     stop_grace_s: float = DEFAULT_STOP_GRACE_S  # after SIGTERM the worker exits within this, whatever the broker does
     recovery_lookback_ms: int = 60_000  # clock skew allowed between clients and workers
     catch_up_timeout_s: float = 5.0

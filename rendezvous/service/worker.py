@@ -27,6 +27,7 @@ from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.lifecycle import StopDeadline
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.topics import REPLY_TO
+from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.kernel.wire import (
     RecordTooLarge,
     WireError,
@@ -63,6 +64,7 @@ class RendezvousWorker:
         self.metrics.attach(self, now_ms)
         self.canary: CanaryWatch | None = None
         self.ignored_reply_to = 0  # requests whose reply-to header named no replies topic of ours
+        self.forged_scores = 0  # score records refused: not signed with their model's key
         self._canary_key: tuple | None = None
         self._canary_policy: Any = None
         self._watch_canary()
@@ -186,6 +188,7 @@ class RendezvousWorker:
             "sla_guard_ms": self.settings.sla_guard_ms,
             "sla_misses": dict(self.metrics.sla_misses),  # written after the SLA, by cause
             "ignored_reply_to": self.ignored_reply_to,
+            "forged_scores": self.forged_scores,
             "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
@@ -240,11 +243,18 @@ class RendezvousWorker:
             self.writer.dead_letter(Ack(event), message.key, message.value, f"invalid score record: {exc}",
                                     message.topic, message.partition, message.offset, "invalid_score")
             return
+        refused = self._unauthentic(batch.model, message)
+        if refused:
+            self.writer.dead_letter(Ack(event), message.key, message.value, refused,
+                                    message.topic, message.partition, message.offset, "forged_score")
+            return
         now = now_ms()
-        self.metrics.observe_scores(batch.model, batch.scores, self.router.pending_t0, now)
+        if batch.model in self.router.policy.models:  # the series of /metrics are the policy's models, no others
+            self.metrics.observe_scores(batch.model, batch.scores, self.router.pending_t0, now)
         if self.canary is not None:
             for s in batch.scores:
-                self.canary.observe(batch.model, s.request_id, s.score)
+                if self.router.knows(s.request_id):  # scores for requests never sent must not move the drift
+                    self.canary.observe(batch.model, s.request_id, s.score)
         step = self.router.on_scores(batch.model, batch.model_version, batch.scores, hold, now)
         hold.refs += step.kept
         if step.kept == 0:
@@ -253,6 +263,19 @@ class RendezvousWorker:
         target = self._catch_up.get(message.partition)
         if target is not None and message.offset >= target - 1:
             self._release(message.partition, "scores caught up")
+
+    def _unauthentic(self, model: str, message: Any) -> str | None:
+        """Why a score record is refused as not the model's own (with a secret only), or None."""
+        secret = self.settings.secret
+        if secret is None:
+            return None
+        signature = signature_of(message.headers)
+        if verify(secret.model_key(model), message.value, signature):
+            return None
+        self.forged_scores += 1
+        if not signature:
+            return f"score record of {model!r} is not signed: a runner of {model!r} signs with its key (--score-key-file)"
+        return f"score record of {model!r} is not signed with {model!r}'s key: forged, or a runner given another key"
 
     def _apply(self, step: Step) -> None:
         for decision in step.decisions:

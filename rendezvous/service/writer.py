@@ -158,13 +158,14 @@ class ResultWriter:
                  headers: list[tuple[str, bytes]] | None = None) -> None:
         produce(self._producer, topic, value, key, partition, on_delivery, headers)
 
-    def publish(self, topic: str, value: bytes, key: bytes, partition: int = 0) -> None:
+    def publish(self, topic: str, value: bytes, key: bytes, partition: int = 0,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
         """Queue a control record (e.g. a rollback's policy) without waiting; a failure is logged."""
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 log.error("could not write to %s: %s", topic, err.str())
 
-        self._produce(topic, value, key, partition, delivered)
+        self._produce(topic, value, key, partition, delivered, headers)
 
     def poll(self) -> int:
         """Serve delivery reports (which acknowledge input records)."""

@@ -103,6 +103,7 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
             startup_timeout_s=options.startup_timeout_s, find_running_broker=False, client=options.client,
             gateway_port=0,  # the HTTP gateway too, on a free port: the summary shows one call through it
             engine=options.engine,
+            secret_file=workdir / "secret",  # signed policies and scores, as `up` runs them
         )
         with running_stack(stack_options, declared, progress) as stack:
             kafka, topics = stack.kafka, stack.topics

@@ -1,0 +1,93 @@
+"""Only trusted writers steer a stack that has a secret: a policy, a score or a bandit record written
+by anyone else (a plain producer with the same JSON) is refused, counted and has no effect.
+
+Live: real model runners (each signing with its own key), a worker given the secret, the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from policies import load_policy
+from policies.record import POLICY_KEY
+from rendezvous.kernel.trust import SIGNATURE_HEADER, StackSecret, sign, write_key
+from rendezvous.kernel.wire import DLQ_REASON, Score, ScoreBatch, encode
+from rendezvous.service.control import BanditRecord
+from rendezvous.service.policies import policy_record
+from tests.conftest import CHAIN_POLICY, System, cli, scripted_spec, settings_for, wait_until, write_policy
+
+SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3}
+
+
+@pytest.fixture(scope="module")
+def signed(broker, tmp_path_factory) -> System:
+    directory = tmp_path_factory.mktemp("signed")
+    secret_file = write_key(directory / "secret", bytes(range(32)))
+    s = System(settings_for(broker), directory, secret_file=secret_file)
+    s.secret, s.secret_file = StackSecret.load(secret_file), secret_file
+    models = s.start_models(*(scripted_spec(directory, m, score) for m, score in SCORES.items()))
+    [s.worker] = s.start_workers(write_policy(directory, CHAIN_POLICY), extra=["--orphan-ttl-ms", "5000"])
+    s.wait_ready([*models, s.worker])
+    s.warm_up()
+    yield s
+    s.close()
+
+
+def _produce(system: System, topic: str, value: bytes, key: bytes | None = None, partition: int = 0,
+             headers: list | None = None) -> None:
+    producer = Producer(system.kafka.producer())
+    producer.produce(topic, value, key, partition=partition, headers=headers)
+    assert producer.flush(10) == 0
+
+
+def test_the_runners_sign_their_scores_and_the_worker_uses_them(signed: System):
+    result = signed.ask(f"signed-{time.monotonic_ns()}", {})
+    assert (result.model, result.score, result.reason) == ("m3", 0.3, "preferred")
+    assert signed.stats(signed.worker)["forged_scores"] == 0
+
+
+def test_a_policy_without_the_policy_key_is_refused_and_the_old_one_stays(signed: System, tmp_path: Path):
+    stats = signed.stats(signed.worker)["policy"]
+    version, refused = stats["version"], stats["refused_records"]
+    forged = load_policy(write_policy(tmp_path, CHAIN_POLICY.replace("version: 1", "version: 99")
+                                      .replace("m3, wait_ms: 30", "ghost, wait_ms: 30")))
+    value = policy_record(forged, reason="forged", by="intruder")
+    _produce(signed, signed.topics.policies, value, POLICY_KEY)  # the same JSON as policy apply writes, unsigned
+    _produce(signed, signed.topics.policies, value, POLICY_KEY, headers=[(SIGNATURE_HEADER, sign(b"guess" * 8, value))])
+    wait_until(lambda: signed.stats(signed.worker)["policy"]["refused_records"] == refused + 2,
+               "the worker refused both forged policies")
+    assert signed.stats(signed.worker)["policy"]["version"] == version
+    assert signed.ask(f"after-forged-policy-{time.monotonic_ns()}", {}).policy_version == version
+
+    newer = write_policy(tmp_path, CHAIN_POLICY.replace("version: 1", f"version: {version + 1}"), "newer.yaml")
+    applied = cli(signed, "policy", "apply", str(newer), "--secret-file", str(signed.secret_file))
+    assert applied.returncode == 0, applied.stderr
+    wait_until(lambda: signed.stats(signed.worker)["policy"]["version"] == version + 1, "the signed policy in force")
+    shown = cli(signed, "policy", "show", "--json", "--secret-file", str(signed.secret_file))
+    assert json.loads(shown.stdout)["version"] == version + 1  # not the forged v99, as the workers see it
+    assert str(signed.secret_file) not in applied.stdout + applied.stderr and "secret" not in shown.stdout
+
+
+def test_a_forged_score_is_refused_dead_lettered_and_never_returned(signed: System):
+    rid = f"forge-{time.monotonic_ns()}"
+    forged = encode(ScoreBatch("m3", "1", "h", [Score(rid, 1.0, 1.0, 2.0, score=0.999)]))
+    for headers in (None, [(SIGNATURE_HEADER, sign(signed.secret.model_key("m2"), forged))]):  # unsigned; m2's key
+        _produce(signed, signed.topics.scores, forged, rid.encode(), 0, headers)  # one worker: any partition
+    # Sent first, the forged scores would wait as orphans and answer the request the moment it comes.
+    wait_until(lambda: signed.stats(signed.worker)["forged_scores"] >= 2, "both forged scores refused")
+    result = signed.ask(rid, {})
+    assert result.score != 0.999 and (result.model, result.score) == ("m3", 0.3)
+    reasons = [dict(m.headers())[DLQ_REASON].decode() for m in signed.read_topic(signed.topics.deadletter)]
+    assert any("'m3' is not signed" in r for r in reasons) and any("not signed with 'm3''s key" in r for r in reasons)
+
+
+def test_a_bandit_record_without_the_worker_key_is_refused(signed: System):
+    record = BanditRecord("intruder", [("r-1", "m1", 1.0, time.time() * 1000)] * 50)
+    _produce(signed, signed.topics.bandit, encode(record))
+    wait_until(lambda: signed.stats(signed.worker)["policy"]["unsigned_bandit_records"] >= 1,
+               "the worker refused the unsigned bandit record")
