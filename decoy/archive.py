@@ -6,7 +6,8 @@ Layout of an archive directory::
     00000000000000000000.idx   one 36-byte entry per record: seq, position, timestamp, partition, offset
     00000000000000051234.log   the next segment starts at sequence number 51234
     ...
-    checkpoint.json            last synced sequence number, and the last offset archived per partition
+    checkpoint.json            last synced sequence number; per partition the last offset archived,
+                               which log of it that was, and how many re-deliveries were skipped
 
 Each record in a ``.log`` is a 16-byte header (body length, CRC-32 of the body,
 sequence number) and a msgpack body holding the record exactly as consumed:
@@ -15,6 +16,11 @@ topic, partition, offset, timestamp, key, value and headers, as raw bytes.
 A crash can leave a torn record at the end of the last segment; opening the
 archive for writing truncates it (it was never synced, so never committed to
 Kafka either, and will be consumed again).
+
+Offsets alone cannot tell a re-delivery from a new log: a broker that lost its data
+(or a topic deleted and made again) numbers records from 0 again. Each record says
+which *log* of its partition it came from (0, then one more per :meth:`ArchiveWriter.new_log`),
+and :meth:`ArchiveReader.verify` checks that each log's offsets have no gaps.
 
 >>> import tempfile
 >>> d = tempfile.mkdtemp()
@@ -53,6 +59,7 @@ class ArchivedRecord(msgspec.Struct, array_like=True, frozen=True):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]] | None
+    log: int = 0  # which log of the partition (see ArchiveWriter.new_log); absent in older archives
 
 
 class ArchiveError(RendezvousError):
@@ -102,6 +109,10 @@ class ArchiveWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         #: (topic, partition) -> last offset archived; lets a restarted decoy skip re-deliveries.
         self.last_offsets: dict[tuple[str, int], int] = {}
+        #: (topic, partition) -> which log of it is being archived (see :meth:`new_log`)
+        self.logs: dict[tuple[str, int], int] = {}
+        self.topic_ids: dict[str, str] = {}  # topic -> the broker's id for it, where the broker has ids
+        self.skipped: dict[tuple[str, int], int] = {}  # re-deliveries skipped, per partition
         self.next_seq = 0
         self.records_written = self.bytes_written = 0
         self._log = self._idx = None
@@ -114,7 +125,10 @@ class ArchiveWriter:
         if checkpoint.exists():
             state = json.loads(checkpoint.read_text())
             synced_seq = state["seq"]
-            self.last_offsets = {(t, int(p)): o for t, parts in state["offsets"].items() for p, o in parts.items()}
+            self.last_offsets = _per_partition(state["offsets"])
+            self.logs = _per_partition(state.get("logs", {}))
+            self.skipped = _per_partition(state.get("skipped", {}))
+            self.topic_ids = dict(state.get("topic_ids", {}))
         starts = _segment_starts(self.directory)
         if not starts:
             self._open_segment(0)
@@ -151,7 +165,10 @@ class ArchiveWriter:
         seq, record = found
         if seq > synced_seq:
             key = (record.topic, record.partition)
-            self.last_offsets[key] = max(self.last_offsets.get(key, -1), record.offset)
+            if record.log > self.logs.get(key, 0):  # a new log began after the checkpoint
+                self.logs[key], self.last_offsets[key] = record.log, record.offset
+            else:
+                self.last_offsets[key] = max(self.last_offsets.get(key, -1), record.offset)
 
     def _open_segment(self, first_seq: int) -> None:
         if self._log is not None:
@@ -181,17 +198,35 @@ class ArchiveWriter:
     def already_archived(self, topic: str, partition: int, offset: int) -> bool:
         return offset <= self.last_offsets.get((topic, partition), -1)
 
+    def last_offset(self, topic: str, partition: int) -> int:
+        return self.last_offsets.get((topic, partition), -1)
+
+    def log_of(self, topic: str, partition: int) -> int:
+        """Which log of the partition the records appended now come from."""
+        return self.logs.get((topic, partition), 0)
+
+    def new_log(self, topic: str, partition: int) -> int:
+        """The partition's log is a new one (offsets start again): what comes next is archived, not skipped."""
+        key = (topic, partition)
+        self.logs[key] = self.logs.get(key, 0) + 1
+        self.last_offsets.pop(key, None)
+        self.sync()
+        return self.logs[key]
+
+    def note_skipped(self, topic: str, partition: int, count: int = 1) -> None:
+        """Re-delivered records the archive already held (counted in the checkpoint, reported by verify)."""
+        self.skipped[(topic, partition)] = self.skipped.get((topic, partition), 0) + count
+
     def sync(self) -> None:
         """Make every appended record durable, then record the checkpoint."""
         for f in (self._log, self._idx):
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())
-        offsets: dict[str, dict[str, int]] = {}
-        for (topic, partition), offset in self.last_offsets.items():
-            offsets.setdefault(topic, {})[str(partition)] = offset
         tmp = self.directory / "checkpoint.json.tmp"
-        tmp.write_text(json.dumps({"seq": self.next_seq - 1, "offsets": offsets}))
+        tmp.write_text(json.dumps({"seq": self.next_seq - 1, "offsets": _by_topic(self.last_offsets),
+                                   "logs": _by_topic(self.logs), "skipped": _by_topic(self.skipped),
+                                   "topic_ids": self.topic_ids}))
         os.replace(tmp, self.directory / "checkpoint.json")
 
     def close(self) -> None:
@@ -208,11 +243,26 @@ class ArchiveWriter:
         self.close()
 
 
+def _per_partition(state: dict[str, dict[str, int]]) -> dict[tuple[str, int], int]:
+    return {(t, int(p)): n for t, parts in state.items() for p, n in parts.items()}
+
+
+def _by_topic(values: dict[tuple[str, int], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (topic, partition), n in values.items():
+        out.setdefault(topic, {})[str(partition)] = n
+    return out
+
+
 @dataclass
 class VerifyReport:
     records: int = 0
     segments: int = 0
     problems: list[str] = field(default_factory=list)
+    logs: int = 0  # partition logs archived (a partition whose broker lost its log counts twice)
+    never_archived: int = 0  # offsets missing inside a log: records the archive never got
+    archived_twice: int = 0
+    skipped_duplicates: int = 0  # re-deliveries the decoy skipped because it held them already
 
     @property
     def ok(self) -> bool:
@@ -254,7 +304,9 @@ class ArchiveReader:
                 for e in _read_entries(_paths(self.directory, s)[1]) if lo <= e[2] <= hi]
 
     def verify(self) -> VerifyReport:
+        """Checksums, the index, and every log's offsets: none missing, none twice."""
         report = VerifyReport()
+        offsets: dict[tuple[str, int, int], list[int]] = {}
         expected = None
         for start in _segment_starts(self.directory):
             report.segments += 1
@@ -271,4 +323,29 @@ class ArchiveReader:
                         report.problems.append(f"{idx_path.name}: entry for record {seq} disagrees with the log")
                     else:
                         report.records += 1
+                        record = found[1]
+                        offsets.setdefault((record.topic, record.partition, record.log), []).append(record.offset)
+        self._check_offsets(offsets, report)
+        checkpoint = self.directory / "checkpoint.json"
+        if checkpoint.exists():
+            report.skipped_duplicates = sum(_per_partition(json.loads(checkpoint.read_text()).get("skipped", {})).values())
         return report
+
+    @staticmethod
+    def _check_offsets(offsets: dict[tuple[str, int, int], list[int]], report: VerifyReport) -> None:
+        # A log's offsets are consecutive (no transactions write to the requests topic): a gap is
+        # records the archive never got; the first offset may be past 0 (retention came first).
+        report.logs = len(offsets)
+        for (topic, partition, log), seen in sorted(offsets.items()):
+            unique = sorted(set(seen))
+            twice, missing = len(seen) - len(unique), unique[-1] - unique[0] + 1 - len(unique)
+            where = f"{topic}[{partition}] log {log}"
+            if twice:
+                report.archived_twice += twice
+                report.problems.append(f"{where}: {twice} record(s) archived twice")
+            if missing:
+                report.never_archived += missing
+                gaps = [(a + 1, b - 1) for a, b in zip(unique, unique[1:], strict=False) if b - a > 1]
+                shown = ", ".join(f"{lo}..{hi}" if lo < hi else str(lo) for lo, hi in gaps[:5])
+                report.problems.append(f"{where}: {missing} record(s) never archived (offsets {shown}"
+                                       f"{', ...' if len(gaps) > 5 else ''})")

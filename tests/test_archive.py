@@ -3,19 +3,20 @@
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from decoy.archive import ArchivedRecord, ArchiveError, ArchiveReader, ArchiveWriter
 
 
-def record(i: int, partition: int = 0, value: bytes | None = None) -> ArchivedRecord:
-    return ArchivedRecord("requests", partition, i, 1_000_000 + i, f"k{i}".encode(),
+def record(i: int, partition: int = 0, value: bytes | None = None, offset: int | None = None) -> ArchivedRecord:
+    return ArchivedRecord("requests", partition, i if offset is None else offset, 1_000_000 + i, f"k{i}".encode(),
                           value if value is not None else os.urandom(50 + i % 200),
                           [("trace", b"t%d" % i), ("empty", None)] if i % 3 == 0 else None)
 
 
 def test_records_come_back_byte_for_byte_across_segments(tmp_path: Path):
-    written = [record(i, partition=i % 4) for i in range(500)]
+    written = [record(i, partition=i % 4, offset=i // 4) for i in range(500)]
     with ArchiveWriter(tmp_path, segment_bytes=4096) as w:
         assert [w.append(r) for r in written] == list(range(500))
     assert len(list(tmp_path.glob("*.log"))) > 5  # it rotated
@@ -73,6 +74,24 @@ def test_a_restarted_decoy_knows_what_it_already_archived(tmp_path: Path):
     assert w2.already_archived("requests", 2, 8)
     assert not w2.already_archived("requests", 2, 9)
     assert not w2.already_archived("requests", 1, 0)
+
+
+def test_a_new_log_is_archived_after_the_old_and_verify_tells_gaps_from_skipped_redeliveries(tmp_path: Path):
+    w = ArchiveWriter(tmp_path)
+    for i in range(5):
+        w.append(record(i))
+    w.note_skipped("requests", 0, 3)  # re-delivered after a crash: held already
+    assert w.already_archived("requests", 0, 2)
+    assert w.new_log("requests", 0) == 1  # the broker's log starts again at offset 0
+    assert not w.already_archived("requests", 0, 2)
+    for i in (0, 1, 2, 5):  # offsets 3 and 4 of the new log never reach the archive
+        w.append(msgspec.structs.replace(record(i), log=w.log_of("requests", 0)))
+    w.close()
+    report = ArchiveReader(tmp_path).verify()
+    assert (report.logs, report.never_archived, report.archived_twice, report.skipped_duplicates) == (2, 2, 0, 3)
+    assert report.problems == ["requests[0] log 1: 2 record(s) never archived (offsets 3..4)"]
+    again = ArchiveWriter(tmp_path)  # the log and the skips are in the checkpoint
+    assert again.log_of("requests", 0) == 1 and again.already_archived("requests", 0, 5)
 
 
 def test_corruption_is_detected(tmp_path: Path):

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from decoy.archive import ArchiveReader
-from rendezvous.kernel.admin import end_offsets
+from rendezvous.kernel.admin import create_topic, delete_topic, end_offsets
 from tests.conftest import System, fresh_topics, settings_for, wait_until
 
 pytestmark = pytest.mark.slow
@@ -110,3 +110,33 @@ def test_replay_selects_a_range(archived_across_a_kill):
     expected = [r.value for seq, r in ArchiveReader(archive).read(10, 19)]
     assert len(expected) == 10
     assert sorted(m.value() for m in system.read_topic(target.requests)) == sorted(expected)
+
+
+def test_a_requests_topic_made_again_is_archived_as_a_new_log_not_skipped_as_redelivery(broker, tmp_path):
+    """Offsets start again at 0 in a new log (a broker that lost its data, a topic deleted and made again):
+    offsets alone would call every new record a re-delivery and skip it."""
+    system = System(settings_for(broker), tmp_path, partitions=2)
+    try:
+        archive = tmp_path / "archive"
+        decoy = system.runtime.start_decoy(archive)
+        system.wait_ready([decoy])
+        produce(system, records(200))
+        archived_to_the_end(system, archive, 200)
+        assert delete_topic(system.kafka, system.topics.requests)
+        wait_until(lambda: _made_again(system), "the requests topic made again", timeout=30)
+        fresh = records(40, start=1000)  # fewer than before: every new offset is one the old log had
+        produce(system, fresh)
+        got = wait_until(lambda: a if len(a := archived(archive)) >= 240 else None, "the new log archived", 60)
+        assert sorted(map(as_sent, got[200:]), key=repr) == sorted(fresh, key=repr)
+        report = ArchiveReader(archive).verify()
+        assert report.ok and report.logs == 4 and report.never_archived == 0, report
+    finally:
+        system.close()
+
+
+def _made_again(system: System) -> bool:
+    try:
+        create_topic(system.kafka, system.topics.requests, system.partitions)
+        return len(end_offsets(system.kafka, system.topics.requests, system.partitions)) == system.partitions
+    except Exception:  # noqa: BLE001 - the deletion is still under way: tried again
+        return False

@@ -69,11 +69,16 @@ def archive() -> None:
 @archive.command("verify")
 @click.argument("archive_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def verify(archive_dir: Path) -> None:
-    """Check every record against its checksum and the index."""
+    """Check every record against its checksum and the index, and every partition's offsets for gaps.
+
+    Re-deliveries the decoy skipped (it held them already) are counted apart from records it
+    never got; a partition whose broker lost its log (offsets starting again) counts as two logs."""
     report = ArchiveReader(archive_dir).verify()
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
-    click.echo(f"{report.records} records in {report.segments} segments: {'ok' if report.ok else 'DAMAGED'}")
+    click.echo(f"{report.records} records of {report.logs} partition log(s) in {report.segments} segments; "
+               f"{report.never_archived} never archived, {report.archived_twice} archived twice, "
+               f"{report.skipped_duplicates} re-deliveries skipped: {'ok' if report.ok else 'DAMAGED'}")
     if not report.ok:
         raise SystemExit(1)
 
