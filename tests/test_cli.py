@@ -16,7 +16,7 @@ import pytest
 from rendezvous.kernel.admin import TopicError, create_topic, ensure_topics
 from rendezvous.kernel.topics import Topics
 from rendezvous.operations.kafka_dist import kafka_available
-from tests.conftest import REPO, ProcessLines
+from tests.conftest import REPO, ProcessLines, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_up_runs_the_declared_stack_until_sigterm_and_other_commands_find_its_br
     find it, a second `rendezvous broker` is refused; SIGTERM stops every child and forgets the broker;
     started again on the same workdir, the policy applied before is still in force (the broker's data
     persists in WORKDIR/kafka)."""
-    env = {"RENDEZVOUS_HOME": str(tmp_path / "home")}
+    env = {"RENDEZVOUS_HOME": str(tmp_path / "home"), "RENDEZVOUS_STOP_GRACE_S": "5"}
     policy = tmp_path / "stack.yaml"
     policy.write_text(f"""\
 name: stack
@@ -124,10 +124,16 @@ deploy:
     try:
         output.wait_for("stop with Ctrl-C or SIGTERM")
         assert "policy stack v2 in force (from rendezvous.policies)" in output.text(), output.text()[-2000:]
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(again.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
     finally:
-        again.send_signal(signal.SIGTERM)
+        again.kill()  # up itself killed: its children must not consume on as orphans
         again.wait(timeout=60)
-    assert again.returncode == 0, output.text()[-2000:]
+
+    def orphans() -> list[int]:
+        return [pid for pid in children if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:1]]
+    assert children and wait_until(lambda: not orphans(), "up's children ended after up was killed", timeout=25)
 
 
 def test_topics_are_created_co_partitioned_and_a_mismatch_is_refused(kafka):

@@ -25,6 +25,7 @@ from rendezvous.kernel.options import (
     client_options,
     kafka_settings,
     secret_option,
+    stack_secret,
     stderr_console,
     topic_prefix_option,
 )
@@ -63,8 +64,9 @@ def deploy(spec_path: Path, replicas: int | None, wait: bool, timeout: float, br
     """
     console = stderr_console()
     started = time.monotonic()
-    runtime = _runtime(broker, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True,
-                       secret=secret)
+    bootstrap = resolve_broker(broker)
+    runtime = _runtime(bootstrap, topic_prefix, fetch_wait_ms, producer_linger_ms, fetch_min_bytes, need_broker=True,
+                       secret=stack_secret(secret, bootstrap, topic_prefix))
     names = runtime.deploy(spec_path, replicas)
     console.log(f"deployed {len(names)} replica(s): {', '.join(names) or '-'}")
     if wait and names:

@@ -18,6 +18,7 @@ from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
     secret_option,
+    stack_secret,
     topic_prefix_option,
     topics_for,
 )
@@ -86,6 +87,7 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
     doc = _load(path)
     kafka = kafka_settings(resolve_broker(broker))
     topics = topics_for(topic_prefix)
+    secret = stack_secret(secret, kafka.bootstrap, topic_prefix)
     ensure_topics(kafka, topics, DEFAULT_PARTITIONS)
     current = _history(kafka, topics, secret)
     if current and current[-1][0].version >= doc.version:
@@ -112,7 +114,8 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
 @secret_option(discover=True)
 def show(history: bool, as_json: bool, broker: str | None, topic_prefix: str, secret: StackSecret | None) -> None:
     """Show the policy in force (the highest valid version on the policies topic, signed if there is a secret)."""
-    versions = _history(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), secret)
+    kafka = kafka_settings(resolve_broker(broker))
+    versions = _history(kafka, topics_for(topic_prefix), stack_secret(secret, kafka.bootstrap, topic_prefix))
     if not versions:
         raise click.ClickException("no policy has been applied yet")
     if history:

@@ -192,29 +192,22 @@ def stop_grace_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-#: Where `rendezvous up` keeps the stack's secret, relative to its working directory (--workdir).
-DEFAULT_SECRET_PATH = Path(".rendezvous") / "secret"
-
-
 def secret_option(discover: bool = False) -> Callable[[Any], Any]:
     """``--secret-file``: the stack's secret, from which the keys that sign policies, scores and bandit
     records are derived (see kernel.trust); passed on as a :class:`StackSecret` or None.
 
-    With ``discover`` (the operator's commands: policy apply, models deploy), a command given no
-    secret uses ``.rendezvous/secret`` here, else the one the last ``rendezvous up`` used. Services
-    never guess: a worker checks signatures only when it is given the secret."""
+    ``discover`` only changes the help: the operator's commands (policy apply, models deploy) given no
+    secret look up the one ``rendezvous up`` made for the same broker and topic prefix
+    (:func:`stack_secret`). Services never guess: a worker checks signatures only when given the secret."""
     def load(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> StackSecret | None:
-        path = value
-        if path is None and discover:
-            path = DEFAULT_SECRET_PATH if DEFAULT_SECRET_PATH.exists() else remembered_secret()
         try:
-            return StackSecret.load(path) if path is not None else None
+            return StackSecret.load(value) if value is not None else None
         except RendezvousError as exc:  # parsing happens before the command's own error reporting
             raise click.BadParameter(str(exc) + (f" ({exc.hint})" if exc.hint else ""),
                                      param_hint="--secret-file / RENDEZVOUS_SECRET_FILE") from None
 
-    found = (f" Default: {DEFAULT_SECRET_PATH} if it exists, else the one the last `rendezvous up` here used "
-             "(its WORKDIR/secret), else none: nothing is signed.") if discover else (
+    found = (" Default: the secret `rendezvous up` made (WORKDIR/secret) for the same broker and topic prefix on "
+             "this machine, if any; else none, and nothing is signed.") if discover else (
              " Default: none, and nothing is checked (the service warns).")
     return click.option(
         "--secret-file", "secret", envvar="RENDEZVOUS_SECRET_FILE", show_envvar=True, default=None, callback=load,
@@ -223,6 +216,11 @@ def secret_option(discover: bool = False) -> Callable[[Any], Any]:
              "signed with a key derived from it, and services given it accept only signed policies, scores and "
              "bandit records." + found,
     )
+
+
+def stack_secret(given: StackSecret | None, bootstrap: str, prefix: str) -> StackSecret | None:
+    """The secret an operator's command uses: the one given, else the one `up` made for this stack."""
+    return given if given is not None else remembered_secret(bootstrap, prefix)
 
 
 def kafka_settings(broker: str, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import stat
@@ -113,22 +114,30 @@ def _derive(secret: bytes, purpose: str) -> bytes:
 
 
 def _remembered() -> Path:
-    return state_dir() / "secret-path"
+    return state_dir() / "secrets.json"
 
 
-def remember_secret(path: Path) -> None:
-    """Let later commands on this machine (``policy apply``...) find the secret of the stack ``up`` runs."""
-    _remembered().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _remembered().write_text(str(path.resolve()))
-
-
-def remembered_secret() -> Path | None:
-    """The secret file the last ``rendezvous up`` on this machine used, if it is still there."""
+def _read_remembered() -> dict[str, str]:
     try:
-        path = Path(_remembered().read_text().strip())
-    except OSError:
-        return None
-    return path if path.is_file() else None
+        found = json.loads(_remembered().read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def remember_secret(path: Path, bootstrap: str, prefix: str) -> None:
+    """Let later commands on this machine (``policy apply``...) find the secret of the stack ``up`` runs
+    on ``bootstrap`` with topics ``prefix``: where the file is, never what is in it."""
+    known = _read_remembered()
+    known[f"{bootstrap} {prefix}"] = str(path.resolve())
+    _remembered().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _remembered().write_text(json.dumps(known, indent=1))
+
+
+def remembered_secret(bootstrap: str, prefix: str) -> StackSecret | None:
+    """The secret of the stack ``rendezvous up`` ran on ``bootstrap`` with ``prefix``, if its file is still there."""
+    path = _read_remembered().get(f"{bootstrap} {prefix}")
+    return StackSecret.load(Path(path)) if path and Path(path).is_file() else None
 
 
 def load_key(path: Path, what: str = "key") -> bytes:

@@ -96,7 +96,7 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
         ensure_topics(kafka, topics, options.partitions, retention_ms=options.retention_ms)
         secret = StackSecret.create(options.secret_file) if options.secret_file else None
         if secret is not None and options.find_running_broker:  # `up`: `policy apply` finds the secret
-            remember_secret(options.secret_file)
+            remember_secret(options.secret_file, kafka.bootstrap, options.topic_prefix)
         runtime = ProcessRuntime(kafka, options.log_dir, options.topic_prefix, secret_file=options.secret_file)
         if deploy.runtime == "docker":
             models = DockerRuntime(kafka, options.topic_prefix, secret=secret)
