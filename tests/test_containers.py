@@ -297,7 +297,10 @@ def test_up_runs_a_stack_file_with_the_docker_runtime_and_stops_it_cleanly(docke
     try:
         assert eventually(lambda: running(docked, "m1") == 2 or up.poll() is not None, timeout=120) and up.poll() is None
         result = eventually(lambda: _answer(docked), timeout=60, every=1)
+        # m1's answer, not the default: the replicas signed with the key up mounted for m1, and the worker,
+        # given up's secret, verified it (an unsigned or wrongly signed score would be refused)
         assert result is not None and (result.model, result.score) == ("m1", 0.1)
+        assert (docked.directory / "up" / "secret").stat().st_mode & 0o777 == 0o600
     finally:
         up.send_signal(signal.SIGTERM)
         _, stderr = up.communicate(timeout=90)
