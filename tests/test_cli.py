@@ -42,7 +42,7 @@ def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path)
         "Apache Kafka" if kafka_available() else "Tansu")
     assert set(summary["by_model"]) <= {"boosted", "forest", "baseline", "(default)"}
     assert summary["decoy_archived"] == 600
-    assert summary["accuracy"] > 0.85
+    assert summary["accuracy_of_models"] > 0.85  # defaults, given when no model answered in time, are not judged
     drift = summary["drift"]  # the input shifts at request 360; the canary must see it, and not before
     assert (drift["canary"], drift["shift_at_request"], drift["detected"], drift["alarm_before_shift"]) == \
         ("baseline", 360, True, False)

@@ -79,4 +79,10 @@ def summarize(
         scored = [(r.score, labels[rid]) for rid, (r, _) in firsts.items() if rid in labels and r.score is not None]
         if scored:
             summary["accuracy"] = round(sum((s > 0.5) == y for s, y in scored) / len(scored), 4)
+        # the models' own answers: the default (given when none answered in time) is the machine's
+        # speed, not a model's judgement
+        by_models = [(r.score, labels[rid]) for rid, (r, _) in firsts.items()
+                     if rid in labels and r.score is not None and r.model is not None]
+        if by_models:
+            summary["accuracy_of_models"] = round(sum((s > 0.5) == y for s, y in by_models) / len(by_models), 4)
     return summary
