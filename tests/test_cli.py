@@ -66,7 +66,8 @@ def test_a_bad_policy_is_refused_at_start_naming_file_line_and_field(broker, tmp
 
 def test_up_runs_the_declared_stack_until_sigterm_and_other_commands_find_its_broker(tmp_path: Path):
     """`up` without --broker starts the embedded broker and records it: `policy show` and `policy apply`
-    find it, a second `rendezvous broker` is refused; SIGTERM stops every child and forgets the broker;
+    find it, a second `rendezvous broker` is refused; if the broker dies, up starts it again and the stack
+    answers again; SIGTERM stops every child and forgets the broker;
     started again on the same workdir, the policy applied before is still in force (the broker's data
     persists in WORKDIR/kafka)."""
     env = {"RENDEZVOUS_HOME": str(tmp_path / "home"), "RENDEZVOUS_STOP_GRACE_S": "5"}
@@ -108,6 +109,20 @@ deploy:
         newer.write_text("name: stack\nversion: 2\nsla_ms: 120\nrouting:\n  strategy: fixed\n  chain: [{model: trivial}]\n")
         applied = rendezvous("policy", "apply", str(newer), timeout=60, env=env)
         assert applied.returncode == 0, applied.stderr
+
+        # the embedded broker dies: up starts it again on its data, and every service reconnects by itself
+        os.kill(json.loads((tmp_path / "home" / "broker.json").read_text())["pid"], signal.SIGKILL)
+        output.wait_for("started again on")
+
+        def answered() -> bool:
+            call = urllib.request.Request(f"{gateway}/v2/models/stack/infer", data=b'{"features": {}}',
+                                          headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(call, timeout=5) as response:
+                    return json.loads(response.read())["parameters"]["model"] == "trivial"
+            except OSError:  # 503 or 504 while the services reconnect
+                return False
+        wait_until(answered, "a call through the gateway answered by the model after the broker's restart", 30)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from rendezvous.kernel.errors import RendezvousError
 from rendezvous.kernel.lifecycle import stop_on_signals
 from rendezvous.kernel.options import (
     broker_option,
@@ -92,7 +94,16 @@ def _in_force(stack: RunningStack, policy: Any) -> str:
 def _watch(stack: RunningStack, stop: Any, console: Console) -> None:
     """Report components that go down or give up, until asked to stop."""
     reported: dict[str, str] = {}
+    broker_retry_at = 0.0
     while not stop.wait(1.0):
+        if time.monotonic() >= broker_retry_at:
+            try:
+                revived = stack.revive_broker()
+                if revived:
+                    console.log(f"[yellow]{revived}[/]")
+            except RendezvousError as exc:
+                broker_retry_at = time.monotonic() + 5.0
+                console.log(f"[red]the embedded broker could not be started again:[/] {exc} (trying again in 5 s)")
         for child in stack.runtime.supervisor.children():
             if child.state != reported.get(child.spec.name, "running"):
                 console.log(f"{child.spec.name}: {child.state} (restarts {child.restarts}, last exit {child.last_exit_code})")

@@ -70,6 +70,24 @@ class RunningStack:
     components: list[str] = field(default_factory=list)
     models: ModelRuntime | None = None  # where the models run: ``runtime`` itself, or a DockerRuntime
     gateway_url: str | None = None  # the HTTP gateway (OIP v2), if one was started
+    options: StackOptions = field(default_factory=StackOptions)
+
+    def revive_broker(self) -> str | None:
+        """If the embedded broker has exited, start it again on its port and data and make any topic it
+        lost (a broker without durable data loses them all); None if it runs. Raises :class:`BrokerError`.
+
+        Every service reconnects by itself (they say they are not ready meanwhile): only the broker,
+        which they cannot start, is up to us."""
+        broker = self.broker
+        if broker is None or broker.returncode is None:
+            return None
+        code = broker.returncode
+        broker.stop()  # reaps it; a temporary data directory goes with it
+        broker.start()
+        if self.options.find_running_broker:
+            record_running(broker)  # its pid changed
+        ensure_topics(self.kafka, self.topics, self.options.partitions, retention_ms=self.options.retention_ms)
+        return f"the embedded broker had exited (code {code}); started again on {broker.bootstrap} ({broker.describe()})"
 
 
 @contextlib.contextmanager
@@ -133,7 +151,7 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
                                  f"see {options.log_dir}/gateway.log")
             workers.append(gateway)
             gateway_url = f"http://127.0.0.1:{runtime.supervisor.get(gateway).http_port}"
-        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models, gateway_url)
+        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models, gateway_url, options)
     finally:
         if runtime is not None:
             progress("status", {"text": "stopping: rendezvous first, so in-flight requests are answered"})
