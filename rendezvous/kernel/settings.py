@@ -90,5 +90,6 @@ class KafkaSettings:
         }
 
     def admin(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "log_level": 3, "logger": KAFKA_CLIENT_LOG,
-                **self.client.confluent()}
+        # no Python logger here: an admin client's log lines wait in a queue until it is polled,
+        # and most admin clients never are (librdkafka writes them to stderr instead)
+        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **self.client.confluent()}
