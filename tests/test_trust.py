@@ -7,6 +7,8 @@ Live: real model runners (each signing with its own key), a worker given the sec
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from confluent_kafka import Producer
 
 from policies import load_policy
 from policies.record import POLICY_KEY
-from rendezvous.kernel.trust import SIGNATURE_HEADER, StackSecret, sign, write_key
+from rendezvous.kernel.trust import SIGNATURE_HEADER, StackSecret, load_key, sign, write_key
 from rendezvous.kernel.wire import DLQ_REASON, Score, ScoreBatch, encode
 from rendezvous.service.control import BanditRecord
 from rendezvous.service.policies import policy_record
@@ -91,3 +93,21 @@ def test_a_bandit_record_without_the_worker_key_is_refused(signed: System):
     _produce(signed, signed.topics.bandit, encode(record))
     wait_until(lambda: signed.stats(signed.worker)["policy"]["unsigned_bandit_records"] >= 1,
                "the worker refused the unsigned bandit record")
+
+
+def test_the_cli_makes_a_secret_and_a_model_key_the_workers_derive_alike(tmp_path: Path):
+    """For stacks run without `up` (Compose, Kubernetes): the secret for workers, one key per model for runners."""
+    run = [sys.executable, "-m", "rendezvous", "secret"]
+    made = subprocess.run([*run, "create", str(tmp_path / "secret")], capture_output=True, text=True, timeout=60)
+    keyed = subprocess.run([*run, "model-key", "boosted", "--secret-file", str(tmp_path / "secret"),
+                            "--out", str(tmp_path / "boosted.key")], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and keyed.returncode == 0, made.stderr + keyed.stderr
+    secret = StackSecret.load(tmp_path / "secret")
+    assert load_key(tmp_path / "boosted.key") == secret.model_key("boosted") != secret.model_key("forest")
+    for path in (tmp_path / "secret", tmp_path / "boosted.key"):
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.read_text().strip() not in made.stdout + keyed.stdout + made.stderr + keyed.stderr
+    (tmp_path / "secret").chmod(0o644)
+    refused = subprocess.run([*run, "model-key", "x", "--secret-file", str(tmp_path / "secret"), "--out",
+                              str(tmp_path / "x.key")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "chmod 600" in refused.stderr and "Traceback" not in refused.stderr
