@@ -239,10 +239,6 @@ class Router:
         """When the oldest request still waiting for its answer was made (epoch ms)."""
         return next(iter(self._pending.values())).t0 if self._pending else None  # dicts keep arrival order
 
-    def knows(self, request_id: str) -> bool:
-        """Whether ``request_id`` is pending or was answered recently: a request that was really sent."""
-        return request_id in self._pending or request_id in self._decided
-
     def pending_t0(self, request_id: str) -> float | None:
         pending = self._pending.get(request_id)
         return pending.t0 if pending is not None else None

@@ -252,9 +252,11 @@ class RendezvousWorker:
         if batch.model in self.router.policy.models:  # the series of /metrics are the policy's models, no others
             self.metrics.observe_scores(batch.model, batch.scores, self.router.pending_t0, now)
         if self.canary is not None:
+            # Every score of the champion and the canary, also one that arrives before its request
+            # (it waits as an orphan): filtering by the requests seen so far dropped those, and the
+            # drift's count with them. Scores for requests never sent are kept out by their signature.
             for s in batch.scores:
-                if self.router.knows(s.request_id):  # scores for requests never sent must not move the drift
-                    self.canary.observe(batch.model, s.request_id, s.score)
+                self.canary.observe(batch.model, s.request_id, s.score)
         step = self.router.on_scores(batch.model, batch.model_version, batch.scores, hold, now)
         hold.refs += step.kept
         if step.kept == 0:
