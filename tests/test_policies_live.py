@@ -116,17 +116,17 @@ def test_shadows_are_never_returned_but_are_credited_and_the_posterior_is_shared
         counts = tuple(sum(s["outcomes"].get(kind, 0) for s in stats) for kind in ("duplicate", "unknown"))
         return counts if sum(counts) >= 2 else None
     assert wait_until(told_apart, "the duplicate and the unknown outcome counted") == (1, 1)
-    # one posterior, on every worker: each learns the other's credits from the shared topic, a moment later
-    stats = wait_until(lambda: (lambda now: now if now[0]["posterior_means"] == now[1]["posterior_means"] else None)(
-        [system.stats(w) for w in workers]), "both workers hold the same posterior", timeout=10)
-
-    # a restarted worker rebuilds the posterior from the shared observations
-    before = stats[0]["posterior_means"]
+    # A restarted worker rebuilds the posterior from the shared observations (all of them: every outcome
+    # was credited, and a stopping worker publishes what it holds), and it is the one every worker holds:
+    # the survivor learns the other's credits from the shared topic, a moment later. (Two running workers
+    # compared with each other can agree half way through the stream: a fresh-clone run caught them so.)
     system.runtime.stop([workers[0]], timeout=30)
     [again] = system.start_workers(system.directory / "policy.yaml")
     system.wait_ready([again])
-    after = system.stats(again)["posterior_means"]
-    assert after == pytest.approx(before, abs=0.01)
+    rebuilt = system.stats(again)["posterior_means"]
+    assert rebuilt["a"] > 0.99 and rebuilt["s"] > 0.99 and rebuilt["b"] < 0.01, rebuilt  # about 300 outcomes each
+    wait_until(lambda: system.stats(workers[1])["posterior_means"] == pytest.approx(rebuilt, abs=0.005),
+               "the surviving worker holds the posterior the restarted one rebuilt", timeout=15)
 
 
 RAMP = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\n"
