@@ -35,6 +35,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from benchmarks import say
 from policies import EXAMPLE, EXAMPLE_STACK, load_policy
 from rendezvous.kernel.admin import create_topic
 from rendezvous.kernel.kafka import poll_batch
@@ -47,10 +48,6 @@ from rendezvous.tools.data import phishing_rows
 from rendezvous.tools.summary import percentiles
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def cpu_ms(pid: int) -> float:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -30,16 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import say
 from policies import EXAMPLE_STACK
 from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.tools.client import RequestSender, ResultCollector
 from rendezvous.tools.data import phishing_rows
 from rendezvous.tools.summary import percentiles
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def run_scenario(stack: RunningStack, name: str, fault: Callable[[], float], rate: float, seconds: float,

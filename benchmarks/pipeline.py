@@ -37,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from benchmarks import say
 from rendezvous.kernel.admin import create_topic, ensure_topics
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
@@ -61,10 +62,6 @@ routing:
     - {{model: t2, wait_ms: 20}}
     - {{model: t1}}
 """
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ 1. floor

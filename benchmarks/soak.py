@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import say
 from policies import EXAMPLE_STACK
 from rendezvous.operations.stack import StackOptions, running_stack
 from rendezvous.operations.stackfile import load_stack
@@ -33,10 +33,6 @@ from rendezvous.tools.summary import percentiles
 
 WINDOW = 2000
 SAMPLE_S = 30.0
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def rss_mb(pid: int) -> float:

@@ -38,7 +38,7 @@ from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.trust import SIGNATURE_HEADER, sign
+from rendezvous.kernel.trust import signed_headers
 from rendezvous.kernel.wire import (
     DEFAULT_MAX_REQUEST_BYTES,
     Request,
@@ -285,8 +285,8 @@ class ModelRunner:
             else:
                 self._store(partition, offset)
 
-        headers = [(SIGNATURE_HEADER, sign(self._score_key, value))] if self._score_key else None
-        produce(self._producer, self.topics.scores, value, key, partition, delivered, headers)
+        produce(self._producer, self.topics.scores, value, key, partition, delivered,
+                signed_headers(self._score_key, value))
 
     def _store(self, partition: int, offset: int) -> None:
         try:

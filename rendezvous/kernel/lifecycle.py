@@ -25,38 +25,27 @@ log = logging.getLogger("rendezvous")
 
 
 class StopDeadline:
-    """Ends the process ``grace_s`` after :meth:`arm` unless it has exited by then.
+    """Ends the process (exit code 1) ``grace_s`` after :meth:`arm` unless it has exited by then."""
 
-    >>> deadline = StopDeadline(5.0, "test")
-    >>> deadline.remaining() is None  # not armed yet
-    True
-    """
-
-    def __init__(self, grace_s: float = DEFAULT_STOP_GRACE_S, what: str = "service", exit_code: int = 1) -> None:
-        self.grace_s, self.what, self.exit_code = grace_s, what, exit_code
-        self._armed_at: float | None = None
+    def __init__(self, grace_s: float = DEFAULT_STOP_GRACE_S, what: str = "service") -> None:
+        self.grace_s, self.what = grace_s, what
+        self._armed = False
         self._lock = threading.Lock()
 
     def arm(self) -> None:
         """Start the countdown (once; later calls do nothing)."""
         with self._lock:
-            if self._armed_at is not None:
+            if self._armed:
                 return
-            self._armed_at = time.monotonic()
+            self._armed = True
         threading.Thread(target=self._expire, name="stop-deadline", daemon=True).start()
-
-    def remaining(self) -> float | None:
-        """Seconds left before the process is ended, or None before the stop signal."""
-        if self._armed_at is None:
-            return None
-        return max(self.grace_s - (time.monotonic() - self._armed_at), 0.0)
 
     def _expire(self) -> None:
         time.sleep(self.grace_s)
         log.error("%s did not stop within %gs of the stop signal (is the broker reachable?); exiting now. "
                   "What it had not committed is read again by whoever takes over.", self.what, self.grace_s)
         logging.shutdown()  # flush the log handlers: os._exit skips them
-        os._exit(self.exit_code)
+        os._exit(1)
 
 
 def stop_on_signals(deadline: StopDeadline | None = None) -> threading.Event:

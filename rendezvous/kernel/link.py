@@ -41,7 +41,6 @@ class BrokerLink:
         self.retry_s = retry_s
         self.reachable = True
         self.lost_at: float | None = None  # when the first failed probe of the current outage ended
-        self.outages = 0
         self._error = ""
         self._admin: AdminClient | None = None
         self._stop = threading.Event()
@@ -80,7 +79,6 @@ class BrokerLink:
             log.warning("the broker at %s answers again after %.1fs", self.kafka.bootstrap,
                         self.clock() - (self.lost_at or self.clock()))
         elif not ok and self.reachable:
-            self.outages += 1
             self.lost_at = self.clock()
             log.warning("the broker at %s does not answer (%s): not ready until it does", self.kafka.bootstrap, error)
         self.reachable, self._error = ok, error

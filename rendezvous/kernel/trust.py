@@ -38,7 +38,7 @@ from pathlib import Path
 from rendezvous.kernel.errors import ConfigError
 from rendezvous.kernel.settings import state_dir
 
-__all__ = ["SIGNATURE_HEADER", "StackSecret", "sign", "verify", "signature_of", "load_key", "write_key",
+__all__ = ["SIGNATURE_HEADER", "StackSecret", "sign", "signed_headers", "verify", "signature_of", "load_key", "write_key",
            "remember_secret", "remembered_secret"]
 
 #: The header holding the hex HMAC-SHA256 of a record's value.
@@ -50,6 +50,11 @@ _MIN_BYTES = 16
 def sign(key: bytes, value: bytes) -> bytes:
     """The signature of ``value`` under ``key`` (hex, as the header carries it)."""
     return hmac.new(key, value, hashlib.sha256).hexdigest().encode()
+
+
+def signed_headers(key: bytes | None, value: bytes) -> list[tuple[str, bytes]] | None:
+    """The record headers that sign ``value`` with ``key``; None without a key (nothing is signed)."""
+    return [(SIGNATURE_HEADER, sign(key, value))] if key else None
 
 
 def verify(key: bytes, value: bytes | None, signature: bytes | None) -> bool:

@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from rendezvous.kernel.trust import signed_headers
 from rendezvous.kernel.wire import WireError, decode_outcome
 from rendezvous.routing.outcomes import ScoreIndex
 from rendezvous.routing.router import Decision, Router
 from rendezvous.service.control import POLICY_KEY, ControlFeed
 from rendezvous.service.learning import OutcomeCrediting
-from rendezvous.service.policies import PolicyStore, demoted, policy_record, signed
+from rendezvous.service.policies import PolicyStore, demoted, policy_record
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
@@ -111,7 +112,7 @@ class ControlPlane:
             value = policy_record(doc, reason=f"automatic rollback: {why}", by=f"rendezvous/{self.settings.worker_id}")
             secret = self.settings.secret
             self.writer.publish(self.settings.topics.policies, value, POLICY_KEY,
-                                headers=signed(value, secret.policy_key if secret else None))
+                                headers=signed_headers(secret.policy_key if secret else None, value))
             ramp.halt(why)  # preferred no more, here and now; the new version demotes it everywhere
             return
 

@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.trust import SIGNATURE_HEADER, sign
+from rendezvous.kernel.trust import signed_headers
 from rendezvous.kernel.wire import Outcome, encode
 from rendezvous.routing.bandit import Learner, Observation
 from rendezvous.routing.outcomes import RewardRule, ScoreIndex
@@ -84,8 +84,8 @@ class OutcomeCrediting:
                     hold.release()
 
         value = encode(record)
-        headers = [(SIGNATURE_HEADER, sign(self._worker_key, value))] if self._worker_key else None
-        self._producer.produce(self.topics.bandit, value, partition=0, on_delivery=delivered, headers=headers)
+        self._producer.produce(self.topics.bandit, value, partition=0, on_delivery=delivered,
+                               headers=signed_headers(self._worker_key, value))
         self._producer.poll(0)
 
     def poll(self) -> None:

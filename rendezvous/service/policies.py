@@ -27,7 +27,7 @@ from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.trust import SIGNATURE_HEADER, StackSecret, sign, verify
+from rendezvous.kernel.trust import StackSecret, signed_headers, verify
 from rendezvous.kernel.wire import encode
 from rendezvous.routing.bandit import Learner
 from rendezvous.routing.policy import (
@@ -54,11 +54,6 @@ def policy_record(doc: Policy, reason: str = "", by: str | None = None) -> bytes
     return encode(PolicyRecord(routing, time.time() * 1000, by or who(), reason))
 
 
-def signed(value: bytes, key: bytes | None) -> list[tuple[str, bytes]] | None:
-    """The headers that sign ``value`` with ``key`` (None without a key)."""
-    return [(SIGNATURE_HEADER, sign(key, value))] if key else None
-
-
 def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None,
                    secret: StackSecret | None = None) -> None:
     """Blocking: write ``doc`` to the policies topic, for every worker to apply (CLI and startup only;
@@ -68,7 +63,7 @@ def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: st
     producer = Producer(kafka.producer())
     value = policy_record(doc, reason, by)
     producer.produce(topics.policies, value, POLICY_KEY, partition=0,
-                     headers=signed(value, secret.policy_key if secret else None))
+                     headers=signed_headers(secret.policy_key if secret else None, value))
     if producer.flush(15):
         raise BrokerUnavailable(f"could not write the policy to {topics.policies} within 15 s")
 
