@@ -3,8 +3,8 @@ traffic, and every component stopped while the broker is away.
 
 Guarantees, each judged by the components' own records: nothing the broker acknowledged is
 lost or answered twice; every component says it is not ready while the broker is away and is
-ready again within 15 s of its return; the system answers within the SLA again by then; and
-SIGTERM ends every component within its grace period whatever the broker does.
+ready again within 15 s of its return, answering by the policy again; and SIGTERM ends every
+component within its grace period whatever the broker does.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import pytest
 from rendezvous.operations.broker import KafkaBroker
 from rendezvous.operations.kafka_dist import kafka_available
 from tests.conftest import CHAIN_POLICY, System, scripted_spec, settings_for, wait_until, write_policy
+from tests.rule import Chain, check
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not kafka_available(), reason="needs Java 17+ for Kafka")]
 
-SLA_MS = 100  # CHAIN_POLICY's
+CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLICY, restated
 GRACE_S = 3.0  # each component's --stop-grace-s here (RENDEZVOUS_STOP_GRACE_S)
 BACK_WITHIN_S = 15.0  # after the broker's return: ready again, and answering within the SLA
 
@@ -93,11 +94,11 @@ def test_a_broker_killed_and_restarted_is_seen_survived_and_loses_nothing(stack:
 
     results = system.results_for(before + after, timeout=60)
     assert Counter(len(r) for r in results.values()) == Counter({1: len(before) + len(after)}), "lost or twice"
-    # By the worker's own record: past the restart's bound, every answer is within the SLA.
-    late = [r[0] for rid, r in results.items() if rid.startswith("after")
-            and r[0].request_ms >= returned_ms + BACK_WITHIN_S * 1000 and r[0].latency_ms > SLA_MS]
-    assert not late, f"{len(late)} answered after the SLA once the broker was back, e.g. {late[0]}"
-    first = min((r[0] for rid, r in results.items() if rid.startswith("after")), key=lambda r: r.request_ms)
+    # Once every service is ready again, each answer is the policy's, by the worker's own record of
+    # arrivals and due times (how many were within the SLA is the fault benchmark's figure).
+    for rid in after:
+        check(results[rid][0], CHAIN)
+    first = min((results[rid][0] for rid in after), key=lambda r: r.request_ms)
     assert first.decided_ms <= returned_ms + BACK_WITHIN_S * 1000, "not answering again within 15 s"
 
 
