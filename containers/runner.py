@@ -37,7 +37,7 @@ from rendezvous.kernel.errors import OperationsError
 from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import KafkaSettings
-from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.topics import PROBE, Topics
 from rendezvous.kernel.trust import signed_headers
 from rendezvous.kernel.wire import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -206,6 +206,11 @@ class ModelRunner:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", message.error())
+                continue
+            headers = message.headers()
+            if headers and any(key == PROBE for key, _ in headers):
+                # a gateway's readiness probe: the worker answers it, no model scores it
+                items.append((message.partition(), message.offset(), None, message.timestamp()[1]))
                 continue
             value = message.value()
             try:

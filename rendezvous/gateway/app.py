@@ -1,10 +1,10 @@
-"""The HTTP front door: the Open Inference Protocol (v2) routes, over a :class:`KafkaBridge`.
+"""The HTTP front door: the Open Inference Protocol (v2) routes over a :class:`Front`.
 
-``{name}`` in every route is the name of the policy in force: the deployment
-is the "model" an OIP client sees; which real model answered is in the
-response's ``parameters``. Because the rendezvous always answers within its
-SLA, a call waits at most the SLA plus ``reply_margin_ms``; past that it is a
-504 naming the request id.
+JSON bodies, and the protocol's binary tensor data extension (the JSON header,
+then raw tensor bytes; ``Inference-Header-Content-Length``) both ways, gzip or
+deflate bodies too. Every error, unknown routes included, is the protocol's
+``{"error": "..."}``, and the OpenAPI document (``/openapi.json``) lists every
+status each route answers with (``tests/test_gateway.py`` walks them).
 """
 
 from __future__ import annotations
@@ -12,45 +12,35 @@ from __future__ import annotations
 import contextlib
 import hmac
 import time
+import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from rendezvous import __version__
 from rendezvous.gateway.bridge import KafkaBridge
-from rendezvous.gateway.oip import FeaturesRequest, InferRequest, OipError, OutcomeRequest, infer_response, request_ids, rows
+from rendezvous.gateway.front import Front, GatewayError, GatewaySettings, field_of
+from rendezvous.gateway.oip import FeaturesRequest, InferRequest, OipError, OutcomeRequest, binary_outputs
+from rendezvous.gateway.openapi import ROUTE_ERRORS, document
+from rendezvous.gateway.tensors import attach_binary, encode, split_body
 from rendezvous.kernel.wire import WireError, decode_json
 
-__all__ = ["GatewaySettings", "create_app"]
+__all__ = ["GatewaySettings", "create_app", "HEADER_LENGTH"]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension's header
+_JSON = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    reply_margin_ms: float = 1000.0  # beyond the SLA, for the hops between the gateway and the worker
-    model_inputs: dict[str, list[str]] | None = None  # model -> features it reads (from the specs)
-    max_body_bytes: int = 1_048_576  # the requests topic's own limit, less the envelope
-    token: str | None = None  # when set, every /v2 route but health wants "Authorization: Bearer TOKEN"
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.body = status, {"error": message, **extra}
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
-    return "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts).lstrip(".") or "body"
-
-
-def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(), *, manage_bridge: bool = True) -> FastAPI:
+def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(), *, manage_bridge: bool = True,
+               front: Front | None = None) -> FastAPI:
     """The gateway's ASGI app; with ``manage_bridge`` it starts and stops the bridge with itself."""
+    front = front or Front(bridge, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -105,165 +95,132 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST.split("; charset")[0])
 
-    @app.exception_handler(HttpError)
-    async def http_error(_request: Request, exc: HttpError) -> JSONResponse:
+    @app.exception_handler(GatewayError)
+    async def refused(_request: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
+        """Unknown routes and methods, in the protocol's error shape (tritonclient decodes only that)."""
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}: the protocol's routes are under /v2 (see /openapi.json)"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not served on {request.url.path} (see /openapi.json)"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        return JSONResponse({"error": f"{_field(tuple(first['loc']))}: {first['msg']}"}, status_code=400)
-
-    def _missing(policy: Any, rows_: list[dict[str, Any]]) -> str | None:
-        """A row lacking a feature that every model of the chain reads (by their specs) could not be scored."""
-        known = settings.model_inputs or {}
-        chain = [e.model for e in policy.routing.chain if e.model in known]
-        if not chain:
-            return None
-        needed = set.intersection(*(set(known[m]) for m in chain))
-        for i, row in enumerate(rows_):
-            absent = sorted(needed - set(row))
-            if absent:
-                where = f"row {i}: " if len(rows_) > 1 else ""
-                return (f"{where}missing feature{'s' if len(absent) > 1 else ''} {', '.join(absent)}: "
-                        f"every model of the chain ({', '.join(chain)}) reads {'them' if len(absent) > 1 else 'it'}")
-        return None
-
-    def policy_named(name: str) -> Any:
-        policy = bridge.policy
-        if policy is None:
-            raise HttpError(503, "no policy is in force yet: apply one (rendezvous policy apply FILE)")
-        if name != policy.name:
-            raise HttpError(404, f"no model {name!r}: this rendezvous serves policy {policy.name!r}")
-        return policy
+        return JSONResponse({"error": f"{field_of(tuple(first['loc']))}: {first['msg']}"}, status_code=400)
 
     # ------------------------------------------------------------------ inference
 
-    async def json_body(request: Request) -> Any:
-        """The body as JSON whatever its content type (curl -d sends form-encoded), or a 400.
+    async def body_of(request: Request) -> tuple[Any, bytes]:
+        """The JSON header (whatever the content type: curl -d sends form-encoded) and any binary data after it.
 
         Strict JSON, as the workers read it: NaN, Infinity, numbers out of range and invalid
-        UTF-8 are refused here rather than passed on (Python's json would turn 1e999 into inf,
-        which would reach the models as null)."""
+        UTF-8 are refused here rather than passed on."""
+        raw = _inflate(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
         try:
-            return decode_json(await request.body())
-        except WireError as exc:
-            raise HttpError(400, f"the body is not JSON: {exc}") from None
-
-    def ref(model: str) -> dict[str, str]:
-        return {"$ref": f"#/components/schemas/{model}"}
-
-    infer_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
-        ref("InferRequest"), ref("FeaturesRequest")]}}}}}
-
-    @app.post("/v2/models/{name}/infer", openapi_extra=infer_body,
-              summary="Score rows through the rendezvous (OIP v2, or {\"features\": {...}})")
-    async def infer(name: str, request: Request) -> JSONResponse:
-        policy = policy_named(name)
-        body = await json_body(request)
-        if not isinstance(body, dict):
-            raise HttpError(400, "the body must be a JSON object: an OIP inference request or {\"features\": {...}}")
-        try:
-            if "inputs" in body:
-                parsed = InferRequest.model_validate(body)
-                features, client_id = rows(parsed), parsed.id
-            else:
-                plain = FeaturesRequest.model_validate(body)
-                features, client_id = [plain.features], plain.id
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise HttpError(400, f"{_field(tuple(first['loc']))}: {first['msg']}") from None
+            header, binary = split_body(raw, request.headers.get(HEADER_LENGTH))
         except OipError as exc:
-            raise HttpError(400, str(exc)) from None
-        missing_features = _missing(policy, features)
-        if missing_features:
-            raise HttpError(400, missing_features)
-        ids = request_ids(client_id, len(features))
-        replies = await bridge.ask(list(zip(ids, features, strict=True)),
-                                   (policy.sla_ms + settings.reply_margin_ms) / 1000)
-        missing = [rid for rid, reply in zip(ids, replies, strict=True) if reply is None]
-        if missing:
-            raise HttpError(504, f"no result within the SLA ({policy.sla_ms:g} ms) plus "
-                                 f"{settings.reply_margin_ms:g} ms: is a rendezvous worker running?",
-                            id=client_id or ids[0], request_ids=missing)
-        results = [reply.result for reply in replies if reply is not None]
-        return JSONResponse(infer_response(name, client_id, ids, results))
+            raise GatewayError(400, str(exc)) from None
+        try:
+            return decode_json(header), binary
+        except WireError as exc:
+            hint = "" if HEADER_LENGTH in request.headers else (
+                f" (binary tensor data? send the JSON header's size in {HEADER_LENGTH})")
+            raise GatewayError(400, f"the body is not JSON: {exc}{hint}") from None
 
-    outcome_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": ref("OutcomeRequest")}}}}
+    @app.post("/v2/models/{name}/infer", openapi_extra=ROUTE_ERRORS["infer_body"], responses=ROUTE_ERRORS["infer"],
+              summary="Score rows through the rendezvous (OIP v2, or {\"features\": {...}})")
+    async def infer(name: str, request: Request) -> Response:
+        front.policy_named(name)  # 404 or 503 before reading the body
+        body, binary = await body_of(request)
+        parsed = front.parse(body)
+        if binary:
+            if not isinstance(parsed, InferRequest):
+                raise GatewayError(400, "binary tensor data needs an OIP request with inputs, not {\"features\": ...}")
+            try:
+                attach_binary(parsed, binary)
+            except OipError as exc:
+                raise GatewayError(400, str(exc)) from None
+        answer = await front.infer(name, parsed)
+        if isinstance(parsed, InferRequest) and binary_outputs(parsed):
+            return _binary_response(answer)
+        return Response(_JSON.encode(answer), media_type="application/json")
 
-    @app.post("/v2/models/{name}/outcome", openapi_extra=outcome_body,
+    @app.post("/v2/models/{name}/outcome", openapi_extra=ROUTE_ERRORS["outcome_body"],
+              responses=ROUTE_ERRORS["outcome"], status_code=202,
               summary="The truth about an answered request, for learning and quality")
     async def outcome(name: str, request: Request) -> JSONResponse:
-        policy_named(name)
-        try:
-            body = OutcomeRequest.model_validate(await json_body(request))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise HttpError(400, f"{_field(tuple(first['loc']))}: {first['msg']}") from None
-        partition = bridge.send_outcome(body.id, body.outcome)
-        if bridge.flush(5):
-            raise HttpError(503, "the outcome could not be written to the broker within 5 s", id=body.id)
-        return JSONResponse({"id": body.id, "accepted": True, "partition": partition}, status_code=202)
+        front.policy_named(name)
+        body, _ = await body_of(request)
+        return JSONResponse(await front.outcome(name, body), status_code=202)
 
     # ------------------------------------------------------------------ health and metadata
 
-    @app.get("/v2/health/live", summary="The gateway process is up")
+    @app.get("/v2/health/live", summary="The gateway process is up", responses=ROUTE_ERRORS["live"])
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    async def _ready() -> tuple[bool, str]:
-        problem = bridge.link.problem()
-        if problem:
-            return False, problem
-        if bridge.policy is None:
-            return False, "no policy in force yet"
-        if bridge.recently_answered():
-            return True, "a rendezvous worker answered within the last 30 s"
-        [reply] = await bridge.ask([(bridge.probe_id(), {})], (bridge.policy.sla_ms + settings.reply_margin_ms) / 1000)
-        return (True, "a probe request was answered") if reply else (False, "no rendezvous worker answered a probe")
-
     @app.get("/ready", include_in_schema=False)  # what the process supervisor polls, like every component
-    @app.get("/v2/health/ready", summary="The broker is reachable and a rendezvous worker answers")
+    @app.get("/v2/health/ready", summary="The broker is reachable and a rendezvous worker answers",
+             responses=ROUTE_ERRORS["ready"])
     async def ready() -> JSONResponse:
-        ok, why = await _ready()
+        ok, why = await front.ready()
         return JSONResponse({"ready": ok, "reason": why}, status_code=200 if ok else 503)
 
-    @app.get("/v2", summary="Server metadata")
+    @app.get("/v2", summary="Server metadata", responses=ROUTE_ERRORS["server"])
     async def server() -> dict[str, Any]:
-        return {"name": "rendezvous", "version": __version__, "extensions": ["outcome"]}
+        return front.server_metadata()
 
-    @app.get("/v2/models/{name}", summary="The policy as a model: its versions, inputs and output")
+    @app.get("/v2/models/{name}", summary="The policy as a model: its versions, inputs and output",
+             responses=ROUTE_ERRORS["metadata"])
     async def metadata(name: str) -> dict[str, Any]:
-        policy = policy_named(name)
-        known = settings.model_inputs or {}
-        needed = sorted({f for model in policy.model_roles for f in known.get(model, [])})
-        return {
-            "name": policy.name, "versions": [str(policy.version)], "platform": "rendezvous",
-            "inputs": [{"name": f, "datatype": "FP64", "shape": [-1]} for f in needed],
-            "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}],
-            "parameters": {"sla_ms": policy.sla_ms, "models": policy.model_roles,
-                           "inputs_by_model": {m: known[m] for m in policy.model_roles if m in known}},
-        }
+        return front.model_metadata(name)
 
-    @app.get("/v2/models/{name}/ready", summary="The policy is in force and a worker answers")
+    @app.get("/v2/models/{name}/ready", summary="The policy is in force and a worker answers",
+             responses=ROUTE_ERRORS["model_ready"])
     async def model_ready(name: str) -> JSONResponse:
-        policy_named(name)
-        ok, why = await _ready()
+        front.policy_named(name)
+        ok, why = await front.ready()
         return JSONResponse({"name": name, "ready": ok, "reason": why}, status_code=200 if ok else 503)
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's document, plus the body schemas the routes read themselves (to accept any content type)."""
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in (InferRequest, FeaturesRequest, OutcomeRequest):
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-            app.openapi_schema = document
+            app.openapi_schema = document(app, (InferRequest, FeaturesRequest, OutcomeRequest))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A gzip or deflate body (tritonclient's request_compression_algorithm), inflated up to ``limit`` bytes."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise GatewayError(400, f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise GatewayError(400, f"the body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise GatewayError(413, f"the body inflates to over the limit of {limit} bytes")
+    return out
+
+
+def _binary_response(answer: dict[str, Any]) -> Response:
+    """The response with its outputs as binary tensor data after the JSON header."""
+    chunks = []
+    for output in answer["outputs"]:
+        raw = encode(output["datatype"], output.pop("data"))
+        output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(raw)}
+        chunks.append(raw)
+    header = _JSON.encode(answer)
+    return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(header))})

@@ -32,7 +32,7 @@ from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
-from rendezvous.kernel.topics import REPLY_TO, Topics
+from rendezvous.kernel.topics import PROBE, REPLY_TO, Topics
 from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
 
@@ -40,6 +40,11 @@ __all__ = ["KafkaBridge", "Reply"]
 
 log = logging.getLogger("rendezvous.gateway")
 _KNOWN_PARTITIONS = 100_000  # request id -> its partition, for outcomes of requests answered here
+
+
+def _settle(future: asyncio.Future[int], partition: int, problem: str | None) -> None:
+    if not future.done():
+        future.set_exception(RuntimeError(problem)) if problem else future.set_result(partition)
 
 
 @dataclass(frozen=True)
@@ -137,17 +142,19 @@ class KafkaBridge:
         if future is not None and not future.done():
             future.set_result(Reply(result, -1))
 
-    async def ask(self, requests: list[tuple[str, dict[str, Any]]], timeout_s: float) -> list[Reply | None]:
+    async def ask(self, requests: list[tuple[str, dict[str, Any]]], timeout_s: float,
+                  probe: bool = False) -> list[Reply | None]:
         """Send each ``(request_id, features)``; each reply, or None if it had not come within ``timeout_s``."""
         assert self._loop is not None
         futures = []
+        headers = [(REPLY_TO, self.reply_topic.encode())] + ([(PROBE, b"1")] if probe else [])
         for request_id, features in requests:
             future: asyncio.Future[Reply] = self._loop.create_future()
             self._waiting[request_id] = future
             futures.append(future)
             value = encode({"request_id": request_id, "features": features, "event_time": int(now_ms())})
             produce(self._producer, self.topics.requests, value, request_id.encode(),
-                    on_delivery=self._delivered(request_id), headers=[(REPLY_TO, self.reply_topic.encode())])
+                    on_delivery=None if probe else self._delivered(request_id), headers=headers)
         done, _ = await asyncio.wait(futures, timeout=timeout_s)
         out: list[Reply | None] = []
         for (request_id, _), future in zip(requests, futures, strict=True):
@@ -173,20 +180,37 @@ class KafkaBridge:
                     self._partitions.popitem(last=False)
         return delivered
 
-    def send_outcome(self, request_id: str, outcome: bool | float) -> int:
-        """Produce the outcome to its request's partition (known if the request came through here); returns it."""
-        with self._partitions_lock:
-            partition = self._partitions.get(request_id, -1)  # -1: the key's partition, as a keyed request lands
-        produce(self._producer, self.topics.outcomes, encode(Outcome(request_id, outcome, now_ms())),
-                request_id.encode(), partition)
-        return partition
+    async def send_outcome(self, request_id: str, outcome: bool | float, timeout_s: float) -> tuple[int, str] | None:
+        """Write the outcome to its request's partition; ``(partition, how it was placed)``, None if not written.
 
-    def flush(self, timeout: float = 5.0) -> int:
-        return self._producer.flush(timeout)
+        The partition is the one the request went to when it came through this gateway;
+        otherwise the one its id's key hashes to, which is where every rendezvous client
+        (a gateway, the Kafka client) writes a request keyed by its id: either way the
+        worker that saw the request sees its outcome. An id no worker saw is counted
+        there as an unknown outcome (``/stats``), not guessed at here.
+        """
+        assert self._loop is not None
+        with self._partitions_lock:
+            known = self._partitions.get(request_id)
+        loop = self._loop
+        written: asyncio.Future[int] = loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:  # on the replies thread
+            loop.call_soon_threadsafe(_settle, written, msg.partition(), err.str() if err else None)
+
+        produce(self._producer, self.topics.outcomes, encode(Outcome(request_id, outcome, now_ms())),
+                request_id.encode(), -1 if known is None else known, on_delivery=delivered)
+        try:
+            partition = await asyncio.wait_for(written, timeout_s)
+        except (TimeoutError, RuntimeError) as exc:
+            log.error("could not write the outcome of %s: %s", request_id, exc or "timed out")
+            return None
+        return partition, "its request's partition" if known is not None else "its id's key, as requests are keyed"
 
     def recently_answered(self, within_s: float = 30.0) -> bool:
         return now_ms() - self.last_reply_ms < within_s * 1000
 
-    @staticmethod
-    def probe_id() -> str:
-        return f"gateway-probe-{time.time_ns()}"
+    async def probe(self, timeout_s: float) -> bool:
+        """Whether a worker answers a readiness probe (not traffic: see :data:`PROBE`)."""
+        [reply] = await self.ask([(f"gateway-probe-{time.time_ns()}", {})], timeout_s, probe=True)
+        return reply is not None

@@ -29,10 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from rendezvous.kernel.errors import RendezvousError
 from rendezvous.kernel.wire import Result
 
-__all__ = ["InferInput", "InferRequest", "FeaturesRequest", "OutcomeRequest", "OipError", "rows", "request_ids",
+__all__ = ["InferInput", "RequestedOutput", "InferRequest", "OUTPUT", "unsupported", "binary_outputs",
+           "FeaturesRequest", "OutcomeRequest", "OipError", "rows", "request_ids",
            "infer_response", "MAX_ROWS", "DATATYPES"]
 
 MAX_ROWS = 1000
+OUTPUT = "score"  # the one output a rendezvous answers with
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES")
 
@@ -47,7 +49,14 @@ class InferInput(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=256)]
     datatype: Literal[DATATYPES]  # type: ignore[valid-type]
     shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=8)]
-    data: list[Any]
+    data: list[Any] | None = None  # None: the values follow the JSON as bytes (parameters.binary_data_size)
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
     parameters: dict[str, Any] | None = None
 
 
@@ -58,6 +67,7 @@ class InferRequest(BaseModel):
 
     id: Annotated[str, Field(min_length=1, max_length=400)] | None = None
     inputs: Annotated[list[InferInput], Field(min_length=1, max_length=1024)]
+    outputs: list[RequestedOutput] | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -113,6 +123,9 @@ def rows(body: InferRequest) -> list[dict[str, Any]]:
         where = f"inputs[{i}] ({tensor.name})"
         if tensor.shape[0] != n:
             raise OipError(f"{where}: {tensor.shape[0]} rows, but inputs[0] has {n}; every input needs one value per row")
+        if tensor.data is None:
+            raise OipError(f"{where}: no data: give \"data\", or its bytes after the JSON with "
+                           "parameters.binary_data_size (the binary tensor data extension)")
         values = _flatten(tensor.data)
         size = math.prod(tensor.shape)
         if len(values) != size:
@@ -124,6 +137,42 @@ def rows(body: InferRequest) -> list[dict[str, Any]]:
             cells = [_scalar(v, tensor.datatype, where) for v in values[r * per_row:(r + 1) * per_row]]
             out[r][tensor.name] = cells[0] if per_row == 1 else cells
     return out
+
+
+# Parameters of protocol extensions a rendezvous does not serve, and what to do instead.
+_UNSUPPORTED = {
+    "shared_memory_region": "the shared-memory extension (shared_memory_region) is not supported: "
+                            "send the values in the body (as data, or as binary tensor data)",
+    "classification": "the classification extension (classification) is not supported: "
+                      "the rendezvous answers with the chosen model's score",
+    "sequence_id": "the sequence extension (sequence_id) is not supported: each row is scored on its own",
+}
+
+
+def unsupported(body: InferRequest) -> str | None:
+    """Why the request uses something a rendezvous does not serve (a 400), or None."""
+    where: list[tuple[str, dict[str, Any] | None]] = [("parameters", body.parameters)]
+    where += [(f"inputs[{i}].parameters", t.parameters) for i, t in enumerate(body.inputs)]
+    where += [(f"outputs[{i}].parameters", o.parameters) for i, o in enumerate(body.outputs or [])]
+    for place, parameters in where:
+        for key in parameters or {}:
+            for name, why in _UNSUPPORTED.items():
+                if key == name or key.startswith(f"{name}_"):
+                    return f"{place}.{key}: {why}"
+    for i, output in enumerate(body.outputs or []):
+        if output.name != OUTPUT:
+            return f"outputs[{i}].name: no output {output.name!r}; a rendezvous answers with one output, {OUTPUT!r}"
+    return None
+
+
+def binary_outputs(body: InferRequest | None) -> bool:
+    """Whether the client asked for the outputs as binary tensor data (per output, else for all)."""
+    if body is None:
+        return False
+    for output in body.outputs or []:
+        if output.parameters and "binary_data" in output.parameters:
+            return bool(output.parameters["binary_data"])
+    return bool((body.parameters or {}).get("binary_data_output", False))
 
 
 def request_ids(client_id: str | None, n: int) -> list[str]:

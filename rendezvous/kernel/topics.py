@@ -30,6 +30,9 @@ DEFAULT_PREFIX = "rendezvous"
 #: Request header naming the topic (one of ``Topics.replies``) where the worker also writes the result,
 #: so that a gateway reads only its own callers' results, not the whole results topic.
 REPLY_TO = "rendezvous.reply-to"
+#: Request header marking a gateway's readiness probe: the worker answers it at once on the reply topic
+#: only, and it is no traffic (no result record, no SLA metric, no learning); model runners skip it.
+PROBE = "rendezvous.probe"
 DEFAULT_PARTITIONS = 4
 #: How long the request path's topics keep a record by default: an hour.
 DEFAULT_RETENTION_MS = 3_600_000

@@ -26,7 +26,7 @@ from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.lifecycle import StopDeadline
 from rendezvous.kernel.link import BrokerLink
-from rendezvous.kernel.topics import REPLY_TO
+from rendezvous.kernel.topics import PROBE, REPLY_TO
 from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.kernel.wire import (
     RecordTooLarge,
@@ -65,6 +65,7 @@ class RendezvousWorker:
         self.canary: CanaryWatch | None = None
         self.ignored_reply_to = 0  # requests whose reply-to header named no replies topic of ours
         self.forged_scores = 0  # score records refused: not signed with their model's key
+        self.probes_answered = 0  # gateways' readiness probes: answered at once, not traffic
         self._canary_key: tuple | None = None
         self._canary_policy: Any = None
         self._watch_canary()
@@ -189,6 +190,7 @@ class RendezvousWorker:
             "sla_misses": dict(self.metrics.sla_misses),  # written after the SLA, by cause
             "ignored_reply_to": self.ignored_reply_to,
             "forged_scores": self.forged_scores,
+            "probes_answered": self.probes_answered,
             "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
@@ -202,7 +204,11 @@ class RendezvousWorker:
         if message.partition in self._recovering:
             self._recovering[message.partition].append((self.on_request_event, event))
             return
-        hold = Ack(event, reply_to=self._reply_to(message))
+        reply_to, probe = self._reply_to(message)
+        hold = Ack(event, reply_to=reply_to)
+        if probe:
+            self._answer_probe(hold, message)
+            return
         try:
             head = decode_request_head(message.value, self.settings.max_request_bytes)
         except WireError as exc:
@@ -214,22 +220,37 @@ class RendezvousWorker:
         self._apply(self.router.on_request(head.request_id, message.partition, record_ms, hold, now_ms(),
                                            head.event_time))
 
-    def _reply_to(self, message: Any) -> str | None:
-        """The reply topic a gateway named in the request's headers, if it is one of ours."""
+    def _answer_probe(self, hold: Ack, message: Any) -> None:
+        """A gateway asks whether a worker answers: yes, at once, to that gateway only (see PROBE)."""
+        try:
+            request_id = decode_request_head(message.value, self.settings.max_request_bytes).request_id
+        except WireError:
+            request_id = None
+        if request_id is not None and hold.reply_to is not None:
+            self.writer.reply_probe(request_id, hold.reply_to, self.router.policy.name, self.router.policy.version)
+            self.probes_answered += 1
+        hold.release()
+
+    def _reply_to(self, message: Any) -> tuple[str | None, bool]:
+        """The reply topic a gateway named in the request's headers, if it is one of ours; whether it is a probe."""
         headers = message.headers
         if not headers:
-            return None
+            return None, False
+        topic, probe = None, False
         items = headers.items() if isinstance(headers, dict) else headers
         for key, value in items:
-            if key == REPLY_TO and value:
+            if key == PROBE:
+                probe = True
+            elif key == REPLY_TO and value:
                 topic = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
                 if self.topics.is_reply_topic(topic):
-                    return topic
+                    continue
+                topic = None
                 self.ignored_reply_to += 1  # counted, logged once: a client must not be able to flood the log
                 if self.ignored_reply_to == 1:
                     log.warning("ignored reply-to %r: not a replies topic of %s (counted in /stats from now on)",
-                                topic, self.topics.namespace)
-        return None
+                                value, self.topics.namespace)
+        return topic, probe
 
     def on_score_event(self, event: Any) -> None:
         message = event.message

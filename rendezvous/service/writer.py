@@ -109,6 +109,15 @@ class ResultWriter:
         self.results_written += 1
         return result
 
+    def reply_probe(self, request_id: str, reply_to: str, policy: str, policy_version: int) -> None:
+        """Answer a gateway's readiness probe on its reply topic only: not a result, not traffic."""
+        now = now_ms()
+        result = Result(request_id=request_id, model=None, model_version=None, score=None, reason="default",
+                        detail="readiness probe: answered at once, not routed", latency_ms=0.0, intake_ms=0.0,
+                        policy=policy, policy_version=policy_version, candidates={}, request_ms=now,
+                        decided_ms=now, worker=self.worker)
+        self._produce(reply_to, encode(result), request_id.encode(), -1, self._reply_delivered)
+
     def _result_delivered(self, err: KafkaError | None, msg: Message) -> None:
         decision = self._in_flight[msg.partition()].popleft()
         if err is not None:
