@@ -33,6 +33,12 @@ DEFAULT_PORT = 8080
               help="Address to listen on (0.0.0.0 to serve other hosts).")
 @click.option("--port", envvar="RENDEZVOUS_GATEWAY_PORT", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
               show_default=True, show_envvar=True, help="Port to listen on (0: a free one).")
+@click.option("--grpc-port", envvar="RENDEZVOUS_GATEWAY_GRPC_PORT", type=click.IntRange(0, 65535), default=8081,
+              show_default=True, show_envvar=True,
+              help="Port of the gRPC form of the protocol (inference.GRPCInferenceService); 0: a free one "
+                   "(in GET /info).")
+@click.option("--no-grpc", envvar="RENDEZVOUS_GATEWAY_NO_GRPC", is_flag=True, default=False, show_envvar=True,
+              help="Serve HTTP only.")
 @click.option("--gateway-id", envvar="RENDEZVOUS_GATEWAY_ID", default=None, show_envvar=True,
               help="Names this instance's reply topic (PREFIX.replies.ID). Default: a fresh id per start.")
 @click.option("--reply-margin-ms", envvar="RENDEZVOUS_REPLY_MARGIN_MS", type=click.FloatRange(0, 60_000),
@@ -48,19 +54,23 @@ DEFAULT_PORT = 8080
 @secret_option()
 @log_level_option
 @stop_grace_option
-def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway_id: str | None,
+def gateway(broker: str | None, topic_prefix: str, host: str, port: int, grpc_port: int, no_grpc: bool,
+            gateway_id: str | None,
             reply_margin_ms: float, specs: tuple[Path, ...], token_file: Path | None, certfile: str | None,
             keyfile: str | None, secret: StackSecret | None, log_level: str, stop_grace_s: float) -> None:
     """Serve POST /v2/models/POLICY/infer and /outcome, health and metadata (OIP v2) until SIGTERM.
 
+    HTTP (JSON or binary tensor data) on --port, gRPC on --grpc-port; the same token and TLS on both.
     Each call becomes rendezvous requests and is answered within the policy's SLA
-    (plus --reply-margin-ms), or 504. OpenAPI: /openapi.json and /docs.
+    (plus --reply-margin-ms), or 504 (gRPC: DEADLINE_EXCEEDED). OpenAPI: /openapi.json and /docs.
     """
     import uvicorn  # loads here, not when the CLI starts
+    from prometheus_client import CollectorRegistry
 
     from containers.spec import load_spec
-    from rendezvous.gateway.app import GatewaySettings, create_app
+    from rendezvous.gateway.app import create_app
     from rendezvous.gateway.bridge import KafkaBridge
+    from rendezvous.gateway.front import Front, GatewaySettings
 
     configure_logging(log_level)
     kafka = kafka_settings(resolve_broker(broker))
@@ -72,7 +82,18 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, gateway
     token = token_file.read_text().strip() if token_file else None
     if token_file and not token:
         raise ConfigError(f"--token-file {token_file} is empty")
-    app = create_app(bridge, GatewaySettings(reply_margin_ms=reply_margin_ms, model_inputs=inputs, token=token))
+    front = Front(bridge, GatewaySettings(reply_margin_ms=reply_margin_ms, model_inputs=inputs, token=token))
+    registry = CollectorRegistry()
+    grpc = None
+    if not no_grpc:
+        from rendezvous.gateway.grpc_service import GrpcGateway
+
+        if grpc_port and _in_use(host, grpc_port):
+            raise OperationsError(f"cannot listen on {host}:{grpc_port} for gRPC: in use",
+                                  hint="pass another --grpc-port (RENDEZVOUS_GATEWAY_GRPC_PORT), 0 for a free one, "
+                                       "or --no-grpc")
+        grpc = GrpcGateway(front, host, grpc_port, token=token, certfile=certfile, keyfile=keyfile, registry=registry)
+    app = create_app(bridge, front.settings, front=front, grpc=grpc, registry=registry)
     sock = _listen(host, port)  # bound here, so that port 0 picks a free one and says which
     announce_port(sock.getsockname()[1])
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], access_log=False, ssl_certfile=certfile,
@@ -101,3 +122,11 @@ def _listen(host: str, port: int) -> socket.socket:
         raise OperationsError(f"cannot listen on {host}:{port}: {exc.strerror}",
                               hint="pass another --port (RENDEZVOUS_GATEWAY_PORT), or 0 for a free one") from None
     return sock
+
+
+def _in_use(host: str, port: int) -> bool:
+    try:
+        _listen(host, port).close()
+    except OperationsError:
+        return True
+    return False

@@ -43,12 +43,15 @@ from rendezvous.operations.stackfile import load_stack
 @click.option("--gateway-port", envvar="RENDEZVOUS_GATEWAY_PORT", show_envvar=True, type=click.IntRange(0, 65535),
               default=8080, show_default=True,
               help="Port of the HTTP gateway (Open Inference Protocol v2); 0: a free one, shown at start.")
+@click.option("--gateway-grpc-port", envvar="RENDEZVOUS_GATEWAY_GRPC_PORT", show_envvar=True,
+              type=click.IntRange(0, 65535), default=8081, show_default=True,
+              help="Port of the gateway's gRPC form of the protocol (inference.GRPCInferenceService); 0: a free one.")
 @click.option("--no-gateway", envvar="RENDEZVOUS_NO_GATEWAY", show_envvar=True, is_flag=True, default=False,
               help="Start no HTTP gateway (clients use Kafka only).")
 @engine_option
 @retention_option
 def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int,
-       gateway_port: int, no_gateway: bool, engine: str, retention_minutes: int) -> None:
+       gateway_port: int, gateway_grpc_port: int, no_gateway: bool, engine: str, retention_minutes: int) -> None:
     """Run the models, decoy, rendezvous workers and gateway that the stack FILE declares, until SIGTERM.
 
     FILE is a stack document (policy: POLICY_FILE, models: [...]; see policies/example.stack.yaml).
@@ -63,11 +66,13 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
     policy = declared.policy
     options = StackOptions(broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
                            web_port=web_port, gateway_port=None if no_gateway else gateway_port,
+                           gateway_grpc_port=gateway_grpc_port,
                            engine=engine, broker_data=workdir / "kafka", retention_ms=retention_minutes * 60_000,
                            secret_file=workdir / "secret")
     with running_stack(options, declared, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))
         gateway = f", gateway {stack.gateway_url}/v2/models/{policy.name}/infer" if stack.gateway_url else ""
+        gateway += f", gRPC {stack.grpc_address}" if stack.grpc_address else ""
         metrics = "".join(f", metrics http://127.0.0.1:{child.http_port}/metrics"
                           for child in stack.runtime.supervisor.children() if child.spec.labels.get("role") == "rendezvous")
         # one line, never wrapped: scripts (and the tests) read the addresses from it

@@ -14,7 +14,7 @@ import hmac
 import time
 import zlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from fastapi import FastAPI, Request
@@ -31,6 +31,10 @@ from rendezvous.gateway.openapi import ROUTE_ERRORS, document
 from rendezvous.gateway.tensors import attach_binary, encode, split_body
 from rendezvous.kernel.wire import WireError, decode_json
 
+if TYPE_CHECKING:  # the gRPC side loads only when served: its messages' names are the protocol's, which
+    # other OIP libraries (tritonclient, kserve) register too, so a process holds only one of them
+    from rendezvous.gateway.grpc_service import GrpcGateway
+
 __all__ = ["GatewaySettings", "create_app", "HEADER_LENGTH"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension's header
@@ -38,8 +42,10 @@ _JSON = msgspec.json.Encoder()
 
 
 def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(), *, manage_bridge: bool = True,
-               front: Front | None = None) -> FastAPI:
-    """The gateway's ASGI app; with ``manage_bridge`` it starts and stops the bridge with itself."""
+               front: Front | None = None, grpc: GrpcGateway | None = None,
+               registry: CollectorRegistry | None = None) -> FastAPI:
+    """The gateway's ASGI app; with ``manage_bridge`` it starts and stops the bridge with itself,
+    and the gRPC server ``grpc`` (over the same ``front``) once the bridge runs."""
     front = front or Front(bridge, settings)
 
     @contextlib.asynccontextmanager
@@ -48,13 +54,17 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
 
         if manage_bridge:
             bridge.start(asyncio.get_running_loop())
+        if grpc is not None:
+            await grpc.start()
         try:
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop()
             if manage_bridge:
                 bridge.stop()
 
-    registry = CollectorRegistry()
+    registry = registry or CollectorRegistry()
     app = FastAPI(title="rendezvous gateway", version=__version__, lifespan=lifespan,
                   description="The Open Inference Protocol (v2) over the rendezvous: every call is answered "
                               "within the policy's SLA (plus a margin), by the model the policy chooses.")
@@ -94,6 +104,11 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST.split("; charset")[0])
+
+    @app.get("/info", include_in_schema=False)
+    async def info() -> dict[str, Any]:
+        return {"gateway_id": bridge.gateway_id, "reply_topic": bridge.reply_topic,
+                "grpc_port": grpc.port if grpc is not None else None, "broker_problem": bridge.link.problem()}
 
     @app.exception_handler(GatewayError)
     async def refused(_request: Request, exc: GatewayError) -> JSONResponse:

@@ -153,13 +153,14 @@ class ProcessRuntime:
         return names
 
     def start_gateway(self, port: int = 0, specs: list[Path] | None = None, name: str = "gateway",
-                      extra_args: list[str] | None = None) -> str:
-        """The HTTP gateway (OIP v2) on ``port`` (0: a free one); ``specs`` tell it the models' inputs."""
+                      extra_args: list[str] | None = None, grpc_port: int | None = 0) -> str:
+        """The gateway (OIP v2): HTTP on ``port``, gRPC on ``grpc_port`` (0: free ones, in its ``/info``;
+        None: no gRPC); ``specs`` tell it the models' inputs."""
         if port and port_open("127.0.0.1", port):
             raise OperationsError(f"port {port} for the gateway is in use",
                                   hint="pass another --gateway-port (RENDEZVOUS_GATEWAY_PORT), or stop what uses it")
         argv = [sys.executable, "-m", "rendezvous", "gateway", *self._common_broker(), *self._secret(),
-                "--port", str(port),
+                "--port", str(port), *(["--no-grpc"] if grpc_port is None else ["--grpc-port", str(grpc_port)]),
                 "--gateway-id", f"{socket.gethostname()}-{name.replace('/', '-')}-{os.getpid()}",
                 *[arg for spec in specs or [] for arg in ("--spec", str(spec))], *(extra_args or [])]
         return self._add(name, argv, port, role="gateway")

@@ -9,6 +9,8 @@ the decoy; then the embedded broker, if we started it.
 from __future__ import annotations
 
 import contextlib
+import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ class StackOptions:
     client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, handed on to every child
     web_port: int = 0  # worker i's /metrics on web_port + i; 0: free ports (the demo, tests)
     gateway_port: int | None = None  # start the HTTP gateway on it (0: a free port); None: no gateway
+    gateway_grpc_port: int | None = 0  # and its gRPC form on this one (0: a free port); None: HTTP only
     engine: str | None = None  # the embedded broker's engine: kafka, tansu, or None/auto (see operations.broker)
     broker_data: Path | None = None  # where an embedded Kafka keeps its logs (None: a temporary directory)
     retention_ms: int = DEFAULT_RETENTION_MS  # of the request path's topics, when they are created
@@ -71,6 +74,7 @@ class RunningStack:
     models: ModelRuntime | None = None  # where the models run: ``runtime`` itself, or a DockerRuntime
     gateway_url: str | None = None  # the HTTP gateway (OIP v2), if one was started
     options: StackOptions = field(default_factory=StackOptions)
+    grpc_address: str | None = None  # the gateway's gRPC form (host:port), if served
 
     def revive_broker(self) -> str | None:
         """If the embedded broker has exited, start it again on its port and data and make any topic it
@@ -144,14 +148,15 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
                              f"see the logs in {options.log_dir}")
         gateway_url = None
         if options.gateway_port is not None:
-            gateway = runtime.start_gateway(options.gateway_port, stack.spec_paths())
+            gateway = runtime.start_gateway(options.gateway_port, stack.spec_paths(), grpc_port=options.gateway_grpc_port)
             not_ready = runtime.wait_ready([gateway], options.startup_timeout_s)
             if not_ready:
                 raise StackError(f"the gateway was not ready after {options.startup_timeout_s:.0f}s; "
                                  f"see {options.log_dir}/gateway.log")
             workers.append(gateway)
             gateway_url = f"http://127.0.0.1:{runtime.supervisor.get(gateway).http_port}"
-        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models, gateway_url, options)
+        yield RunningStack(kafka, topics, runtime, broker, model_names + names + workers, models, gateway_url, options,
+                           grpc_address=_grpc_address(gateway_url))
     finally:
         if runtime is not None:
             progress("status", {"text": "stopping: rendezvous first, so in-flight requests are answered"})
@@ -162,3 +167,15 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
         if broker is not None:
             forget_running(broker)
             broker.stop()
+
+
+def _grpc_address(gateway_url: str | None) -> str | None:
+    """Where the gateway serves gRPC, from its ``/info`` (it may have picked a free port)."""
+    if gateway_url is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"{gateway_url}/info", timeout=10) as response:
+            port = json.loads(response.read()).get("grpc_port")
+    except (OSError, ValueError):
+        return None
+    return f"127.0.0.1:{port}" if port else None
