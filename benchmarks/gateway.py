@@ -1,4 +1,4 @@
-"""The HTTP gateway against the Kafka client, in one run on one stack.
+"""The gateway (HTTP and gRPC) against the Kafka client, in one run on one stack.
 
     python -m benchmarks.gateway [--rates 25,50] [--seconds 15] [--out benchmarks/results/gateway.json]
 
@@ -6,10 +6,11 @@ On the demo topology (embedded broker, three example models, decoy, one worker,
 the gateway):
 
 1. at each fixed rate, end-to-end latency seen by a Kafka client (send to
-   receipt of the result) and by an HTTP client through the gateway (call to
-   response), and their ratio at p50 (target ≤ 1.2);
+   receipt of the result), by an HTTP client through the gateway (httpx, kept-alive
+   connections; call to response) and by Triton's gRPC client, and their ratios at
+   p50 (target ≤ 1.2), with the gateway's CPU per call from ``/proc``;
 2. the highest rate one gateway sustains under Debian's ``wrk`` (a Lua body,
-   16 connections), with the gateway's CPU per call from ``/proc``.
+   16 connections), with the gateway's CPU per call.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,24 +51,8 @@ def kafka_e2e(stack: RunningStack, rate: float, seconds: float) -> dict[str, flo
         collector.stop()
 
 
-def http_e2e(url: str, policy: str, rate: float, seconds: float) -> dict[str, Any]:
-    rows, latencies, statuses = phishing_rows(), [], []
-    lock = threading.Lock()
-
-    def call(i: int) -> None:
-        body = json.dumps({"id": f"h-{rate}-{i}", "features": rows[i % len(rows)][0]}).encode()
-        t0 = time.perf_counter()
-        try:
-            with urllib.request.urlopen(urllib.request.Request(f"{url}/v2/models/{policy}/infer", data=body),
-                                        timeout=10) as response:
-                response.read()
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        with lock:
-            latencies.append((time.perf_counter() - t0) * 1000)
-            statuses.append(status)
-
+def _paced(rate: float, seconds: float, call: Any) -> None:
+    """``call(i)`` for i in 0..rate*seconds-1, started on schedule (open loop), on 32 threads."""
     n, start = int(rate * seconds), time.perf_counter()
     with ThreadPoolExecutor(32) as pool:
         for i in range(n):
@@ -77,7 +60,64 @@ def http_e2e(url: str, policy: str, rate: float, seconds: float) -> dict[str, An
             if delay > 0:
                 time.sleep(delay)
             pool.submit(call, i)
-    return {"latency_ms": percentiles(latencies), "ok": statuses.count(200), "calls": n}
+
+
+def http_e2e(url: str, policy: str, rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    rows, latencies, statuses = phishing_rows(), [], []
+    lock = threading.Lock()
+    with httpx.Client(base_url=url, timeout=10, limits=httpx.Limits(max_keepalive_connections=32)) as client:
+        def call(i: int) -> None:
+            body = json.dumps({"id": f"h-{rate}-{i}", "features": rows[i % len(rows)][0]}).encode()
+            t0 = time.perf_counter()
+            status = client.post(f"/v2/models/{policy}/infer", content=body).status_code
+            with lock:
+                latencies.append((time.perf_counter() - t0) * 1000)
+                statuses.append(status)
+
+        for i in range(20):  # warm: connections open
+            call(-1 - i)
+        latencies.clear(), statuses.clear()
+        _paced(rate, seconds, call)
+    return {"latency_ms": percentiles(latencies), "ok": statuses.count(200), "calls": len(statuses)}
+
+
+def grpc_e2e(address: str, policy: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Triton's gRPC client, one FP64 input per feature (raw tensor contents: its default)."""
+    import numpy as np
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    rows, latencies, failed = phishing_rows(), [], []
+    lock = threading.Lock()
+    client = tc.InferenceServerClient(address)
+
+    def inputs(features: dict[str, Any]) -> list[Any]:
+        out = []
+        for name, value in features.items():
+            tensor = tc.InferInput(name, [1], "FP64")
+            tensor.set_data_from_numpy(np.array([float(value)]))
+            out.append(tensor)
+        return out
+
+    def call(i: int) -> None:
+        tensors = inputs(rows[i % len(rows)][0])
+        t0 = time.perf_counter()
+        try:
+            client.infer(policy, tensors, request_id=f"g-{rate}-{i}")
+        except InferenceServerException as exc:
+            with lock:
+                failed.append(str(exc.status()))
+        with lock:
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    for i in range(20):
+        call(-1 - i)
+    latencies.clear(), failed.clear()
+    _paced(rate, seconds, call)
+    client.close()
+    return {"latency_ms": percentiles(latencies), "ok": len(latencies) - len(failed), "calls": len(latencies)}
 
 
 WRK_LUA = """wrk.method = "POST"
@@ -118,15 +158,22 @@ def main() -> None:
         with running_stack(options, declared, lambda kind, data: say(data.get("text", ""))) as stack:
             assert stack.gateway_url is not None
             name = declared.policy.name
-            for rate in (float(r) for r in args.rates.split(",")):
-                say(f"{rate:g} req/s: Kafka client, then HTTP")
-                kafka = kafka_e2e(stack, rate, args.seconds)
-                http = http_e2e(stack.gateway_url, name, rate, args.seconds)
-                out["rates"].append({"rate": rate, "kafka_e2e_ms": kafka, "http": http,
-                                     "http_vs_kafka_p50": round(http["latency_ms"]["p50"] / kafka["p50"], 2)})
-            say("wrk: 16 connections for 15 s")
             pid = stack.runtime.supervisor.get("gateway").pid
-            out["wrk"] = wrk_max(stack.gateway_url, name, pid) if pid else None
+            assert pid is not None and stack.grpc_address is not None
+            for rate in (float(r) for r in args.rates.split(",")):
+                say(f"{rate:g} req/s: Kafka client, then HTTP, then gRPC")
+                kafka = kafka_e2e(stack, rate, args.seconds)
+                row: dict[str, Any] = {"rate": rate, "kafka_e2e_ms": kafka}
+                for transport, run, target in (("http", http_e2e, stack.gateway_url),
+                                               ("grpc", grpc_e2e, stack.grpc_address)):
+                    before = cpu_ms(pid)
+                    got = run(target, name, rate, args.seconds)
+                    got["gateway_cpu_ms_per_call"] = round((cpu_ms(pid) - before) / max(got["calls"], 1), 3)
+                    row[transport] = got
+                    row[f"{transport}_vs_kafka_p50"] = round(got["latency_ms"]["p50"] / kafka["p50"], 2)
+                out["rates"].append(row)
+            say("wrk: 16 connections for 15 s")
+            out["wrk"] = wrk_max(stack.gateway_url, name, pid)
     broker.stop()
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

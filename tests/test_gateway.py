@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,13 @@ def test_several_rows_are_several_requests_and_plain_features_work_too(http: htt
     ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": ["a"]}]}, 400, "finite numbers"),
     ({"features": [1, 2]}, 400, "features"),
     ({"nothing": 1}, 400, "features"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "parameters": {"shared_memory_region": "r"}}]},
+     400, "shared-memory extension (shared_memory_region) is not supported"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}], "parameters": {"sequence_id": 7}},
+     400, "sequence extension"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}], "outputs": [{"name": "label"}]},
+     400, "no output 'label'"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1]}]}, 400, "no data"),
 ])
 def test_a_bad_body_is_a_400_naming_the_problem(http: httpx.Client, body: dict, status: int, message: str):
     reply = http.post(f"/v2/models/{POLICY}/infer", json=body)
@@ -99,6 +107,24 @@ def test_json_the_models_could_not_read_is_a_400(http: httpx.Client, raw: bytes,
     """Python's json would take these (1e999 as inf, sent on as null); the workers would dead-letter them."""
     reply = http.post(f"/v2/models/{POLICY}/infer", content=raw, headers={"content-type": "application/json"})
     assert reply.status_code == 400 and message in reply.json()["error"], reply.text
+
+
+def test_binary_tensor_data_that_does_not_fit_is_a_400_and_gzip_bodies_are_read(http: httpx.Client):
+    header = b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "parameters": {"binary_data_size": 8}}]}'
+    short = http.post(f"/v2/models/{POLICY}/infer", content=header + b"\0" * 8,
+                      headers={"Inference-Header-Content-Length": str(len(header))})
+    assert short.status_code == 400 and "shape [2] needs 2 (16 bytes)" in short.json()["error"], short.text
+    unclaimed = http.post(f"/v2/models/{POLICY}/infer", content=header + b"\0" * 12,
+                          headers={"Inference-Header-Content-Length": str(len(header))})
+    assert unclaimed.status_code == 400 and "4 bytes of binary data" in unclaimed.json()["error"], unclaimed.text
+    no_length = http.post(f"/v2/models/{POLICY}/infer", content=header + b"\xff" * 8)
+    assert no_length.status_code == 400 and "Inference-Header-Content-Length" in no_length.json()["error"]
+    packed = gzip.compress(b'{"id": "zipped", "features": {}}')
+    zipped = http.post(f"/v2/models/{POLICY}/infer", content=packed, headers={"Content-Encoding": "gzip"})
+    assert zipped.status_code == 200 and zipped.json()["id"] == "zipped", zipped.text
+    bomb = http.post(f"/v2/models/{POLICY}/infer", content=gzip.compress(b" " * 2_000_000),
+                     headers={"Content-Encoding": "gzip"})
+    assert bomb.status_code == 413, bomb.text
 
 
 def test_not_json_and_unknown_policy_are_refused_clearly(http: httpx.Client):
