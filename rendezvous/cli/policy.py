@@ -28,7 +28,7 @@ from rendezvous.operations.broker import resolve_broker
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.service.control import ControlFeed, decode_policy_record
 from rendezvous.service.policies import publish_policy
-from rendezvous.tools.inventory import scoring_models
+from rendezvous.tools.inventory import deployed_models, scoring_models
 
 
 @click.group()
@@ -73,7 +73,8 @@ def validate(path: Path) -> None:
 @click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--reason", default="", help="Why: recorded with the policy, shown by `policy show --history`.")
 @click.option("--allow-missing", is_flag=True, envvar="RENDEZVOUS_ALLOW_MISSING", show_envvar=True,
-              help="Apply even if a model it names has not scored in the last 5 minutes (you deploy it next).")
+              help="Apply even if a model it names is not running (no runner in its group, no score in the "
+                   "last 5 minutes): you deploy it next.")
 @broker_option()
 @topic_prefix_option
 @secret_option(discover=True)
@@ -96,10 +97,12 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
     if not allow_missing:
         scoring = scoring_models(kafka, topics)
         missing = sorted(set(doc.model_roles) - set(scoring))
+        if missing:  # deployed but idle: no traffic yet since `up`
+            missing = sorted(set(missing) - deployed_models(kafka, topics, set(missing)))
         if missing:
             raise ConfigError(
                 f"{path}: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} not scored in the last "
-                f"5 minutes (scoring: {', '.join(sorted(scoring)) or 'no model'})",
+                f"5 minutes and no runner of it is running (scoring: {', '.join(sorted(scoring)) or 'no model'})",
                 hint="check the spelling, deploy the model first, or pass --allow-missing")
     publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}", secret=secret)
     click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}" + ("" if secret else

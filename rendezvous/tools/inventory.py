@@ -1,4 +1,5 @@
-"""Which models are scoring right now: read from the scores topic, the one place every model writes.
+"""Which models run right now: those that scored lately (the scores topic, where every model writes),
+and those whose runners are in their consumer group (idle, but deployed).
 
 Used to refuse a policy that names a model nobody runs (a typo such as
 ``forrest`` would otherwise be applied and silently never chosen).
@@ -9,14 +10,15 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import WireError, decode_score_batch
 
-__all__ = ["scoring_models"]
+__all__ = ["scoring_models", "deployed_models"]
 
 
 def scoring_models(kafka: KafkaSettings, topics: Topics, window_s: float = 300.0,
@@ -36,3 +38,17 @@ def scoring_models(kafka: KafkaSettings, topics: Topics, window_s: float = 300.0
     finally:
         consumer.close()
     return dict(found)
+
+
+def deployed_models(kafka: KafkaSettings, topics: Topics, names: set[str], timeout: float = 10.0) -> set[str]:
+    """Which of ``names`` have a runner in their consumer group (``PREFIX.model.NAME.VERSION``) now.
+
+    A broker that cannot list groups answers nothing here: the scores topic still does."""
+    admin = AdminClient(kafka.admin())
+    try:
+        listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout + 5)
+    except KafkaException:
+        return set()
+    live = [g.group_id for g in listed.valid
+            if g.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD, ConsumerGroupState.UNKNOWN)]
+    return {name for name in names if any(group.startswith(f"{topics.group(f'model.{name}')}.") for group in live)}
