@@ -1,7 +1,8 @@
 """KServe's own clients against a gateway, in a process of their own (run by tests/test_oip_clients.py).
 
-``python tests/kserve_calls.py HOST:PORT GRPC_HOST:PORT POLICY`` prints, as JSON, what the REST and the
-gRPC client got with their defaults: health, one call of two rows, and the refusal of an unknown model.
+``python tests/kserve_calls.py HOST:PORT GRPC_HOST:PORT POLICY [TLS_HOST:PORT TLS_GRPC_HOST:PORT CA TOKEN]``
+prints, as JSON, what the REST and the gRPC client got with their defaults: health, one call of two rows, and
+the refusal of an unknown model; with the last four, also over TLS with a bearer token, and without the token.
 ``--compare-descriptors`` checks that the gateway's .proto has KServe's messages, fields and numbers.
 
 KServe's and Triton's clients (and the gateway's own code) register the same protobuf names, so they
@@ -45,37 +46,53 @@ def _summary(response: Any) -> dict[str, Any]:
             "scores": response.outputs[0].as_numpy().tolist()}
 
 
-async def rest(http: str, policy: str) -> dict[str, Any]:
+async def rest(http: str, policy: str, ca: str | None = None, token: str | None = None) -> dict[str, Any]:
     import httpx
     import kserve
 
-    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
-    base = f"http://{http}"
+    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", verify=ssl_context(ca) if ca else True))
+    base = f"https://{http}" if ca else f"http://{http}"
+    auth = {"Authorization": f"Bearer {token}"} if token else None
     got = {"live": await client.is_server_live(base), "ready": await client.is_server_ready(base),
-           "model_ready": await client.is_model_ready(base, policy)}
-    got.update(_summary(await client.infer(base, _request(kserve, policy, "ks-rest"), model_name=policy)))
-    try:
-        await client.infer(base, _request(kserve, "nope", "ks-rest-nope"), model_name="nope")
-    except httpx.HTTPStatusError as exc:
-        got["refused"] = f"{exc.response.status_code} {exc.response.json()['error']}"
+           "model_ready": await client.is_model_ready(base, policy, headers=auth)}
+    got.update(_summary(await client.infer(base, _request(kserve, policy, f"ks-rest{'-tls' if ca else ''}"),
+                                           model_name=policy, headers=dict(auth or {}))))
+    for name, headers in (("refused", auth), ("unauthenticated", None)):
+        if name == "unauthenticated" and not token:
+            continue
+        try:
+            await client.infer(base, _request(kserve, "nope" if name == "refused" else policy, "ks-rest-no"),
+                               model_name="nope" if name == "refused" else policy, headers=dict(headers or {}))
+        except httpx.HTTPStatusError as exc:
+            got[name] = f"{exc.response.status_code} {exc.response.json()['error']}"
     await client.close()
     return got
 
 
-async def grpc_calls(address: str, policy: str) -> dict[str, Any]:
+async def grpc_calls(address: str, policy: str, ca: str | None = None, token: str | None = None) -> dict[str, Any]:
     import grpc
     import kserve
 
-    client = kserve.InferenceGRPCClient(address)
+    client = kserve.InferenceGRPCClient(address, use_ssl=bool(ca), root_certificates=ca)
+    auth = [("authorization", f"Bearer {token}")] if token else None
     got = {"live": await client.is_server_live(), "ready": await client.is_server_ready(),
-           "model_ready": await client.is_model_ready(policy)}
-    got.update(_summary(await client.infer(_request(kserve, policy, "ks-grpc"))))
-    try:
-        await client.infer(_request(kserve, "nope", "ks-grpc-nope"))
-    except grpc.RpcError as exc:
-        got["refused"] = f"{exc.code().name} {exc.details()}"
+           "model_ready": await client.is_model_ready(policy, headers=auth)}
+    got.update(_summary(await client.infer(_request(kserve, policy, f"ks-grpc{'-tls' if ca else ''}"), headers=auth)))
+    for name, headers in (("refused", auth), ("unauthenticated", None)):
+        if name == "unauthenticated" and not token:
+            continue
+        try:
+            await client.infer(_request(kserve, "nope" if name == "refused" else policy, "ks-grpc-no"), headers=headers)
+        except grpc.RpcError as exc:
+            got[name] = f"{exc.code().name} {exc.details()}"
     await client.close()
     return got
+
+
+def ssl_context(ca: str) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=ca)
 
 
 def compare_descriptors() -> int:
@@ -117,7 +134,12 @@ def main() -> int:
     if sys.argv[1:] == ["--compare-descriptors"]:
         return compare_descriptors()
     http, grpc_address, policy = sys.argv[1:4]
-    print(json.dumps({"rest": asyncio.run(rest(http, policy)), "grpc": asyncio.run(grpc_calls(grpc_address, policy))}))
+    out = {"rest": asyncio.run(rest(http, policy)), "grpc": asyncio.run(grpc_calls(grpc_address, policy))}
+    if len(sys.argv) == 8:
+        tls_http, tls_grpc, ca, token = sys.argv[4:8]
+        out["tls_rest"] = asyncio.run(rest(tls_http, policy, ca, token))
+        out["tls_grpc"] = asyncio.run(grpc_calls(tls_grpc, policy, ca, token))
+    print(json.dumps(out))
     return 0
 
 

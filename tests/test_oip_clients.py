@@ -197,17 +197,21 @@ def test_token_and_tls_on_both_transports(gateways: Gateways):
     grpc.close()
 
 
-def test_kserve_clients_with_their_defaults(gateways: Gateways):
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "kserve_calls.py"), gateways.http, gateways.grpc, POLICY],
+def test_kserve_clients_with_their_defaults_and_with_token_and_tls(gateways: Gateways):
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "kserve_calls.py"), gateways.http, gateways.grpc, POLICY,
+                           gateways.secure_http, gateways.secure_grpc, str(gateways.pki.ca), TOKEN],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     calls = json.loads(done.stdout)
-    for transport in ("rest", "grpc"):
+    for transport in ("rest", "grpc", "tls_rest", "tls_grpc"):
         got = calls[transport]
         assert got["live"] and got["ready"] and got["model_ready"], got
-        assert got["ids"] == [f"ks-{transport}-0", f"ks-{transport}-1"], got
+        name = f"ks-{transport.removeprefix('tls_')}{'-tls' if transport.startswith('tls') else ''}"
+        assert got["ids"] == [f"{name}-0", f"{name}-1"], got
         assert len(got["scores"]) == 2 and "no model 'nope'" in got["refused"], got
         _check_answer(gateways.system, got["ids"], got["models"], np.array(got["scores"]))
+    assert calls["tls_rest"]["unauthenticated"].startswith("401 missing or wrong bearer token")
+    assert calls["tls_grpc"]["unauthenticated"].startswith("UNAUTHENTICATED missing or wrong bearer token")
 
 
 def test_an_outcome_for_a_request_the_gateway_did_not_send_goes_by_its_key(gateways: Gateways):
