@@ -24,11 +24,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _request(kserve: Any, policy: str, request_id: str) -> Any:
+def _request(kserve: Any, policy: str, request_id: str, binary: bool = True) -> Any:
+    """Two rows; the tensors as raw bytes (the client's default) or, with ``binary`` False, typed values."""
     fail = kserve.InferInput("m3_fail", [2], "BOOL")
-    fail.set_data_from_numpy(np.array([False, True]))
+    fail.set_data_from_numpy(np.array([False, True]), binary_data=binary)
     amount = kserve.InferInput("amount", [2], "FP32")
-    amount.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+    amount.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32), binary_data=binary)
     return kserve.InferRequest(model_name=policy, infer_inputs=[fail, amount], request_id=request_id)
 
 
@@ -78,6 +79,8 @@ async def grpc_calls(address: str, policy: str, ca: str | None = None, token: st
     got = {"live": await client.is_server_live(), "ready": await client.is_server_ready(),
            "model_ready": await client.is_model_ready(policy, headers=auth)}
     got.update(_summary(await client.infer(_request(kserve, policy, f"ks-grpc{'-tls' if ca else ''}"), headers=auth)))
+    typed = await client.infer(_request(kserve, policy, f"ks-typed{'-tls' if ca else ''}", binary=False), headers=auth)
+    got["typed"] = _summary(typed)
     for name, headers in (("refused", auth), ("unauthenticated", None)):
         if name == "unauthenticated" and not token:
             continue

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
 
 from policies import load_policy_text
 from rendezvous.kernel.wire import Outcome, Result
@@ -203,6 +206,13 @@ def test_no_worker_means_a_504_naming_the_request_after_the_sla(broker, tmp_path
             reply = client.post(f"/v2/models/{POLICY}/infer", json={"id": "nobody-home", "features": {}})
             assert reply.status_code == 504 and reply.json()["id"] == "nobody-home", reply.text
             assert client.get("/v2/health/ready").status_code == 503
+            grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{client.get('/info').json()['grpc_port']}")
+            row = triton_grpc.InferInput("x", [1], "FP64")
+            row.set_data_from_numpy(np.array([1.0]))
+            with pytest.raises(InferenceServerException, match="no result within the SLA") as late:
+                grpc.infer(POLICY, [row], request_id="nobody-home-grpc")
+            assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED" and not grpc.is_server_ready()
+            grpc.close()
     finally:
         system.close()
 

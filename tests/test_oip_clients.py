@@ -210,6 +210,10 @@ def test_kserve_clients_with_their_defaults_and_with_token_and_tls(gateways: Gat
         assert got["ids"] == [f"{name}-0", f"{name}-1"], got
         assert len(got["scores"]) == 2 and "no model 'nope'" in got["refused"], got
         _check_answer(gateways.system, got["ids"], got["models"], np.array(got["scores"]))
+        if "grpc" in transport:  # also typed tensor contents (bool_contents, fp32_contents), answered typed
+            typed = got["typed"]
+            assert typed["ids"][0].startswith("ks-typed") and typed["models"][1] != "m3", typed
+            _check_answer(gateways.system, typed["ids"], typed["models"], np.array(typed["scores"]))
     assert calls["tls_rest"]["unauthenticated"].startswith("401 missing or wrong bearer token")
     assert calls["tls_grpc"]["unauthenticated"].startswith("UNAUTHENTICATED missing or wrong bearer token")
 
