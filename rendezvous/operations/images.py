@@ -93,20 +93,22 @@ def build_base_image(client, tag: str = LOCAL_BASE_IMAGE, progress: Progress = l
 def source_root() -> Path:
     """The checkout rendezvous runs from: the runner image is built from it."""
     root = Path(containers.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").is_file() or not (root / "requirements.lock").is_file():
+    if not (root / "pyproject.toml").is_file() or not (root / RUNTIME_LOCK).is_file():
         raise ImageError(f"building the runner image needs the rendezvous source tree (pyproject.toml and "
-                         f"requirements.lock); {root} is an installed copy. Clone the repository and build there.")
+                         f"{RUNTIME_LOCK}); {root} is an installed copy. Clone the repository and build there.")
     return root
 
 
 PACKAGES = ("rendezvous", "containers", "decoy", "canary", "policies")
+#: What the image installs: the runtime dependencies only, not the test tools (pytest, the OIP clients).
+RUNTIME_LOCK = "requirements-runtime.lock"
 
 
 def source_digest(root: Path | None = None) -> str:
     """A hash of everything that goes into the runner image: its packages, pyproject, lock file."""
     root = root or source_root()
     digest = hashlib.sha256()
-    files = [root / "pyproject.toml", root / "requirements.lock"]
+    files = [root / "pyproject.toml", root / RUNTIME_LOCK]
     files += sorted(f for package in PACKAGES for f in (root / package).rglob("*")
                     if f.is_file() and "__pycache__" not in f.parts)
     for f in files:
@@ -141,10 +143,10 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
         context = Path(tmp)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
         # Two directories, two layers: the dependencies' layer stays cached while only rendezvous changes.
-        _run(pip + ["download", "--require-hashes", "-r", str(root / "requirements.lock"), "-d", str(context / "wheels")],
+        _run(pip + ["download", "--require-hashes", "-r", str(root / RUNTIME_LOCK), "-d", str(context / "wheels")],
              progress, "collecting the locked dependencies")
         _run(pip + ["wheel", "--no-deps", "-w", str(context / "app"), str(root)], progress, "building the rendezvous wheel")
-        shutil.copy(root / "requirements.lock", context / "requirements.lock")
+        shutil.copy(root / RUNTIME_LOCK, context / "requirements.lock")
         shutil.copy(root / "containers" / "Dockerfile", context / "Dockerfile")
         progress(f"building {tag} on {base}")
         try:
