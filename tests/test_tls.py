@@ -23,7 +23,7 @@ from rendezvous.kernel.errors import BrokerUnavailable, KafkaConfigError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.operations.kafka_dist import kafka_available
-from tests.conftest import CHAIN_POLICY, ProcessLines, System, eventually, scripted_spec, write_policy
+from tests.conftest import CHAIN_POLICY, ProcessLines, System, eventually, scripted_spec, wait_until, write_policy
 from tests.tls import KEY_PASSWORD, SCRAM_PASSWORD, Pki, TlsBroker, make_pki
 
 pytestmark = [
@@ -67,8 +67,13 @@ def test_whole_pipeline_runs_over_sasl_ssl(tls_broker: TlsBroker, tmp_path: Path
         assert all(len(r) == 1 for r in results.values()), {k: len(v) for k, v in results.items() if len(v) != 1}
         answered = [r[0] for r in results.values()]
         # (within-the-SLA is the pipeline tests' guarantee; here: every record crossed the TLS hop)
-        # every model's scores crossed the TLS hop (and reached the worker through aiokafka's SSL context)
-        assert set().union(*(r.candidates for r in answered)) == {"m1", "m2", "m3"}
+        # every model's scores crossed the TLS hop (and reached the worker through aiokafka's SSL context):
+        # in time, as candidates, or late (a runner that stalled for the whole burst; seen once in a full-suite run)
+        def reached_the_worker() -> set[str]:
+            dropped = system.stats(workers[0])["dropped_scores"]  # late, or after the request was forgotten
+            late = {key.split("/", 1)[1] for key in dropped if not key.startswith("unknown_model/")}
+            return set().union(*(r.candidates for r in answered)) | late
+        wait_until(lambda: reached_the_worker() == {"m1", "m2", "m3"}, "every model's scores reached the worker")
         port = system.runtime.supervisor.get(decoy).http_port
 
         def archived() -> bool:
