@@ -38,9 +38,12 @@ def test_every_option_has_help_and_a_variable_shown_by_help(path: str, command: 
 
 
 def test_up_serves_on_the_documented_ports_by_default():
-    """README: worker metrics on 6066, the gateway on 8080 (the live tests bind free ports instead)."""
+    """README: worker metrics on 6066, the gateway on 8080 and its gRPC on 8081 (the live tests bind free ports)."""
     defaults = {p.name: p.default for p in main.commands["up"].params}
     assert (defaults["web_port"], defaults["gateway_port"], defaults["no_gateway"]) == (6066, 8080, False)
+    assert defaults["gateway_grpc_port"] == 8081
+    gateway = {p.name: p.default for p in main.commands["gateway"].params}
+    assert (gateway["port"], gateway["grpc_port"], gateway["no_grpc"]) == (8080, 8081, False)
     serve = {p.name: p.default for p in main.commands["serve"].params}
     assert serve["web_port"] == 6066 and serve["sla_guard_ms"] == 5.0
 
