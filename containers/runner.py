@@ -202,6 +202,7 @@ class ModelRunner:
     def _process(self, messages: list[Message]) -> None:
         seen = now_ms()
         items: list[_Item] = []
+        probes = 0
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -209,8 +210,9 @@ class ModelRunner:
                 continue
             headers = message.headers()
             if headers and any(key == PROBE for key, _ in headers):
-                # a gateway's readiness probe: the worker answers it, no model scores it
+                # a gateway's readiness probe: the worker answers it, no model scores it, it is no request
                 items.append((message.partition(), message.offset(), None, message.timestamp()[1]))
+                probes += 1
                 continue
             value = message.value()
             try:
@@ -221,7 +223,7 @@ class ModelRunner:
                 self.metrics.invalid.inc()  # the rendezvous dead-letters it; we just skip it
                 request = None
             items.append((message.partition(), message.offset(), request, message.timestamp()[1]))
-        self.metrics.requests.inc(len(items))
+        self.metrics.requests.inc(len(items) - probes)
         valid = [item for item in items if item[2] is not None]
         if self._predict_many is not None and len(valid) > 1:
             self._score_together(valid, seen)

@@ -80,6 +80,8 @@ def write_policy(directory: Path, text: str, name: str = "policy.yaml") -> Path:
     return path
 
 
+#: The score each model of CHAIN_POLICY's chain answers with, as System.start_chain_models starts them.
+CHAIN_SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3}
 CHAIN_POLICY = """\
     name: test-chain
     version: 1
@@ -195,6 +197,10 @@ class System:
 
     def start_models(self, *specs: Path, replicas: int = 1) -> list[str]:
         return [n for spec in specs for n in self.runtime.start_model(spec, replicas)]
+
+    def start_chain_models(self) -> list[str]:
+        """CHAIN_POLICY's models, m1, m2 and m3, each answering with its score in CHAIN_SCORES."""
+        return self.start_models(*(scripted_spec(self.directory, m, s) for m, s in CHAIN_SCORES.items()))
 
     def start_workers(self, policy: Path, count: int = 1, extra: list[str] | None = None) -> list[str]:
         first, self._next_worker = self._next_worker, self._next_worker + count

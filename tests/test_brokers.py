@@ -18,7 +18,7 @@ from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.operations.broker import KafkaBroker, TansuBroker, resolve_engine
 from rendezvous.operations.kafka_dist import kafka_available
-from tests.conftest import CHAIN_POLICY, System, scripted_spec, settings_for, wait_until, write_policy
+from tests.conftest import CHAIN_POLICY, System, settings_for, wait_until, write_policy
 from tests.rule import Chain, check
 
 CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLICY, restated
@@ -123,7 +123,7 @@ def test_the_pipeline_still_runs_on_tansu(tmp_path: Path):
     try:
         system = System(settings_for(tansu), tmp_path)
         assert system.kafka.fetch_wait_ms == 5  # Tansu holds every fetch for its full wait
-        models = system.start_models(*(scripted_spec(tmp_path, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+        models = system.start_chain_models()
         workers = system.start_workers(write_policy(tmp_path, CHAIN_POLICY))
         system.wait_ready(models + workers)
         system.warm_up()

@@ -24,7 +24,7 @@ import pytest
 
 from rendezvous.operations.broker import KafkaBroker
 from rendezvous.operations.kafka_dist import kafka_available
-from tests.conftest import CHAIN_POLICY, System, scripted_spec, settings_for, wait_until, write_policy
+from tests.conftest import CHAIN_POLICY, System, settings_for, wait_until, write_policy
 from tests.rule import Chain, check
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not kafka_available(), reason="needs Java 17+ for Kafka")]
@@ -58,7 +58,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     broker.start()
     system = System(settings_for(broker), tmp_path)
     try:
-        models = system.start_models(*(scripted_spec(tmp_path, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+        models = system.start_chain_models()
         [worker] = system.start_workers(write_policy(tmp_path, CHAIN_POLICY), 1)
         names = {"worker": worker, "decoy": system.runtime.start_decoy(tmp_path / "archive"),
                  "gateway": system.runtime.start_gateway(), **{f"model {m}": m for m in models}}

@@ -20,24 +20,23 @@ from tritonclient.utils import InferenceServerException
 from policies import load_policy_text
 from rendezvous.kernel.wire import Outcome, Result
 from rendezvous.service.policies import publish_policy
-from tests.conftest import CHAIN_POLICY, System, eventually, scripted_spec, settings_for, write_policy
+from tests.conftest import CHAIN_POLICY, CHAIN_SCORES, System, eventually, scripted_spec, settings_for, write_policy
 from tests.rule import Chain, check
 
 pytestmark = pytest.mark.slow
 POLICY = "test-chain"
-SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3}
 CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLICY
 
 
 def score_of(model: str | None) -> float:
-    return SCORES[model] if model else 0.25  # 0.25: CHAIN_POLICY's default
+    return CHAIN_SCORES[model] if model else 0.25  # 0.25: CHAIN_POLICY's default
 
 
 @pytest.fixture(scope="module")
 def served(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, list[str]]]:
     directory = tmp_path_factory.mktemp("gateway")
     s = System(settings_for(broker), directory)
-    models = s.start_models(*(scripted_spec(directory, m, score) for m, score in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+    models = s.start_chain_models()
     workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
     s.wait_ready(models + workers)
     s.warm_up()

@@ -23,13 +23,13 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import CHAIN_POLICY, REPO, System, eventually, scripted_spec, settings_for, write_policy
+from tests.conftest import CHAIN_POLICY, CHAIN_SCORES, REPO, System, eventually, settings_for, write_policy
 from tests.rule import Chain, check
 from tests.tls import Pki, make_pki
 
 pytestmark = pytest.mark.slow
 POLICY = "test-chain"
-SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3, None: 0.25}  # None: CHAIN_POLICY's default
+SCORES = {**CHAIN_SCORES, None: 0.25}  # None: CHAIN_POLICY's default
 CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)
 TOKEN = "oip-token-5f2a"
 
@@ -57,7 +57,7 @@ def _info(url: str, verify: ssl.SSLContext | bool = True) -> dict:
 def gateways(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     directory = tmp_path_factory.mktemp("oip")
     s = System(settings_for(broker), directory)
-    models = s.start_models(*(scripted_spec(directory, m, score) for m, score in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+    models = s.start_chain_models()
     workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
     s.wait_ready(models + workers)
     s.warm_up()

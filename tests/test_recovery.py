@@ -17,7 +17,7 @@ CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLIC
 
 def start(system: System, workers: int = 1) -> list[str]:
     d = system.directory
-    models = system.start_models(*(scripted_spec(d, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+    models = system.start_chain_models()
     system.policy_path = write_policy(d, CHAIN_POLICY)
     names = system.start_workers(system.policy_path, workers)
     system.wait_ready(models + names)

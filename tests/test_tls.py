@@ -23,7 +23,7 @@ from rendezvous.kernel.errors import BrokerUnavailable, KafkaConfigError
 from rendezvous.kernel.kafka import check_connection
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.operations.kafka_dist import kafka_available
-from tests.conftest import CHAIN_POLICY, ProcessLines, System, eventually, scripted_spec, wait_until, write_policy
+from tests.conftest import CHAIN_POLICY, ProcessLines, System, eventually, wait_until, write_policy
 from tests.tls import KEY_PASSWORD, SCRAM_PASSWORD, Pki, TlsBroker, make_pki
 
 pytestmark = [
@@ -56,7 +56,7 @@ def test_whole_pipeline_runs_over_sasl_ssl(tls_broker: TlsBroker, tmp_path: Path
     kafka = _secured(tls_broker)
     system = System(kafka, tmp_path)
     try:
-        models = system.start_models(*(scripted_spec(tmp_path, m, s) for m, s in (("m1", 0.1), ("m2", 0.2), ("m3", 0.3))))
+        models = system.start_chain_models()
         decoy = system.runtime.start_decoy(tmp_path / "archive")
         workers = system.start_workers(write_policy(tmp_path, CHAIN_POLICY))
         system.wait_ready(models + [decoy] + workers)

@@ -92,7 +92,7 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, grpc_po
             raise OperationsError(f"cannot listen on {host}:{grpc_port} for gRPC: in use",
                                   hint="pass another --grpc-port (RENDEZVOUS_GATEWAY_GRPC_PORT), 0 for a free one, "
                                        "or --no-grpc")
-        grpc = GrpcGateway(front, host, grpc_port, token=token, certfile=certfile, keyfile=keyfile, registry=registry)
+        grpc = GrpcGateway(front, host, grpc_port, certfile=certfile, keyfile=keyfile, registry=registry)
     app = create_app(bridge, front.settings, front=front, grpc=grpc, registry=registry)
     sock = _listen(host, port)  # bound here, so that port 0 picks a free one and says which
     announce_port(sock.getsockname()[1])

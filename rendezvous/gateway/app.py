@@ -10,7 +10,6 @@ status each route answers with (``tests/test_gateway.py`` walks them).
 from __future__ import annotations
 
 import contextlib
-import hmac
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from rendezvous.gateway.bridge import KafkaBridge
 from rendezvous.gateway.front import Front, GatewayError, GatewaySettings, field_of
 from rendezvous.gateway.oip import FeaturesRequest, InferRequest, OipError, OutcomeRequest, binary_outputs
 from rendezvous.gateway.openapi import ROUTE_ERRORS, document
-from rendezvous.gateway.tensors import attach_binary, encode, split_body
+from rendezvous.gateway.tensors import encode, split_body
 from rendezvous.kernel.wire import WireError, decode_json
 
 if TYPE_CHECKING:  # the gRPC side loads only when served: its messages' names are the protocol's, which
@@ -75,7 +74,7 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=registry)
     in_flight = Gauge("rendezvous_gateway_in_flight", "HTTP calls being served", registry=registry)
 
-    app.add_middleware(_Guard, settings=settings, calls=calls, seconds=seconds, in_flight=in_flight)
+    app.add_middleware(_Guard, front=front, calls=calls, seconds=seconds, in_flight=in_flight)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -130,14 +129,7 @@ def create_app(bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings(
     async def infer(name: str, request: Request) -> Response:
         front.policy_named(name)  # 404 or 503 before reading the body
         body, binary = await body_of(request)
-        parsed = front.parse(body)
-        if binary:
-            if not isinstance(parsed, InferRequest):
-                raise GatewayError(400, "binary tensor data needs an OIP request with inputs, not {\"features\": ...}")
-            try:
-                attach_binary(parsed, binary)
-            except OipError as exc:
-                raise GatewayError(400, str(exc)) from None
+        parsed = front.parse(body, binary)
         answer = await front.infer(name, parsed)
         if isinstance(parsed, InferRequest) and binary_outputs(parsed):
             return _binary_response(answer)
@@ -195,11 +187,9 @@ class _Guard:
     Plain ASGI rather than FastAPI's ``@app.middleware("http")``, which runs each call through
     an extra task and memory streams: measured, that cost was a visible share of a call."""
 
-    def __init__(self, app: Any, settings: GatewaySettings, calls: Counter, seconds: Histogram,
-                 in_flight: Gauge) -> None:
-        self.app, self.settings = app, settings
+    def __init__(self, app: Any, front: Front, calls: Counter, seconds: Histogram, in_flight: Gauge) -> None:
+        self.app, self.front = app, front
         self.calls, self.seconds, self.in_flight = calls, seconds, in_flight
-        self._expected = f"Bearer {settings.token}".encode() if settings.token else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -227,14 +217,14 @@ class _Guard:
     def _refusal(self, scope: Any) -> JSONResponse | None:
         path: str = scope["path"]
         headers = dict(scope["headers"])
-        if self._expected and path.startswith("/v2") and not path.startswith("/v2/health"):
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
-                return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        size = headers.get(b"content-length", b"")
-        if size.isdigit() and int(size) > self.settings.max_body_bytes:
-            return JSONResponse({"error": f"body of {size.decode()} bytes is over the limit of "
-                                          f"{self.settings.max_body_bytes}"}, status_code=413)
+        if path.startswith("/v2") and not path.startswith("/v2/health"):
+            try:
+                self.front.authorize(headers.get(b"authorization"), "Authorization")
+            except GatewayError as exc:
+                return JSONResponse(exc.body, status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
+        size, limit = headers.get(b"content-length", b""), self.front.settings.max_body_bytes
+        if size.isdigit() and int(size) > limit:
+            return JSONResponse({"error": f"body of {size.decode()} bytes is over the limit of {limit}"}, status_code=413)
         return None
 
 

@@ -43,8 +43,12 @@ _KNOWN_PARTITIONS = 100_000  # request id -> its partition, for outcomes of requ
 
 
 def _settle(future: asyncio.Future[int], partition: int, problem: str | None) -> None:
-    if not future.done():
-        future.set_exception(RuntimeError(problem)) if problem else future.set_result(partition)
+    if future.done():  # timed out already
+        return
+    if problem:
+        future.set_exception(RuntimeError(problem))
+    else:
+        future.set_result(partition)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ service maps to its status codes.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from rendezvous.gateway.oip import (
     rows,
     unsupported,
 )
+from rendezvous.gateway.tensors import attach_binary
 from rendezvous.kernel.errors import RendezvousError
 
 __all__ = ["GatewaySettings", "GatewayError", "Front", "field_of", "EXTENSIONS"]
@@ -79,14 +81,31 @@ class Front:
     # ------------------------------------------------------------------ inference
 
     @staticmethod
-    def parse(body: Any) -> InferRequest | FeaturesRequest:
-        """A decoded JSON body as an OIP request, or the plain ``{"features": {...}}``; 400 naming the field."""
+    def parse(body: Any, binary: bytes = b"") -> InferRequest | FeaturesRequest:
+        """A decoded JSON body as an OIP request, or the plain ``{"features": {...}}``, with the tensors'
+        ``binary`` data that followed it (HTTP's binary extension, gRPC's raw contents); 400 naming the field."""
         if not isinstance(body, dict):
             raise GatewayError(400, "the body must be a JSON object: an OIP inference request or {\"features\": {...}}")
         try:
-            return InferRequest.model_validate(body) if "inputs" in body else FeaturesRequest.model_validate(body)
+            parsed = InferRequest.model_validate(body) if "inputs" in body else FeaturesRequest.model_validate(body)
         except ValidationError as exc:
             raise _invalid(exc) from None
+        if binary:
+            if not isinstance(parsed, InferRequest):
+                raise GatewayError(400, "binary tensor data needs an OIP request with inputs, not {\"features\": ...}")
+            try:
+                attach_binary(parsed, binary)
+            except OipError as exc:
+                raise GatewayError(400, str(exc)) from None
+        return parsed
+
+    def authorize(self, given: str | bytes | None, how: str) -> None:
+        """A 401 unless the gateway wants no token or ``given`` is ``Bearer TOKEN`` (compared in constant time)."""
+        if self.settings.token is None:
+            return
+        presented = given.encode() if isinstance(given, str) else given or b""
+        if not hmac.compare_digest(presented, f"Bearer {self.settings.token}".encode()):
+            raise GatewayError(401, f"missing or wrong bearer token ({how}: Bearer TOKEN)")
 
     async def infer(self, name: str, request: InferRequest | FeaturesRequest) -> dict[str, Any]:
         """Score every row through the rendezvous; the OIP response (JSON form)."""

@@ -9,6 +9,7 @@ the ``authorization`` metadata; TLS uses the same certificate and key.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,10 +19,10 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter
 
 from rendezvous.gateway.front import Front, GatewayError
-from rendezvous.gateway.oip import DATATYPES, InferRequest, OipError
+from rendezvous.gateway.oip import InferRequest, OipError
 from rendezvous.gateway.protocol import open_inference_pb2 as pb
 from rendezvous.gateway.protocol import open_inference_pb2_grpc as pb_grpc
-from rendezvous.gateway.tensors import decode, encode, values
+from rendezvous.gateway.tensors import encode
 
 __all__ = ["GrpcGateway", "STATUS_CODES", "DEFAULT_GRPC_PORT"]
 
@@ -57,37 +58,37 @@ def _set_parameter(target: pb.InferParameter, value: Any) -> None:
         target.string_param = json.dumps(value)
 
 
-def infer_body(request: pb.ModelInferRequest) -> dict[str, Any]:
-    """The request as the JSON form's dict, its tensors' values decoded (raw or typed)."""
+def infer_body(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
+    """The request as the JSON form's dict, and its raw contents laid out as HTTP's binary tensor data
+    (each raw input declares its ``binary_data_size``), for :meth:`Front.parse`."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise OipError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send one per input, or none")
     inputs = []
     for i, tensor in enumerate(request.inputs):
-        where = f"inputs[{i}] ({tensor.name})"
-        shape = list(tensor.shape)
-        if tensor.datatype not in DATATYPES:
-            raise OipError(f"{where}: datatype {tensor.datatype!r} is not one of {', '.join(DATATYPES)}")
+        parameters = {k: _parameter(v) for k, v in tensor.parameters.items()}
+        data = None
         if raw:
-            data = values(decode(tensor.datatype, shape, raw[i], where))
+            parameters["binary_data_size"] = len(raw[i])
         elif tensor.datatype == "FP16":
-            raise OipError(f"{where}: FP16 has no typed contents field; send it in raw_input_contents")
+            raise OipError(f"inputs[{i}] ({tensor.name}): FP16 has no typed contents field; send it in raw_input_contents")
         else:
             data = list(getattr(tensor.contents, _CONTENTS.get(tensor.datatype, "bytes_contents")))
             if tensor.datatype == "BYTES":
                 try:
                     data = [b.decode() for b in data]
                 except UnicodeDecodeError:
-                    raise OipError(f"{where}: a BYTES element is not UTF-8 text; features are JSON values") from None
-        inputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": shape, "data": data,
-                       "parameters": {k: _parameter(v) for k, v in tensor.parameters.items()} or None})
+                    raise OipError(f"inputs[{i}] ({tensor.name}): a BYTES element is not UTF-8 text; "
+                                   "features are JSON values") from None
+        inputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "data": data,
+                       "parameters": parameters or None})
     body: dict[str, Any] = {"inputs": inputs,
                             "parameters": {k: _parameter(v) for k, v in request.parameters.items()} or None,
                             "outputs": [{"name": o.name, "parameters": {k: _parameter(v) for k, v in o.parameters.items()}}
                                         for o in request.outputs] or None}
     if request.id:
         body["id"] = request.id
-    return body
+    return body, b"".join(raw)
 
 
 def infer_reply(answer: dict[str, Any], raw: bool) -> pb.ModelInferResponse:
@@ -105,77 +106,75 @@ def infer_reply(answer: dict[str, Any], raw: bool) -> pb.ModelInferResponse:
     return reply
 
 
+def _rpc(guarded: bool = True) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """A servicer method with the gateway's token (if ``guarded``), its errors as status codes, and counted."""
+    def wrap(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(method)
+        async def served(self: _Service, request: Any, context: grpc.aio.ServicerContext) -> R:
+            code = grpc.StatusCode.OK
+            try:
+                if guarded:
+                    self.front.authorize(dict(context.invocation_metadata() or ()).get("authorization"),
+                                         "metadata authorization")
+                return await method(self, request, context)
+            except GatewayError as exc:
+                code = STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
+                await context.abort(code, exc.message)
+                raise  # abort raises; this line is for the type checker
+            except OipError as exc:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, str(exc))
+                raise
+            finally:
+                self.calls.labels(method.__name__, code.name).inc()
+        return served
+    return wrap
+
+
 class _Service(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, front: Front, token: str | None, calls: Counter) -> None:
-        self.front, self.token, self.calls = front, token, calls
+    def __init__(self, front: Front, calls: Counter) -> None:
+        self.front, self.calls = front, calls
 
-    async def _serve(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[R]],
-                     guarded: bool = True) -> R:
-        code = grpc.StatusCode.OK
-        try:
-            if guarded and self.token is not None:
-                given = dict(context.invocation_metadata() or ()).get("authorization", "")
-                if given != f"Bearer {self.token}":
-                    raise GatewayError(401, "missing or wrong bearer token (metadata authorization: Bearer TOKEN)")
-            return await call()
-        except GatewayError as exc:
-            code = STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
-            await context.abort(code, exc.message)
-            raise  # abort raises; this line is for the type checker
-        except OipError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, str(exc))
-            raise
-        finally:
-            self.calls.labels(method, code.name).inc()
-
+    @_rpc(guarded=False)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
-        async def live() -> pb.ServerLiveResponse:
-            return pb.ServerLiveResponse(live=True)
-        return await self._serve("ServerLive", context, live, guarded=False)
+        return pb.ServerLiveResponse(live=True)
 
+    @_rpc(guarded=False)
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
-        async def ready() -> pb.ServerReadyResponse:
-            return pb.ServerReadyResponse(ready=(await self.front.ready())[0])
-        return await self._serve("ServerReady", context, ready, guarded=False)
+        return pb.ServerReadyResponse(ready=(await self.front.ready())[0])
 
+    @_rpc()
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
-        async def ready() -> pb.ModelReadyResponse:
-            self.front.policy_named(request.name)
-            return pb.ModelReadyResponse(ready=(await self.front.ready())[0])
-        return await self._serve("ModelReady", context, ready)
+        self.front.policy_named(request.name)
+        return pb.ModelReadyResponse(ready=(await self.front.ready())[0])
 
+    @_rpc()
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:  # noqa: N802
-        async def metadata() -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(**self.front.server_metadata())
-        return await self._serve("ServerMetadata", context, metadata)
+        return pb.ServerMetadataResponse(**self.front.server_metadata())
 
+    @_rpc()
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:  # noqa: N802
-        async def metadata() -> pb.ModelMetadataResponse:
-            doc = self.front.model_metadata(request.name)
-            tensor = pb.ModelMetadataResponse.TensorMetadata
-            return pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"],
-                                            inputs=[tensor(**t) for t in doc["inputs"]],
-                                            outputs=[tensor(**t) for t in doc["outputs"]])
-        return await self._serve("ModelMetadata", context, metadata)
+        doc = self.front.model_metadata(request.name)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"],
+                                        inputs=[tensor(**t) for t in doc["inputs"]],
+                                        outputs=[tensor(**t) for t in doc["outputs"]])
 
+    @_rpc()
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
-        async def infer() -> pb.ModelInferResponse:
-            self.front.policy_named(request.model_name)
-            parsed = self.front.parse(infer_body(request))
-            assert isinstance(parsed, InferRequest)
-            answer = await self.front.infer(request.model_name, parsed)
-            return infer_reply(answer, raw=bool(request.raw_input_contents))
-        return await self._serve("ModelInfer", context, infer)
+        self.front.policy_named(request.model_name)
+        parsed = self.front.parse(*infer_body(request))
+        assert isinstance(parsed, InferRequest)
+        answer = await self.front.infer(request.model_name, parsed)
+        return infer_reply(answer, raw=bool(request.raw_input_contents))
 
 
 class GrpcGateway:
     """The gRPC server, on the event loop the HTTP gateway runs on: ``await start()``, ``await stop()``."""
 
-    def __init__(self, front: Front, host: str, port: int, *, token: str | None = None,
-                 certfile: str | None = None, keyfile: str | None = None,
+    def __init__(self, front: Front, host: str, port: int, *, certfile: str | None = None, keyfile: str | None = None,
                  registry: CollectorRegistry | None = None) -> None:
-        self.front, self.host, self.port, self.token = front, host, port, token
+        self.front, self.host, self.port = front, host, port  # the token: the front's settings
         self.certfile, self.keyfile = certfile, keyfile
         self.calls = Counter("rendezvous_gateway_grpc_requests", "gRPC calls, by method and status code",
                              ["method", "code"], registry=registry)
@@ -186,7 +185,7 @@ class GrpcGateway:
         limit = self.front.settings.max_body_bytes
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                           ("grpc.so_reuseport", 0)])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Service(self.front, self.token, self.calls), server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Service(self.front, self.calls), server)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         if self.certfile and self.keyfile:
             with open(self.keyfile, "rb") as key, open(self.certfile, "rb") as cert:

@@ -245,11 +245,11 @@ class RendezvousWorker:
                 topic = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
                 if self.topics.is_reply_topic(topic):
                     continue
-                topic = None
                 self.ignored_reply_to += 1  # counted, logged once: a client must not be able to flood the log
                 if self.ignored_reply_to == 1:
                     log.warning("ignored reply-to %r: not a replies topic of %s (counted in /stats from now on)",
-                                value, self.topics.namespace)
+                                topic, self.topics.namespace)
+                topic = None
         return topic, probe
 
     def on_score_event(self, event: Any) -> None:

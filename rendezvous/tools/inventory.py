@@ -43,7 +43,8 @@ def scoring_models(kafka: KafkaSettings, topics: Topics, window_s: float = 300.0
 def deployed_models(kafka: KafkaSettings, topics: Topics, names: set[str], timeout: float = 10.0) -> set[str]:
     """Which of ``names`` have a runner in their consumer group (``PREFIX.model.NAME.VERSION``) now.
 
-    A broker that cannot list groups answers nothing here: the scores topic still does."""
+    A broker that cannot list groups answers nothing here: the scores topic still does. By the group's
+    name alone, a model ``a`` also counts as deployed while only a model ``a.b`` runs (names may hold dots)."""
     admin = AdminClient(kafka.admin())
     try:
         listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout + 5)
