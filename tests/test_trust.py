@@ -22,8 +22,10 @@ from rendezvous.kernel.wire import DLQ_REASON, Score, ScoreBatch, encode
 from rendezvous.service.control import BanditRecord
 from rendezvous.service.policies import policy_record
 from tests.conftest import CHAIN_POLICY, System, cli, scripted_spec, settings_for, wait_until, write_policy
+from tests.rule import Chain, check
 
 SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3}
+CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLICY, restated
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,12 @@ def _produce(system: System, topic: str, value: bytes, key: bytes | None = None,
 
 
 def test_the_runners_sign_their_scores_and_the_worker_uses_them(signed: System):
+    """Signed scores are taken: the answer is a model's, by the chain's rule on the arrivals the worker recorded
+    (which model won the race is the machine's business), and none was refused as forged."""
     result = signed.ask(f"signed-{time.monotonic_ns()}", {})
-    assert (result.model, result.score, result.reason) == ("m3", 0.3, "preferred")
+    check(result, CHAIN)
+    assert result.model in SCORES and result.score == SCORES[result.model], result  # not the default: scores taken
+    assert all(c.score == SCORES[m] for m, c in result.candidates.items()), result.candidates
     assert signed.stats(signed.worker)["forged_scores"] == 0
 
 
