@@ -69,6 +69,12 @@ class Front:
 
     def __init__(self, bridge: KafkaBridge, settings: GatewaySettings = GatewaySettings()) -> None:
         self.bridge, self.settings = bridge, settings
+        self._bearer = f"Bearer {settings.token}".encode() if settings.token else None  # made once, not per call
+
+    @property
+    def guarded(self) -> bool:
+        """Whether calls need the bearer token (see :meth:`authorize`)."""
+        return self._bearer is not None
 
     def policy_named(self, name: str) -> Any:
         policy = self.bridge.policy
@@ -101,10 +107,10 @@ class Front:
 
     def authorize(self, given: str | bytes | None, how: str) -> None:
         """A 401 unless the gateway wants no token or ``given`` is ``Bearer TOKEN`` (compared in constant time)."""
-        if self.settings.token is None:
+        if self._bearer is None:
             return
         presented = given.encode() if isinstance(given, str) else given or b""
-        if not hmac.compare_digest(presented, f"Bearer {self.settings.token}".encode()):
+        if not hmac.compare_digest(presented, self._bearer):
             raise GatewayError(401, f"missing or wrong bearer token ({how}: Bearer TOKEN)")
 
     async def infer(self, name: str, request: InferRequest | FeaturesRequest) -> dict[str, Any]:
