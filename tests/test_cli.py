@@ -16,6 +16,7 @@ import pytest
 from rendezvous.kernel.admin import TopicError, create_topic, ensure_topics
 from rendezvous.kernel.topics import Topics
 from rendezvous.operations.kafka_dist import kafka_available
+from tests.browser import CHART_NAMES, empty_charts, rendered_charts
 from tests.conftest import REPO, ProcessLines, wait_until
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ def rendezvous(*args: str, timeout: float = 300, env: dict | None = None) -> sub
 
 def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path):
     done = rendezvous("demo", "--requests", "600", "--rate", "100", "--shift-at", "0.6", "--json", "--workdir", str(tmp_path),
+                      "--report", str(tmp_path / "report"),
                       "--max-late-share", "1",  # how many were on time is the benchmarks' figure, not this test's
                       env={"RENDEZVOUS_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,6 +52,9 @@ def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path)
     assert "answered" in done.stderr  # the progress display went to stderr
     auc = summary["learned"]["roc_auc"]  # each model judged on the labels sent back as outcomes
     assert set(auc) == {"boosted", "forest", "baseline"} and all(0.8 < v <= 1 for v in auc.values()), auc
+    page = Path(summary["report"])  # the run in pictures: every chart drawn with data, and decoded by a browser
+    assert page == tmp_path / "report" / "index.html" and not empty_charts(page), empty_charts(page)
+    assert rendered_charts(page) == set(CHART_NAMES)
     gateway = summary["gateway"]  # one OIP call through the HTTP gateway
     assert "error" not in gateway and gateway["model"] in {"boosted", "forest", "baseline", None}, gateway
     assert (gateway["model"] is None) == (gateway["reason"] == "default") and 0 <= gateway["score"] <= 1, gateway

@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rendezvous.operations.broker import free_port
+from tests.browser import CHART_NAMES, empty_charts, rendered_charts
 from tests.conftest import REPO, System, eventually, scripted_spec, settings_for, wait_until, write_policy
 
 pytestmark = pytest.mark.slow
@@ -117,10 +118,14 @@ def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dic
         x = rng.random()
         return {"ca_score": x, "ch_score": min(x + rng.gauss(0, 0.02) + shift, 1.5)}
 
-    system.send([(f"calm-{i}", request(0.0)) for i in range(400)], rate=200)
+    calm = [(f"calm-{i}", request(0.0)) for i in range(400)]
+    system.send(calm, rate=200)
     system.produce_raw(system.topics.requests, b"this is not JSON", b"bad-1")  # one dead letter
     system.send([(f"shifted-{i}", request(0.3)) for i in range(400)], rate=200)
     system.results_for([f"shifted-{i}" for i in range(400)])
+    for rid, features in calm:  # the truth, later: a page is bad when the canary scored it over 0.5
+        system.sender.send_outcome(rid, features["ca_score"] > 0.5, system.collector.results[rid][0].partition)
+    system.sender.flush()
     written = system.stats(workers[0])["results_written"]
     wait_until(lambda: prometheus.query(f"sum(rendezvous_results_total) >= {written}"),
                "Prometheus scraped the worker after the last result", timeout=30)
@@ -155,6 +160,8 @@ def labels_of(family) -> set[str]:  # noqa: ANN001
     ("worker", "rendezvous_consumer_lag_records", "gauge", {"topic"}),
     ("worker", "rendezvous_posterior_mean", "gauge", {"model"}),
     ("worker", "rendezvous_traffic_share", "gauge", {"model"}),
+    ("worker", "rendezvous_policy_sla_seconds", "gauge", set()),
+    ("worker", "rendezvous_model_roc_auc", "gauge", {"model"}),
     ("worker", "rendezvous_drift_detected", "gauge", {"champion", "canary"}),
     ("worker", "rendezvous_drift_ks", "gauge", {"champion", "canary", "against"}),
     ("worker", "rendezvous_drift_psi", "gauge", {"champion", "canary", "against"}),
@@ -207,6 +214,20 @@ def test_every_dashboard_panel_query_returns_data(observed):
                 if not prometheus.query(target["expr"]):
                     empty.append(f"{path.name}: {panel['title']}: {target['expr']}")
     assert not empty, "\n".join(empty)
+
+
+def test_the_report_draws_every_chart_from_prometheus_and_a_browser_renders_them(observed, tmp_path: Path):
+    """`rendezvous report` over the live run: every chart has data, and headless Chromium decodes each one."""
+    _, prometheus, _ = observed
+    wait_until(lambda: len(prometheus.query("rendezvous_model_roc_auc")) == 2, "Prometheus has both models' ROC AUC",
+               timeout=30)
+    done = subprocess.run([sys.executable, "-m", "rendezvous", "report", "--prometheus", prometheus.url, "--since", "5m",
+                           "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = Path(done.stdout.strip())
+    assert page == tmp_path / "report" / "index.html" and not empty_charts(page), empty_charts(page)
+    assert rendered_charts(page) == set(CHART_NAMES)
+    assert "<th>SLA</th><td>100 ms</td>" in page.read_text()  # from rendezvous_policy_sla_seconds: the latency chart's line
 
 
 def test_the_drift_and_dead_letter_alerts_fire(observed):

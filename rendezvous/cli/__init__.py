@@ -11,6 +11,7 @@ from rendezvous.cli.gateway import gateway
 from rendezvous.cli.infra import broker, topics
 from rendezvous.cli.models import deploy, image, logs, models, scale, stop
 from rendezvous.cli.policy import policy
+from rendezvous.cli.report import report
 from rendezvous.cli.secret import secret
 from rendezvous.cli.serve import serve
 from rendezvous.cli.stack import up
@@ -27,6 +28,6 @@ def main() -> None:
 
 
 for command in (demo, up, broker, topics, serve, gateway, policy, explain, replay, archive,
-                deploy, scale, models, stop, logs, image, secret):
+                deploy, scale, models, stop, logs, image, secret, report):
     main.add_command(command)
 expose_env_vars(main)  # every option has a RENDEZVOUS_* variable, and --help says which

@@ -209,6 +209,8 @@ class _StateCollector:
             shares.add_metric([model], counts.get(model, 0) / total)
         yield shares
         yield GaugeMetricFamily("rendezvous_policy_version", "Version of the policy in force", value=compiled.version)
+        yield GaugeMetricFamily("rendezvous_policy_sla_seconds", "The SLA of the policy in force: every answer by then",
+                                value=w.control.store.doc.sla_ms / 1000)
         quality = w.control.crediting.quality
         auc = GaugeMetricFamily("rendezvous_model_roc_auc",
                                 "ROC AUC of each model's scores on the outcomes that arrived (sliding window)",

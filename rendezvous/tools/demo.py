@@ -25,6 +25,7 @@ from decoy.archive import ArchiveReader
 from policies import EXAMPLE_STACK
 from policies.schema import Policy
 from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS, Topics
@@ -38,7 +39,9 @@ from rendezvous.operations.stack import (
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.tools.client import RequestSender, ResultCollector
 from rendezvous.tools.data import phishing_rows
+from rendezvous.tools.report import Marker, write_report
 from rendezvous.tools.summary import summarize
+from rendezvous.tools.timeline import Scraper
 
 
 @dataclass
@@ -56,6 +59,9 @@ class DemoOptions:
     shift_at: float = 0.5
     client: ClientConfig = field(default_factory=ClientConfig)  # Kafka security, with --broker
     engine: str | None = None  # the embedded broker's (None: auto); its data lives in a temporary directory
+    report_dir: Path | None = None  # write the run in pictures here (see rendezvous.tools.report)
+    #: Each request's label goes back as its outcome this long after its answer (the truth arrives later).
+    outcome_delay_s: float = 2.0
 
 
 def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collector: ResultCollector,
@@ -119,20 +125,24 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 shift_index = int(options.requests * options.shift_at) if 0 < options.shift_at < 1 else None
                 worker_url = _worker_url(stack)
                 drift: dict[str, Any] = {"shift_at_request": shift_index}
+                scraper = Scraper(f"{worker_url}/metrics").start() if options.report_dir else None
 
                 def _with_shift_marker(items):  # noqa: ANN001, ANN202 - records where the shift began
                     for i, item in enumerate(items):
                         if i == shift_index:
                             drift["champion_scores_before_shift"] = _canary(worker_url).get("scores")
+                            drift["shift_s"] = time.time()
                             progress("status", {"text": f"request {i}: the input shifts (only phishing pages from now on)"})
                         yield item
 
                 requests = _with_shift_marker((f"demo-{i}", rows[j][0]) for i, j in enumerate(order))
                 stop_progress = threading.Event()
+                outcomes = OutcomeFeeder(RequestSender(kafka, topics), collector, labels, options.outcome_delay_s)
 
                 def report() -> None:
                     while not stop_progress.wait(0.25):
                         progress("tick", {"sent": len(sender.sent_ms), "answered": collector.count()})
+                        outcomes.send_due()
 
                 reporter = threading.Thread(target=report, daemon=True)
                 reporter.start()
@@ -150,7 +160,10 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 if declared.deploy.decoy.enabled:
                     summary["decoy_archived"] = _archived(workdir / "archive", expected=options.requests)
                 summary["drift"] = _drift_summary(drift, _canary(worker_url), policy)
-                summary["learned"] = _learn_from_labels(stack, sender, collector, labels)
+                summary["learned"] = _learn_from_labels(stack, outcomes, len(collector.results))
+                if scraper is not None and options.report_dir is not None:
+                    summary["report"] = str(_report(options.report_dir, scraper, summary, drift.get("shift_s"),
+                                                    policy.sla_ms))
                 summary["gateway"] = _through_the_gateway(stack.gateway_url, policy.name, rows[0][0])
                 # the worker's own count of answers the broker acknowledged after the SLA, by cause
                 summary["written_after_sla"] = {k: v for k, v in _stats(worker_url).get("sla_misses", {}).items() if v}
@@ -160,6 +173,20 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
             finally:
                 collector.stop()
     return summary
+
+
+def _report(directory: Path, scraper: Scraper, summary: dict[str, Any], shift_s: float | None,
+            sla_ms: float) -> Path:
+    """The run in pictures, from the worker's metrics scraped every second (the outcomes included)."""
+    lat = summary["latency_ms"]
+    facts = {"policy": summary["policy"], "answered": f"{summary['answered']} of {summary['sent']} "
+             f"(lost {summary['lost']}, duplicated {summary['duplicated']})",
+             "within the SLA": f"{summary['within_sla']} of {summary['answered']} (SLA {sla_ms:g} ms)",
+             "latency, end to end": f"p50 {lat['p50']} ms, p99 {lat['p99']} ms",
+             "answered by": ", ".join(f"{m} {n}" for m, n in summary["by_model"].items())}
+    markers = [Marker(shift_s, "input shifts")] if shift_s is not None else []
+    return write_report(directory, scraper.stop(), f"rendezvous demo: {summary['policy']}", sla_ms / 1000, markers,
+                        facts)
 
 
 def _through_the_gateway(url: str | None, policy: str, features: dict[str, Any]) -> dict[str, Any] | None:
@@ -180,19 +207,33 @@ def _through_the_gateway(url: str | None, policy: str, features: dict[str, Any])
             "latency_ms": p["latency_ms"], "score": answer["outputs"][0]["data"][0]}
 
 
-def _learn_from_labels(stack, sender: RequestSender, collector: ResultCollector,  # noqa: ANN001
-                       labels: dict[str, bool], timeout: float = 10.0) -> dict[str, Any]:
-    """Send each request's label as its outcome (the truth, arriving later) and report what
-    the rendezvous learned: each model's posterior share of right decisions."""
-    for rid, label in labels.items():
-        got = collector.results.get(rid)
-        if got:
-            sender.send_outcome(rid, label, got[0].partition)
-    sender.flush()
+class OutcomeFeeder:
+    """Sends each answered request's label back as its outcome, ``delay_s`` after its answer arrived."""
+
+    def __init__(self, sender: RequestSender, collector: ResultCollector, labels: dict[str, bool],
+                 delay_s: float) -> None:
+        self.sender, self.collector, self.labels, self.delay_s = sender, collector, labels, delay_s
+        self.sent: set[str] = set()
+
+    def send_due(self, everything: bool = False) -> None:
+        due = now_ms() - 1000.0 * self.delay_s
+        for rid, got in self.collector.snapshot().items():
+            if rid in self.labels and rid not in self.sent and got and (everything or got[0].at_ms <= due):
+                self.sender.send_outcome(rid, self.labels[rid], got[0].partition)
+                self.sent.add(rid)
+        if everything:
+            self.sender.flush()
+
+
+def _learn_from_labels(stack, outcomes: OutcomeFeeder, answered: int,  # noqa: ANN001
+                       timeout: float = 10.0) -> dict[str, Any]:
+    """Send the outcomes not sent yet, and report what the rendezvous learned from them all: each
+    model's posterior share of right decisions, and its ROC AUC."""
+    outcomes.send_due(everything=True)
     deadline, stats = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
         stats = _stats(_worker_url(stack))
-        if stats.get("outcomes", {}).get("credited", 0) >= len(collector.results) - 5:  # minus warm-ups
+        if stats.get("outcomes", {}).get("credited", 0) >= answered - 5:  # minus warm-ups
             break
         time.sleep(0.3)
     return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {}),
