@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,6 +28,7 @@ from rendezvous.kernel.options import (
     topic_prefix_option,
     topics_for,
 )
+from rendezvous.kernel.presence import Announcer, status_urls
 from rendezvous.kernel.status import StatusServer
 from rendezvous.kernel.trust import load_key
 
@@ -71,12 +73,21 @@ def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, pro
     if http_port >= 0:
         status = StatusServer(runner.registry, lambda: runner.ready, runner.info, http_host, http_port).start()
         logging.getLogger("rendezvous.runner").info("status endpoint on http://%s:%d", http_host, status.port)
+    urls = status_urls(http_host, status.port) if status else {}
+
+    def describe() -> tuple[dict[str, str], dict[str, Any]]:
+        info = runner.info()
+        return urls, {"version": identity.version, "artifact_sha256": identity.artifact_sha256,
+                      "partitions": info["partitions"], "ready": runner.ready}
+
+    presence = Announcer(kafka, topics_for(topic_prefix), "model", identity.name, identity.instance, describe).start()
     try:
         runner.run(stop)
     except RunnerError as exc:
         logging.getLogger("rendezvous.runner").error("%s", exc)
         sys.exit(1)
     finally:
+        presence.stop()
         if status:
             status.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -21,6 +22,7 @@ from rendezvous.kernel.options import (
     topic_prefix_option,
     topics_for,
 )
+from rendezvous.kernel.presence import Announcer, status_urls, who
 from rendezvous.kernel.status import StatusServer
 
 
@@ -53,9 +55,17 @@ def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, produ
     if http_port >= 0:
         status = StatusServer(decoy.registry, lambda: decoy.ready, decoy.info, http_host, http_port).start()
         logging.getLogger("rendezvous.decoy").info("status endpoint on http://%s:%d", http_host, status.port)
+    urls = status_urls(http_host, status.port) if status else {}
+
+    def describe() -> tuple[dict[str, str], dict[str, Any]]:
+        info = decoy.info()
+        return urls, {"archive": info["archive"], "partitions": info["partitions"], "ready": decoy.ready}
+
+    presence = Announcer(kafka, topics_for(topic_prefix), "decoy", group or "decoy", who(), describe).start()
     try:
         decoy.run(stop)
     finally:
+        presence.stop()
         if status:
             status.stop()
 

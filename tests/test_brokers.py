@@ -91,6 +91,8 @@ def test_every_topic_the_system_creates_has_retention_and_kafka_applies_it(tmp_p
             assert configs[name]["retention.ms"].value == "1500", name
         assert configs[topics.deadletter]["retention.ms"].value == str(7 * 24 * 3_600_000)
         assert configs[topics.policies]["cleanup.policy"].value == "compact"
+        assert configs[topics.presence]["cleanup.policy"].value == "compact,delete"
+        assert configs[topics.presence]["retention.ms"].value == str(24 * 3_600_000)
         # Kafka deletes a segment past retention: the older requests go.
         _produce(kafka, topics.requests, 10)
         time.sleep(1.6)  # not synchronisation: the records must be older than retention.ms (then bounded waits)

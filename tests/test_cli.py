@@ -114,6 +114,10 @@ deploy:
         newer.write_text("name: stack\nversion: 2\nsla_ms: 120\nrouting:\n  strategy: fixed\n  chain: [{model: trivial}]\n")
         applied = rendezvous("policy", "apply", str(newer), timeout=60, env=env)
         assert applied.returncode == 0, applied.stderr
+        assert "in force on 1 worker(s)" in applied.stdout  # the worker took it, not only the topic
+        status = rendezvous("status", timeout=60, env=env)  # every port and version, with one command
+        assert status.returncode == 0 and metrics in status.stdout and "stack v2" in status.stdout, status.stdout
+        assert status.stdout.count("model ") >= 2 and "gateway" in status.stdout, status.stdout
 
         # the embedded broker dies: up starts it again on its data, and every service reconnects by itself
         os.kill(json.loads((tmp_path / "home" / "broker.json").read_text())["pid"], signal.SIGKILL)

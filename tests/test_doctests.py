@@ -13,7 +13,7 @@ MODULES = [
     "decoy.archive", "policies",
     "rendezvous.kernel.client_config", "rendezvous.kernel.clock", "rendezvous.kernel.errors",
     "rendezvous.kernel.settings", "rendezvous.kernel.topics", "rendezvous.kernel.wire",
-    "rendezvous.kernel.documents", "rendezvous.tools.summary", "rendezvous.tools.data", "rendezvous.tools.timeline",
+    "rendezvous.kernel.documents", "rendezvous.kernel.presence", "rendezvous.tools.summary", "rendezvous.tools.data", "rendezvous.tools.timeline",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
     "rendezvous.routing.lateness", "rendezvous.operations.base", "rendezvous.operations.broker",

@@ -15,6 +15,7 @@ from rendezvous.cli.report import report
 from rendezvous.cli.secret import secret
 from rendezvous.cli.serve import serve
 from rendezvous.cli.stack import up
+from rendezvous.cli.status import status
 from rendezvous.kernel.options import RendezvousGroup, expose_env_vars
 
 
@@ -27,7 +28,7 @@ def main() -> None:
     """
 
 
-for command in (demo, up, broker, topics, serve, gateway, policy, explain, replay, archive,
+for command in (demo, up, status, broker, topics, serve, gateway, policy, explain, replay, archive,
                 deploy, scale, models, stop, logs, image, secret, report):
     main.add_command(command)
 expose_env_vars(main)  # every option has a RENDEZVOUS_* variable, and --help says which

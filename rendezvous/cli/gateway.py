@@ -19,6 +19,7 @@ from rendezvous.kernel.options import (
     topic_prefix_option,
     topics_for,
 )
+from rendezvous.kernel.presence import Announcer, service_url
 from rendezvous.kernel.status import announce_port
 from rendezvous.kernel.trust import StackSecret
 from rendezvous.operations.broker import resolve_broker
@@ -109,7 +110,22 @@ def gateway(broker: str | None, topic_prefix: str, host: str, port: int, grpc_po
             deadline.arm()
             super().handle_exit(sig, frame)
 
-    Server(config).run(sockets=[sock])
+    base = service_url(host, sock.getsockname()[1], "https" if certfile else "http")
+
+    def describe() -> tuple[dict[str, str], dict[str, Any]]:
+        urls = {"http": base, "metrics": f"{base}/metrics"}
+        if grpc is not None and grpc.port:  # bound once the app has started
+            urls["grpc"] = service_url(host, grpc.port).removeprefix("http://")
+        doc = bridge.policy
+        return urls, {"policy": doc.name if doc else None, "policy_version": doc.version if doc else None,
+                      "ready": bridge.link.reachable}
+
+    presence = Announcer(kafka, topics_for(topic_prefix), "gateway", bridge.gateway_id, bridge.gateway_id,
+                         describe).start()
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        presence.stop()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -12,8 +13,7 @@ import yaml
 from policies import load_policy
 from policies.schema import Policy
 from rendezvous.kernel.admin import ensure_topics
-from rendezvous.kernel.documents import parse_document
-from rendezvous.kernel.errors import ConfigError
+from rendezvous.kernel.errors import ConfigError, RendezvousError
 from rendezvous.kernel.options import (
     broker_option,
     kafka_settings,
@@ -23,12 +23,12 @@ from rendezvous.kernel.options import (
     topics_for,
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
-from rendezvous.kernel.trust import StackSecret, verify
+from rendezvous.kernel.trust import StackSecret
 from rendezvous.operations.broker import resolve_broker
 from rendezvous.operations.stackfile import load_stack
-from rendezvous.service.control import ControlFeed, decode_policy_record
 from rendezvous.service.policies import publish_policy
-from rendezvous.tools.inventory import deployed_models, scoring_models
+from rendezvous.tools.inventory import deployed_models, policy_history, scoring_models
+from rendezvous.tools.status import await_adoption
 
 
 @click.group()
@@ -75,22 +75,27 @@ def validate(path: Path) -> None:
 @click.option("--allow-missing", is_flag=True, envvar="RENDEZVOUS_ALLOW_MISSING", show_envvar=True,
               help="Apply even if a model it names is not running (no runner in its group, no score in the "
                    "last 5 minutes): you deploy it next.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until every running worker says it has the new version in force.")
+@click.option("--timeout", type=click.FloatRange(0), default=15.0, show_default=True,
+              help="Seconds --wait waits; a worker still behind then is named, and the exit code is 1.")
 @broker_option()
 @topic_prefix_option
 @secret_option(discover=True)
-def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topic_prefix: str,
-          secret: StackSecret | None) -> None:
+def apply(path: Path, reason: str, allow_missing: bool, wait: bool, timeout: float, broker: str | None,
+          topic_prefix: str, secret: StackSecret | None) -> None:
     """Put FILE in force on every worker (within a second), if valid and of a higher version.
 
     Refused if it names a model that has not scored recently (a typo would
-    otherwise never be chosen), unless --allow-missing.
+    otherwise never be chosen), unless --allow-missing. Then waits until every
+    running worker has adopted it (`rendezvous status` shows who has which).
     """
     doc = _load(path)
     kafka = kafka_settings(resolve_broker(broker))
     topics = topics_for(topic_prefix)
     secret = stack_secret(secret, kafka.bootstrap, topic_prefix)
     ensure_topics(kafka, topics, DEFAULT_PARTITIONS)
-    current = _history(kafka, topics, secret)
+    current = policy_history(kafka, topics, secret)
     if current and current[-1][0].version >= doc.version:
         raise click.ClickException(f"version {doc.version} is not higher than v{current[-1][0].version} in force; "
                                    "bump `version` in the file")
@@ -107,6 +112,20 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
     publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}", secret=secret)
     click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}" + ("" if secret else
                " (unsigned: workers given the stack's secret will refuse it; pass --secret-file)"))
+    if not wait:
+        return
+    started = time.monotonic()
+    adopted, behind = await_adoption(kafka, topics, doc.version, timeout)
+    if behind:
+        names = ", ".join(f"{p.instance} (v{p.details.get('policy_version')})" for p in behind)
+        raise RendezvousError(f"after {timeout:g} s, {len(behind)} worker(s) still have an older version in force: "
+                              f"{names}", hint="a worker given the stack's secret refuses an unsigned or wrongly "
+                              "signed policy (its log and /stats say so); see `rendezvous status`")
+    if adopted:
+        click.echo(f"in force on {len(adopted)} worker(s) after {time.monotonic() - started:.1f} s: "
+                   + ", ".join(p.instance for p in adopted))
+    else:
+        click.echo("no worker is running: it takes effect when one starts")
 
 
 @policy.command()
@@ -118,7 +137,7 @@ def apply(path: Path, reason: str, allow_missing: bool, broker: str | None, topi
 def show(history: bool, as_json: bool, broker: str | None, topic_prefix: str, secret: StackSecret | None) -> None:
     """Show the policy in force (the highest valid version on the policies topic, signed if there is a secret)."""
     kafka = kafka_settings(resolve_broker(broker))
-    versions = _history(kafka, topics_for(topic_prefix), stack_secret(secret, kafka.bootstrap, topic_prefix))
+    versions = policy_history(kafka, topics_for(topic_prefix), stack_secret(secret, kafka.bootstrap, topic_prefix))
     if not versions:
         raise click.ClickException("no policy has been applied yet")
     if history:
@@ -140,25 +159,3 @@ def schema() -> None:
 def policy_json_schema() -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Policy.model_json_schema(),
             "title": "rendezvous routing policy"}
-
-
-def _history(kafka, topics, secret: StackSecret | None = None) -> list[tuple[Policy, object]]:  # noqa: ANN001
-    """The valid policy versions on the topic, in the order they took effect (as workers given ``secret`` see it:
-    a record not signed with its policy key never took effect)."""
-    feed = ControlFeed(kafka, topics)
-    try:
-        drained = feed.read_policies()
-    finally:
-        feed.stop()
-    out: list[tuple[Policy, object]] = []
-    for value, _, signature in drained.policies:
-        if secret is not None and not verify(secret.policy_key, value, signature):
-            continue
-        try:
-            record = decode_policy_record(value)
-            doc = parse_document(record.policy, Policy, "record")
-        except Exception:  # noqa: BLE001 - invalid records are refused by workers too
-            continue
-        if not out or doc.version > out[-1][0].version:
-            out.append((doc, record))
-    return out

@@ -20,6 +20,8 @@ dead letters and the bandit's state a week, the policies for ever (compacted).
 'LogAppendTime'
 >>> t.config(t.policies, retention_ms=60_000)
 {'cleanup.policy': 'compact'}
+>>> t.config(t.presence)["cleanup.policy"]
+'compact,delete'
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ DEFAULT_PARTITIONS = 4
 DEFAULT_RETENTION_MS = 3_600_000
 #: Dead letters and the bandit's state: long enough for someone to look, a week.
 CONTROL_RETENTION_MS = 7 * 24 * 3_600_000
+#: Presence records of instances killed without deleting theirs: a day.
+PRESENCE_RETENTION_MS = 24 * 3_600_000
 #: A segment rolls at least this often, so that retention can delete it.
 _SEGMENT_MS = 600_000
 
@@ -58,6 +62,8 @@ class Topics:
     deadletter: str = f"{DEFAULT_PREFIX}.deadletter"
     policies: str = f"{DEFAULT_PREFIX}.policies"
     bandit: str = f"{DEFAULT_PREFIX}.bandit"
+    #: Who is running, where: one record per service instance (see rendezvous.kernel.presence).
+    presence: str = f"{DEFAULT_PREFIX}.presence"
     #: Names the deployment's consumer groups, so deployments sharing a cluster never share a group.
     namespace: str = DEFAULT_PREFIX
 
@@ -76,13 +82,15 @@ class Topics:
 
     @property
     def single_partition(self) -> tuple[str, ...]:
-        """Small control topics every worker reads whole (policies, bandit state)."""
-        return (self.policies, self.bandit)
+        """Small control topics read whole (policies, bandit state, presence)."""
+        return (self.policies, self.bandit, self.presence)
 
     def config(self, topic: str, retention_ms: int = DEFAULT_RETENTION_MS) -> dict[str, str]:
         """The topic configuration it is created with (retention by role; the policies compacted)."""
         if topic == self.policies:
             return {"cleanup.policy": "compact"}
+        if topic == self.presence:  # the latest record of each instance; a killed one's ages out in a day
+            return {"cleanup.policy": "compact,delete", **retention_config(PRESENCE_RETENTION_MS)}
         keep = CONTROL_RETENTION_MS if topic in (self.deadletter, self.bandit) else retention_ms
         config = retention_config(keep)
         if topic == self.results:  # a result's timestamp is when the broker wrote it: when the SLA is judged

@@ -20,6 +20,7 @@ from policies.schema import Policy
 from rendezvous.kernel.admin import partition_count
 from rendezvous.kernel.errors import RendezvousError
 from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.presence import Announcer
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.policies import PolicyStore, publish_policy, who
 from rendezvous.service.settings import ServiceSettings
@@ -75,9 +76,14 @@ def build_worker(settings: ServiceSettings, policy_path: Path | None, rng: rando
 
 
 def run_worker(worker: RendezvousWorker, log_level: str = "info") -> None:
+    settings = worker.settings
+    presence = Announcer(settings.kafka, settings.topics, "rendezvous", settings.app_id, settings.worker_id,
+                         worker.presence)
     worker.link.start()
+    presence.start()
     try:
         faust.Worker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
     finally:
+        presence.stop()
         worker.link.stop()
         worker.control.feed.stop()

@@ -26,6 +26,7 @@ from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.lifecycle import StopDeadline
 from rendezvous.kernel.link import BrokerLink
+from rendezvous.kernel.presence import service_url
 from rendezvous.kernel.topics import PROBE, REPLY_TO
 from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.kernel.wire import (
@@ -168,6 +169,15 @@ class RendezvousWorker:
             return {}
         return {f"{tp.topic.rsplit('.', 1)[-1]}/{tp.partition}": (read[tp] or 0) + 1 - (committed.get(tp) or 0)
                 for tp in sorted(read) if read[tp] is not None}
+
+    def presence(self) -> tuple[dict[str, str], dict[str, Any]]:
+        """What this worker announces on the presence topic: where to reach it, the policy it has in force."""
+        port = self.app.listen_port  # 0 until the web server has bound its free port
+        base = service_url(self.settings.web_host, port) if port else None
+        urls = {"metrics": f"{base}/metrics", "stats": f"{base}/stats"} if base else {}
+        policy = self.router.policy
+        return urls, {"policy": policy.name, "policy_version": policy.version, "partitions": sorted(self.owned),
+                      "ready": self.ready and self.link.reachable}
 
     def status(self) -> dict[str, Any]:
         stats = self.router.stats

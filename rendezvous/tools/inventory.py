@@ -1,5 +1,6 @@
-"""Which models run right now: those that scored lately (the scores topic, where every model writes),
-and those whose runners are in their consumer group (idle, but deployed).
+"""What the stack holds: the policy versions that took effect, and which models run right now: those
+that scored lately (the scores topic, where every model writes), and those whose runners are in their
+consumer group (idle, but deployed).
 
 Used to refuse a policy that names a model nobody runs (a typo such as
 ``forrest`` would otherwise be applied and silently never chosen).
@@ -13,12 +14,17 @@ from collections import defaultdict
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from policies.record import PolicyRecord, decode_policy_record
+from policies.schema import Policy
+from rendezvous.kernel.documents import parse_document
 from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.kernel.trust import StackSecret, verify
 from rendezvous.kernel.wire import WireError, decode_score_batch
+from rendezvous.service.control import ControlFeed
 
-__all__ = ["scoring_models", "deployed_models"]
+__all__ = ["deployed_models", "policy_history", "scoring_models"]
 
 
 def scoring_models(kafka: KafkaSettings, topics: Topics, window_s: float = 300.0,
@@ -53,3 +59,26 @@ def deployed_models(kafka: KafkaSettings, topics: Topics, names: set[str], timeo
     live = [g.group_id for g in listed.valid
             if g.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD, ConsumerGroupState.UNKNOWN)]
     return {name for name in names if any(group.startswith(f"{topics.group(f'model.{name}')}.") for group in live)}
+
+
+def policy_history(kafka: KafkaSettings, topics: Topics,
+                   secret: StackSecret | None = None) -> list[tuple[Policy, PolicyRecord]]:
+    """The valid policy versions on the topic, in the order they took effect (as workers given ``secret`` see it:
+    a record not signed with its policy key never took effect)."""
+    feed = ControlFeed(kafka, topics)
+    try:
+        drained = feed.read_policies()
+    finally:
+        feed.stop()
+    out: list[tuple[Policy, PolicyRecord]] = []
+    for value, _, signature in drained.policies:
+        if secret is not None and not verify(secret.policy_key, value, signature):
+            continue
+        try:
+            record = decode_policy_record(value)
+            doc = parse_document(record.policy, Policy, "record")
+        except Exception:  # noqa: BLE001 - invalid records are refused by workers too
+            continue
+        if not out or doc.version > out[-1][0].version:
+            out.append((doc, record))
+    return out
