@@ -110,6 +110,7 @@ def test_replay_selects_a_range(archived_across_a_kill):
     expected = [r.value for seq, r in ArchiveReader(archive).read(10, 19)]
     assert len(expected) == 10
     assert sorted(m.value() for m in system.read_topic(target.requests)) == sorted(expected)
+    assert "10/10" in done.stderr, done.stderr  # the progress counts the range, not the whole archive
 
 
 def test_a_requests_topic_made_again_is_archived_as_a_new_log_not_skipped_as_redelivery(broker, tmp_path):

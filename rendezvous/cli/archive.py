@@ -51,7 +51,10 @@ def replay(archive_dir: Path, broker: str | None, topic_prefix: str, topic: str 
     kafka = kafka_settings(resolve_broker(broker))
     reader = ArchiveReader(archive_dir)
     target = topic or topics_for(topic_prefix).requests
-    total = len(reader) if since is None and until is None else None
+    total = None  # a time range: how many records it holds is known only once read
+    if since is None and until is None:  # sequence numbers run from 0 to len - 1
+        last = len(reader) - 1 if to_seq is None else min(to_seq, len(reader) - 1)
+        total = max(last - from_seq + 1, 0)
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=stderr_console()) as bars:
         task = bars.add_task("replay", total=total)
         sent = replay_records(reader, kafka, target, from_seq=from_seq, to_seq=to_seq,
