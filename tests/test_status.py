@@ -7,7 +7,10 @@ processes against the real broker and read what they announce, as a user's shell
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import urllib.request
 
 from rendezvous.kernel.presence import read_presence
@@ -55,6 +58,18 @@ def test_status_lists_every_service_with_its_urls_and_the_policy_each_worker_has
     assert system.stats(worker)["policy"]["version"] == 2
     table = cli(system, "status")
     assert table.returncode == 0 and "test-chain v2" in table.stdout and announced.urls["metrics"] in table.stdout
+
+    # without a Docker engine, `models` and `logs` show the replicas `up` runs as processes (from their records)
+    no_docker = {**os.environ, "DOCKER_HOST": f"unix://{system.directory}/no-docker.sock"}
+    where = ["--broker", system.kafka.bootstrap, "--topic-prefix", system.topics.namespace]
+    listed = subprocess.run([sys.executable, "-m", "rendezvous", "models", "--json", *where], capture_output=True,
+                            text=True, timeout=60, env=no_docker)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((r["model"], r["health"]) for r in rows) == [("m1", "running"), ("m2", "running"), ("m3", "running")]
+    logged = subprocess.run([sys.executable, "-m", "rendezvous", "logs", "m3", *where], capture_output=True, text=True,
+                            timeout=60, env=no_docker)
+    assert logged.returncode == 0 and "==> " in logged.stdout and "m3" in logged.stdout, logged.stderr
 
     # a service stopped on purpose deletes its record (one killed is shown as gone when its heartbeats stop)
     system.signal(models[0], signal.SIGTERM)

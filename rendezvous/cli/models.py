@@ -3,13 +3,15 @@
 These commands drive the Docker engine directly and keep no state of their own
 (``--broker`` is accepted by all of them, so one environment serves every command):
 containers carry labels saying what they are, so any shell on the host sees
-the same models. (Models run as local processes belong to the ``rendezvous up``
-that started them and are listed in its output.)
+the same models. Without a Docker engine, ``models`` and ``logs`` show the
+replicas that announce themselves on the stack's broker instead (the local
+processes of ``rendezvous up``: see :mod:`rendezvous.kernel.presence`).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 import urllib.request
@@ -28,10 +30,12 @@ from rendezvous.kernel.options import (
     stack_secret,
     stderr_console,
     topic_prefix_option,
+    topics_for,
 )
+from rendezvous.kernel.presence import Presence, read_presence
 from rendezvous.kernel.trust import StackSecret
-from rendezvous.operations.base import Replica
-from rendezvous.operations.broker import resolve_broker
+from rendezvous.operations.base import Health, Replica, RuntimeUnavailable
+from rendezvous.operations.broker import find_running, resolve_broker
 from rendezvous.operations.docker import DeployError, DockerRuntime, connect
 from rendezvous.operations.images import (
     DEFAULT_BASE_IMAGE,
@@ -109,8 +113,12 @@ def stop(model: str, version: str | None, broker: str | None, topic_prefix: str)
 @broker_option()
 @topic_prefix_option
 def models(model: str | None, as_json: bool, rate_window: float, broker: str | None, topic_prefix: str) -> None:
-    """List deployed model replicas: health, restarts, scores per second."""
-    replicas = _runtime(None, topic_prefix).replicas(model)
+    """List deployed model replicas: health, restarts, scores per second.
+
+    Containers, from the Docker engine; without one, the replicas that announce themselves on the
+    stack's broker (the local processes of `rendezvous up`, or runners on other hosts).
+    """
+    replicas, _ = _replicas(model, broker, topic_prefix)
     rates = _score_rates(replicas, rate_window) if rate_window > 0 else {}
     if as_json:
         for r in replicas:
@@ -135,8 +143,12 @@ def models(model: str | None, as_json: bool, rate_window: float, broker: str | N
 @broker_option()
 @topic_prefix_option
 def logs(model: str, tail: int, broker: str | None, topic_prefix: str) -> None:
-    """Print the last lines each of MODEL's replicas logged."""
-    found = _runtime(None, topic_prefix).logs(model, tail)
+    """Print the last lines each of MODEL's replicas logged (containers; without Docker, the log files of
+    the replicas `rendezvous up` runs as processes on this host)."""
+    try:
+        found = _runtime(None, topic_prefix).logs(model, tail)
+    except RuntimeUnavailable as unavailable:
+        found = _process_logs(_announced(broker, topic_prefix, unavailable), model, tail)
     if not found:
         raise click.ClickException(f"no replicas of {model}; see `rendezvous models`")
     for name, text in found.items():
@@ -184,6 +196,43 @@ def image_kafka(runner: str, tag: str | None) -> None:
     from rendezvous.operations.images import KAFKA_IMAGE, build_kafka_image
 
     build_kafka_image(connect(), runner, tag or KAFKA_IMAGE, stderr_console().log)
+
+
+def _announced(broker: str | None, topic_prefix: str, unavailable: RuntimeUnavailable) -> list[Presence]:
+    """The models that announce themselves on the stack's broker; with none to ask, Docker's error stands."""
+    bootstrap = broker or find_running()
+    if bootstrap is None:
+        raise unavailable
+    return [p for p in read_presence(kafka_settings(bootstrap), topics_for(topic_prefix)) if p.role == "model"]
+
+
+def _replicas(model: str | None, broker: str | None, topic_prefix: str) -> tuple[list[Replica], str]:
+    """Containers from the Docker engine, else the replicas announced on the presence topic; and which it was."""
+    try:
+        return _runtime(None, topic_prefix).replicas(model), "docker"
+    except RuntimeUnavailable as unavailable:
+        announced = _announced(broker, topic_prefix, unavailable)
+    now = time.time() * 1000
+    replicas = []
+    for i, p in enumerate(a for a in announced if model in (None, a.name)):
+        alive = p.alive(now)
+        health: Health = ("running" if p.details.get("ready") else "starting") if alive else "stopped"
+        metrics = p.urls.get("metrics")
+        replicas.append(Replica(p.instance, p.name, str(p.details.get("version", "")), i, health, 0,
+                                metrics.removesuffix("/metrics") if metrics else None,
+                                "" if alive else f"no heartbeat for {(now - p.at_ms) / 1000:.0f} s",
+                                f"{p.host}/{p.pid}"))
+    return replicas, "presence"
+
+
+def _process_logs(announced: list[Presence], model: str, tail: int) -> dict[str, str]:
+    """The last lines of the log files the model's replicas on this host announced."""
+    here, found = socket.gethostname(), {}
+    for p in announced:
+        path = Path(p.details.get("log") or "")
+        if p.name == model and p.host == here and path.is_file():
+            found[p.instance] = "\n".join(path.read_text(errors="replace").splitlines()[-tail:])
+    return found
 
 
 def _score_rates(replicas: list[Replica], window_s: float) -> dict[str, float]:

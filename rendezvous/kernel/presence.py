@@ -38,13 +38,15 @@ from rendezvous.kernel.kafka import produce, read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 
-__all__ = ["Announcer", "Presence", "decode_presence", "encode_presence", "read_presence", "service_url", "status_urls",
-           "who"]
+__all__ = ["LOG_FILE_ENV", "Announcer", "Presence", "decode_presence", "encode_presence", "read_presence", "service_url",
+           "status_urls", "who"]
 
 log = logging.getLogger("rendezvous.presence")
 
 #: A record whose heartbeat is this many intervals old is taken for gone.
 MISSED_BEATS = 3
+#: Set by a supervisor that sends this process's output to a file: announced, so `rendezvous logs` finds it.
+LOG_FILE_ENV = "RENDEZVOUS_LOG_FILE"
 
 
 class Presence(msgspec.Struct, frozen=True):
@@ -142,6 +144,8 @@ class Announcer:
         if described == self._last and now - self._last_ms < self.every_ms:
             return
         urls, details = described
+        if os.environ.get(LOG_FILE_ENV):
+            details = {**details, "log": os.environ[LOG_FILE_ENV]}
         record = Presence(self.role, self.name, self.instance, socket.gethostname(), os.getpid(), urls,
                           self.started_ms, now, self.every_ms, details)
         try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from rendezvous.kernel.presence import LOG_FILE_ENV
 from rendezvous.kernel.status import PORT_FILE_ENV
 from rendezvous.operations.base import fetch_ready
 
@@ -176,6 +177,7 @@ class Supervisor:
             spec.port_file.unlink(missing_ok=True)  # a restarted child binds and announces afresh
             child._bound_port = None
             env[PORT_FILE_ENV] = str(spec.port_file)
+        env[LOG_FILE_ENV] = str(spec.log_path)  # announced on the presence topic: `rendezvous logs` finds it
         with open(spec.log_path, "ab") as out:
             child.process = subprocess.Popen(
                 spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
