@@ -1,5 +1,9 @@
 """The Grafana dashboards, as code: ``python compose/dashboards.py`` writes ``compose/grafana/dashboards/*.json``.
 
+Built with Grafana's own typed builders (``grafana-foundation-sdk``, for the
+Grafana version compose runs; ``pip install 'rendezvous[dashboards]'``), so a
+panel, query or option Grafana does not know fails here, not in Grafana.
+
 Each panel is one PromQL query over the metrics the rendezvous, the model
 runners and the decoy export (see rendezvous/service/metrics.py). The test
 suite runs every query against a real Prometheus scraping a live system, and
@@ -11,9 +15,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders.dashboard import Dashboard
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, GridPos
 
 OUT = Path(__file__).parent / "grafana" / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 
 # (title, unit, [(legend, query)], kind)
 Panel = tuple[str, str, list[tuple[str, str]], str]
@@ -74,9 +85,10 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
          [("within SLA", "1 - sum(increase(rendezvous_sla_misses_total[5m]))"
                          " / clamp_min(sum(increase(rendezvous_results_total[5m])), 1)")],
          "stat"),
-        ("Result latency", "s",
+        ("Result latency, with the SLA", "s",
          [("p50", "histogram_quantile(0.5, sum by (le) (rate(rendezvous_result_latency_seconds_bucket[1m])))"),
-          ("p99", "histogram_quantile(0.99, sum by (le) (rate(rendezvous_result_latency_seconds_bucket[1m])))")],
+          ("p99", "histogram_quantile(0.99, sum by (le) (rate(rendezvous_result_latency_seconds_bucket[1m])))"),
+          ("SLA", "max(rendezvous_policy_sla_seconds)")],
          "timeseries"),
         ("SLA misses by cause (5 min): intake, timer, write", "short",
          [("{{cause}}", "sum by (cause) (increase(rendezvous_sla_misses_total[5m]))")], "timeseries"),
@@ -101,18 +113,26 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
 }
 
 
-def dashboard(uid: str, title: str, panels: list[Panel]) -> dict:
-    built = []
+def _query(ref: str, legend: str, expr: str) -> prometheus.Dataquery:
+    return prometheus.Dataquery().ref_id(ref).expr(expr).legend_format(legend).datasource(DATASOURCE)
+
+
+def _panel(i: int, title: str, unit: str, targets: list[tuple[str, str]], kind: str) -> Builder[Any]:
+    builder = {"stat": stat.Panel, "timeseries": timeseries.Panel, "heatmap": heatmap.Panel}[kind]()
+    builder.id(i + 1).title(title).unit(unit).datasource(DATASOURCE)
+    builder.grid_pos(GridPos(h=8, w=12, x=12 * (i % 2), y=8 * (i // 2)))
+    for j, (legend, expr) in enumerate(targets):
+        builder.with_target(_query(chr(65 + j), legend, expr))
+    return builder
+
+
+def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
+    """One dashboard, built with Grafana's typed builders, as the JSON Grafana provisions."""
+    built = (Dashboard(title).uid(f"rendezvous-{uid}").tags(["rendezvous"]).time("now-30m", "now").refresh("10s")
+             .timezone("browser").editable())
     for i, (panel_title, unit, targets, kind) in enumerate(panels):
-        built.append({
-            "id": i + 1, "type": kind, "title": panel_title, "datasource": DATASOURCE,
-            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "targets": [{"refId": chr(65 + j), "expr": expr, "legendFormat": legend, "datasource": DATASOURCE}
-                        for j, (legend, expr) in enumerate(targets)],
-        })
-    return {"uid": f"rendezvous-{uid}", "title": title, "tags": ["rendezvous"], "schemaVersion": 39,
-            "time": {"from": "now-30m", "to": "now"}, "refresh": "10s", "panels": built}
+        built.with_panel(_panel(i, panel_title, unit, targets, kind))
+    return json.loads(json.dumps(built.build(), cls=JSONEncoder))
 
 
 def render() -> dict[str, str]:

@@ -237,6 +237,29 @@ def test_the_drift_and_dead_letter_alerts_fire(observed):
     # (whether the SLA alert fires depends on the machine's load: alerts.test.yml unit-tests its rule)
 
 
+def _read_back(dashboard: dict) -> dict:
+    """A dashboard as Grafana's own generated types (grafana-foundation-sdk) read it and write it again."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    return json.loads(json.dumps(Dashboard.from_json(dashboard), cls=JSONEncoder))
+
+
+def test_every_dashboard_is_what_grafanas_schema_types_read_back():
+    """Each file, read by the types generated from Grafana's dashboard schema, comes back unchanged: no field
+    Grafana does not know, none of the wrong shape. (A misspelt field, or a grid position that is not one, fails.)"""
+    files = sorted((COMPOSE / "grafana" / "dashboards").glob("*.json"))
+    assert len(files) == 4
+    for path in files:
+        dashboard = json.loads(path.read_text())
+        assert _read_back(dashboard) == dashboard, path.name
+        assert {p["type"] for p in dashboard["panels"]} <= {"timeseries", "stat", "heatmap"}
+    misspelt = {**dashboard, "refersh": "10s"}
+    assert _read_back(misspelt) != misspelt
+    misshapen = {**dashboard, "panels": [{**dashboard["panels"][0], "gridPos": "top left"}]}
+    assert _read_back(misshapen) != misshapen
+
+
 def test_rules_dashboards_and_compose_files_check_out(tmp_path: Path):
     promtool = shutil.which("promtool")
     if promtool is None:
