@@ -124,7 +124,56 @@ def runner_image_is_current(client, tag: str = RUNNER_IMAGE, base: str | None = 
         labels = client.images.get(tag).labels or {}
     except docker.errors.ImageNotFound:
         return False
-    return labels.get("io.rendezvous.source") == source_digest() and (base is None or labels.get("io.rendezvous.base") == base)
+    if labels.get("io.rendezvous.source") != source_digest():
+        return False
+    if base is None:
+        return True
+    try:  # the same base name, rebuilt (`image base` again), is another base
+        base_id = client.images.get(base).id
+    except docker.errors.ImageNotFound:
+        return False
+    return labels.get("io.rendezvous.base") == base and labels.get("io.rendezvous.base-id") == base_id
+
+
+def _build(client, context: Path, tag: str, buildargs: dict[str, str], progress: Progress,
+           labels: dict[str, str]) -> None:
+    """``docker build`` of ``context``, each step shown as the engine reaches it (not once the build is over)."""
+    import docker.errors
+
+    log: list[str] = []
+    try:
+        for chunk in client.api.build(path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+                                      labels=labels, decode=True):
+            line = chunk.get("stream") or chunk.get("error") or ""
+            log.append(line)
+            if "error" in chunk:
+                raise ImageError(f"docker build of {tag} failed: {chunk['error'].strip()}\n{''.join(log)[-2000:]}")
+            if line.startswith("Step"):
+                progress(line.strip())
+    except docker.errors.APIError as exc:
+        raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(log)[-2000:]}") from None
+
+
+def _image_id(client, tag: str) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _drop_replaced(client, previous: str | None, tag: str, progress: Progress) -> None:
+    """Remove the image ``tag`` named before a rebuild, now untagged (dangling), unless a container still uses it."""
+    import docker.errors
+
+    if previous is None or previous == _image_id(client, tag):
+        return
+    try:
+        client.images.remove(previous, noprune=False)
+        progress(f"removed the previous {tag} ({previous.removeprefix('sha256:')[:12]})")
+    except docker.errors.APIError:  # still in use by a container, or tagged elsewhere: it stays
+        pass
 
 
 def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER_IMAGE,
@@ -138,7 +187,7 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
     _require_image(client, base)
     root = source_root()
     digest = source_digest(root)
-    started = time.monotonic()
+    started, previous = time.monotonic(), _image_id(client, tag)
     with tempfile.TemporaryDirectory(prefix="rendezvous-image-") as tmp:
         context = Path(tmp)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -149,17 +198,11 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
         shutil.copy(root / RUNTIME_LOCK, context / "requirements.lock")
         shutil.copy(root / "containers" / "Dockerfile", context / "Dockerfile")
         progress(f"building {tag} on {base}")
-        try:
-            _, log = client.images.build(path=str(context), tag=tag, buildargs={"BASE_IMAGE": base}, rm=True,
-                                         forcerm=True, labels={"io.rendezvous.role": "runner", "io.rendezvous.source": digest,
-                                                 "io.rendezvous.base": base})
-            for chunk in log:
-                if "stream" in chunk and chunk["stream"].startswith("Step"):
-                    progress(chunk["stream"].strip())
-        except Exception as exc:  # docker.errors.BuildError carries the build log
-            lines = [c.get("stream", c.get("error", "")) for c in getattr(exc, "build_log", [])]
-            raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(lines)[-2000:]}") from None
+        _build(client, context, tag, {"BASE_IMAGE": base}, progress,
+               {"io.rendezvous.role": "runner", "io.rendezvous.source": digest, "io.rendezvous.base": base,
+                "io.rendezvous.base-id": client.images.get(base).id})
     progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    _drop_replaced(client, previous, tag, progress)
     return tag
 
 
@@ -184,7 +227,7 @@ def build_kafka_image(client, runner: str = RUNNER_IMAGE, tag: str = KAFKA_IMAGE
     jlink = java.resolve().parent / "jlink" if java else None
     if jlink is None or not jlink.is_file():
         raise ImageError("building the Kafka image needs a JDK 17+ with jlink (Debian: openjdk-17-jdk-headless)")
-    started = time.monotonic()
+    started, previous = time.monotonic(), _image_id(client, tag)
     with tempfile.TemporaryDirectory(prefix="rendezvous-kafka-image-") as tmp:
         context = Path(tmp)
         _run([str(jlink), "--add-modules", _KAFKA_JAVA_MODULES, "--strip-debug", "--no-man-pages", "--no-header-files",
@@ -194,13 +237,10 @@ def build_kafka_image(client, runner: str = RUNNER_IMAGE, tag: str = KAFKA_IMAGE
             shutil.copy(jar, context / "jars" / jar.name)
         shutil.copy(KAFKA_DOCKERFILE, context / "Dockerfile")
         progress(f"building {tag} on {runner}")
-        try:
-            client.images.build(path=str(context), tag=tag, buildargs={"RUNNER_IMAGE": runner}, rm=True, forcerm=True,
-                                labels={"io.rendezvous.role": "kafka", "io.rendezvous.source": source_digest()})
-        except Exception as exc:  # docker.errors.BuildError carries the build log
-            lines = [c.get("stream", c.get("error", "")) for c in getattr(exc, "build_log", [])]
-            raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(lines)[-2000:]}") from None
+        _build(client, context, tag, {"RUNNER_IMAGE": runner}, progress,
+               {"io.rendezvous.role": "kafka", "io.rendezvous.source": source_digest()})
     progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    _drop_replaced(client, previous, tag, progress)
     return tag
 
 
