@@ -8,12 +8,14 @@ and reused while the source tree is unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,6 +345,36 @@ def test_containers_get_the_kafka_config_mounted_read_only_and_score_over_mutual
         assert mounts[CLIENT_MOUNT]["RW"] is False
     finally:
         s.close()
+
+
+def test_the_prometheus_image_is_built_offline_and_loads_the_compose_rules(docker_client, runner_image):
+    """`rendezvous image prometheus` (what compose runs where nothing can be pulled): it serves, with the alert
+    rules of compose/prometheus mounted as compose mounts them."""
+    if shutil.which("prometheus") is None:
+        pytest.skip("needs Debian's prometheus package")
+    from rendezvous.operations.broker import free_port
+    from rendezvous.operations.images import PROMETHEUS_IMAGE
+
+    done = subprocess.run([sys.executable, "-m", "rendezvous", "image", "prometheus"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and f"built {PROMETHEUS_IMAGE}" in done.stderr, done.stderr[-2000:]
+    port, compose = free_port(), REPO / "compose" / "prometheus"
+    container = docker_client.containers.run(
+        PROMETHEUS_IMAGE, ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                           f"--web.listen-address=127.0.0.1:{port}"], detach=True, network_mode="host",
+        volumes={str(compose / "prometheus.yml"): {"bind": "/etc/prometheus/prometheus.yml", "mode": "ro"},
+                 str(compose / "alerts.yml"): {"bind": "/etc/prometheus/alerts.yml", "mode": "ro"}})
+    try:
+        def rules() -> list | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=2) as reply:
+                    return json.loads(reply.read())["data"]["groups"] or None
+            except OSError:
+                return None
+        groups = wait_until(rules, "Prometheus in its container serves the compose rules", timeout=60)
+        assert any(r["name"] == "RendezvousChampionDrift" for g in groups for r in g["rules"])
+    finally:
+        container.remove(force=True)
 
 
 def test_the_kafka_image_runs_the_embedded_broker_and_keeps_its_data(docker_client, runner_image, tmp_path: Path):

@@ -298,6 +298,9 @@ def test_the_compose_file_mounts_what_exists_and_runs_every_role():
     from rendezvous.operations.images import KAFKA_IMAGE
 
     assert services["kafka"]["image"] == KAFKA_IMAGE  # the embedded Kafka, built by `rendezvous image kafka`
+    from rendezvous.operations.images import PROMETHEUS_IMAGE
+
+    assert services["prometheus"]["image"] == f"${{PROMETHEUS_IMAGE:-{PROMETHEUS_IMAGE}}}"  # `image prometheus`
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose (Debian: apt-get install "

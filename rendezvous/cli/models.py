@@ -198,6 +198,16 @@ def image_kafka(runner: str, tag: str | None) -> None:
     build_kafka_image(connect(), runner, tag or KAFKA_IMAGE, stderr_console().log)
 
 
+@image.command("prometheus")
+@click.option("--runner", default=RUNNER_IMAGE, show_default=True, help="The runner image to build on.")
+@click.option("--tag", default=None, show_default="rendezvous/prometheus:local", help="Tag of the Prometheus image.")
+def image_prometheus(runner: str, tag: str | None) -> None:
+    """Build a Prometheus image (for compose) from this machine's Debian prometheus package: nothing is pulled."""
+    from rendezvous.operations.images import PROMETHEUS_IMAGE, build_prometheus_image
+
+    build_prometheus_image(connect(), runner, tag or PROMETHEUS_IMAGE, stderr_console().log)
+
+
 def _announced(broker: str | None, topic_prefix: str, unavailable: RuntimeUnavailable) -> list[Presence]:
     """The models that announce themselves on the stack's broker; with none to ask, Docker's error stands."""
     bootstrap = broker or find_running()

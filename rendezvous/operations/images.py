@@ -41,6 +41,9 @@ DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version rendezvous is lock
 
 Progress = Callable[[str], None]
 KAFKA_DOCKERFILE = Path(__file__).parent / "kafka" / "Dockerfile"
+#: What compose/docker-compose.yml runs for Prometheus where nothing can be pulled (`rendezvous image prometheus`).
+PROMETHEUS_IMAGE = "rendezvous/prometheus:local"
+PROMETHEUS_DOCKERFILE = Path(__file__).parent / "prometheus" / "Dockerfile"
 
 
 class ImageError(OperationsError):
@@ -273,3 +276,27 @@ def ensure_runner_image(client, progress: Progress = lambda _: None) -> str:
         if not has_image(client, base):
             build_base_image(client, base, progress)
     return build_runner_image(client, base, RUNNER_IMAGE, progress)
+
+
+def build_prometheus_image(client, runner: str = RUNNER_IMAGE, tag: str = PROMETHEUS_IMAGE,
+                           progress: Progress = lambda _: None) -> str:
+    """Build a Prometheus image for compose from this machine's ``prometheus`` and ``promtool`` (Debian's
+    package) on the runner image: nothing is pulled."""
+    _require_image(client, runner)
+    binaries = {name: shutil.which(name) for name in ("prometheus", "promtool")}
+    missing = [name for name, path in binaries.items() if path is None]
+    if missing:
+        raise ImageError(f"building the Prometheus image needs {' and '.join(missing)} on this machine "
+                         "(Debian: apt-get install prometheus)")
+    started, previous = time.monotonic(), _image_id(client, tag)
+    with tempfile.TemporaryDirectory(prefix="rendezvous-prometheus-image-") as tmp:
+        context = Path(tmp)
+        for name, path in binaries.items():
+            shutil.copy(str(path), context / name)
+        shutil.copy(PROMETHEUS_DOCKERFILE, context / "Dockerfile")
+        progress(f"building {tag} on {runner}")
+        _build(client, context, tag, {"RUNNER_IMAGE": runner}, progress,
+               {"io.rendezvous.role": "prometheus", "io.rendezvous.source": source_digest()})
+    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    _drop_replaced(client, previous, tag, progress)
+    return tag
