@@ -205,10 +205,18 @@ def test_policy_commands_validate_and_refuse(system: System, tmp_path):
     done = subprocess.run([sys.executable, "-m", "rendezvous", "policy", "validate", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "routing.explore: Input should be less than or equal to 1" in done.stderr
+    [forest] = system.start_models(scripted_spec(tmp_path, "forest", 0.5))
+    system.wait_ready([forest])
     good = tmp_path / "good.yaml"
-    good.write_text("name: p\nversion: 3\nsla_ms: 100\nrouting: {strategy: fixed, chain: [{model: a}]}\n")
-    unknown = cli(system, "policy", "apply", str(good))  # no model "a" scores on this system
-    assert unknown.returncode == 2 and "a has not scored" in unknown.stderr and "--allow-missing" in unknown.stderr
+    good.write_text("name: p\nversion: 3\nsla_ms: 100\nrouting: {strategy: fixed, chain: [{model: forrest}]}\n")
+    # a typo: validated with a warning naming the close match, refused with --strict and by apply
+    warned = cli(system, "policy", "validate", str(good))
+    typo = "nobody runs a model 'forrest' (did you mean forest?)"
+    assert warned.returncode == 0 and f"warning: {good}: {typo}" in warned.stderr, warned.stderr
+    strict = cli(system, "policy", "validate", str(good), "--strict")
+    assert strict.returncode == 2 and typo in strict.stderr
+    unknown = cli(system, "policy", "apply", str(good))  # nobody runs "forrest" on this system
+    assert unknown.returncode == 2 and typo in unknown.stderr and "--allow-missing" in unknown.stderr
     assert cli(system, "policy", "apply", str(good), "--allow-missing").returncode == 0
     good.write_text(good.read_text().replace("version: 3", "version: 2"))
     refused = cli(system, "policy", "apply", str(good), "--allow-missing")

@@ -24,10 +24,10 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
 from rendezvous.kernel.trust import StackSecret
-from rendezvous.operations.broker import resolve_broker
+from rendezvous.operations.broker import find_running, resolve_broker
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.service.policies import publish_policy
-from rendezvous.tools.inventory import deployed_models, policy_history, scoring_models
+from rendezvous.tools.inventory import policy_history, running_models, unknown_models
 from rendezvous.tools.status import await_adoption
 
 
@@ -50,11 +50,17 @@ def _load(path: Path) -> Policy:
 
 @policy.command()
 @click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def validate(path: Path) -> None:
+@click.option("--strict", is_flag=True, help="A model the policy names that nobody runs is an error (exit 2), "
+                                              "not a warning.")
+@broker_option()
+@topic_prefix_option
+def validate(path: Path, strict: bool, broker: str | None, topic_prefix: str) -> None:
     """Check a policy or stack file; exit 2 naming file, line, field and problem if it is wrong.
 
     A stack file (policy: FILE, models: [...]) is checked with its policy, and every model the
-    policy names must be one the stack starts.
+    policy names must be one the stack starts. A policy alone is checked against the models running
+    on the broker (--broker, or the embedded one of this machine), if there is one: a name nobody
+    runs is a warning naming the close matches (`forrest`: did you mean forest?), an error with --strict.
     """
     if _is_stack(path):
         stack = load_stack(path)
@@ -65,8 +71,30 @@ def validate(path: Path) -> None:
         doc = _load(path)
         if doc.deploy is not None:
             load_stack(path)  # the deprecated deploy section, checked as a stack
+        else:
+            _check_models(path, doc, broker, topic_prefix, strict)
     chain = " -> ".join(f"{e.model}" + (f" ({e.wait_ms:g} ms)" if e.wait_ms is not None else "") for e in doc.routing.chain)
     click.echo(f"{path}: valid: {doc.name} v{doc.version}, {doc.routing.strategy}, SLA {doc.sla_ms:g} ms, chain {chain}")
+
+
+def _check_models(path: Path, doc: Policy, broker: str | None, topic_prefix: str, strict: bool) -> None:
+    """Warn (or, strict, refuse) when the policy names a model nobody runs on the broker, if there is one."""
+    bootstrap = broker or find_running()
+    if bootstrap is None:
+        click.echo(f"{path}: models not checked: no broker given and none running here (pass --broker to check "
+                   "that every model it names runs)", err=True)
+        return
+    unknown = unknown_models(set(doc.model_roles), kafka_settings(bootstrap), topics_for(topic_prefix))
+    if not unknown:
+        return
+    message = f"{path}: " + "; ".join(_nobody_runs(name, close) for name, close in unknown.items())
+    if strict:
+        raise ConfigError(message, hint="check the spelling, or deploy the model first")
+    click.echo(f"warning: {message}", err=True)
+
+
+def _nobody_runs(name: str, close: list[str]) -> str:
+    return f"nobody runs a model {name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
 
 
 @policy.command()
@@ -100,14 +128,12 @@ def apply(path: Path, reason: str, allow_missing: bool, wait: bool, timeout: flo
         raise click.ClickException(f"version {doc.version} is not higher than v{current[-1][0].version} in force; "
                                    "bump `version` in the file")
     if not allow_missing:
-        scoring = scoring_models(kafka, topics)
-        missing = sorted(set(doc.model_roles) - set(scoring))
-        if missing:  # deployed but idle: no traffic yet since `up`
-            missing = sorted(set(missing) - deployed_models(kafka, topics, set(missing)))
-        if missing:
+        unknown = unknown_models(set(doc.model_roles), kafka, topics)
+        if unknown:
             raise ConfigError(
-                f"{path}: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} not scored in the last "
-                f"5 minutes and no runner of it is running (scoring: {', '.join(sorted(scoring)) or 'no model'})",
+                f"{path}: " + "; ".join(_nobody_runs(name, close) for name, close in unknown.items())
+                + f" (none scored in the last 5 minutes, none has a replica running; running: "
+                  f"{', '.join(sorted(running_models(kafka, topics))) or 'no model'})",
                 hint="check the spelling, deploy the model first, or pass --allow-missing")
     publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}", secret=secret)
     click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}" + ("" if secret else

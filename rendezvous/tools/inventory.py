@@ -8,6 +8,7 @@ Used to refuse a policy that names a model nobody runs (a typo such as
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections import defaultdict
 
@@ -18,13 +19,14 @@ from policies.record import PolicyRecord, decode_policy_record
 from policies.schema import Policy
 from rendezvous.kernel.documents import parse_document
 from rendezvous.kernel.kafka import read_range, since_offsets
+from rendezvous.kernel.presence import read_presence
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.trust import StackSecret, verify
 from rendezvous.kernel.wire import WireError, decode_score_batch
 from rendezvous.service.control import ControlFeed
 
-__all__ = ["deployed_models", "policy_history", "scoring_models"]
+__all__ = ["deployed_models", "policy_history", "running_models", "scoring_models", "unknown_models"]
 
 
 def scoring_models(kafka: KafkaSettings, topics: Topics, window_s: float = 300.0,
@@ -82,3 +84,20 @@ def policy_history(kafka: KafkaSettings, topics: Topics,
         if not out or doc.version > out[-1][0].version:
             out.append((doc, record))
     return out
+
+
+def running_models(kafka: KafkaSettings, topics: Topics) -> set[str]:
+    """Every model that scored in the last 5 minutes or has a replica announcing itself (idle but deployed)."""
+    now = time.time() * 1000
+    announced = {p.name for p in read_presence(kafka, topics) if p.role == "model" and p.alive(now)}
+    return set(scoring_models(kafka, topics)) | announced
+
+
+def unknown_models(named: set[str], kafka: KafkaSettings, topics: Topics) -> dict[str, list[str]]:
+    """The models of ``named`` that nobody runs, each with the running models whose names are close
+    (``forrest``: ``['forest']``)."""
+    running = running_models(kafka, topics)
+    missing = named - running
+    if missing:  # a runner in its consumer group that has not announced itself (an older version)
+        missing -= deployed_models(kafka, topics, missing)
+    return {name: difflib.get_close_matches(name, sorted(running), n=3, cutoff=0.6) for name in sorted(missing)}
