@@ -139,10 +139,13 @@ def runner_image_is_current(client, tag: str = RUNNER_IMAGE, base: str | None = 
 
 
 def _build(client, context: Path, tag: str, buildargs: dict[str, str], progress: Progress,
-           labels: dict[str, str]) -> None:
-    """``docker build`` of ``context``, each step shown as the engine reaches it (not once the build is over)."""
+           labels: dict[str, str], started: float) -> str:
+    """``docker build`` of ``context`` as ``tag``, each step shown as the engine reaches it (not once the build
+    is over); then the image ``tag`` named before, now untagged, is removed."""
     import docker.errors
 
+    previous = _image_id(client, tag)
+    progress(f"building {tag} on {next(iter(buildargs.values()))}")
     log: list[str] = []
     try:
         for chunk in client.api.build(path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
@@ -155,6 +158,9 @@ def _build(client, context: Path, tag: str, buildargs: dict[str, str], progress:
                 progress(line.strip())
     except docker.errors.APIError as exc:
         raise ImageError(f"docker build of {tag} failed: {exc}\n{''.join(log)[-2000:]}") from None
+    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
+    _drop_replaced(client, previous, tag, progress)
+    return tag
 
 
 def _image_id(client, tag: str) -> str | None:
@@ -190,7 +196,7 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
     _require_image(client, base)
     root = source_root()
     digest = source_digest(root)
-    started, previous = time.monotonic(), _image_id(client, tag)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rendezvous-image-") as tmp:
         context = Path(tmp)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -200,13 +206,9 @@ def build_runner_image(client, base: str = DEFAULT_BASE_IMAGE, tag: str = RUNNER
         _run(pip + ["wheel", "--no-deps", "-w", str(context / "app"), str(root)], progress, "building the rendezvous wheel")
         shutil.copy(root / RUNTIME_LOCK, context / "requirements.lock")
         shutil.copy(root / "containers" / "Dockerfile", context / "Dockerfile")
-        progress(f"building {tag} on {base}")
-        _build(client, context, tag, {"BASE_IMAGE": base}, progress,
-               {"io.rendezvous.role": "runner", "io.rendezvous.source": digest, "io.rendezvous.base": base,
-                "io.rendezvous.base-id": client.images.get(base).id})
-    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
-    _drop_replaced(client, previous, tag, progress)
-    return tag
+        return _build(client, context, tag, {"BASE_IMAGE": base}, progress,
+                      {"io.rendezvous.role": "runner", "io.rendezvous.source": digest, "io.rendezvous.base": base,
+                       "io.rendezvous.base-id": client.images.get(base).id}, started)
 
 
 #: Enough of the Java platform for the Kafka broker (jlink drops the rest: a smaller image).
@@ -230,7 +232,7 @@ def build_kafka_image(client, runner: str = RUNNER_IMAGE, tag: str = KAFKA_IMAGE
     jlink = java.resolve().parent / "jlink" if java else None
     if jlink is None or not jlink.is_file():
         raise ImageError("building the Kafka image needs a JDK 17+ with jlink (Debian: openjdk-17-jdk-headless)")
-    started, previous = time.monotonic(), _image_id(client, tag)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rendezvous-kafka-image-") as tmp:
         context = Path(tmp)
         _run([str(jlink), "--add-modules", _KAFKA_JAVA_MODULES, "--strip-debug", "--no-man-pages", "--no-header-files",
@@ -239,12 +241,8 @@ def build_kafka_image(client, runner: str = RUNNER_IMAGE, tag: str = KAFKA_IMAGE
         for jar in jars:
             shutil.copy(jar, context / "jars" / jar.name)
         shutil.copy(KAFKA_DOCKERFILE, context / "Dockerfile")
-        progress(f"building {tag} on {runner}")
-        _build(client, context, tag, {"RUNNER_IMAGE": runner}, progress,
-               {"io.rendezvous.role": "kafka", "io.rendezvous.source": source_digest()})
-    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
-    _drop_replaced(client, previous, tag, progress)
-    return tag
+        return _build(client, context, tag, {"RUNNER_IMAGE": runner}, progress,
+                      {"io.rendezvous.role": "kafka", "io.rendezvous.source": source_digest()}, started)
 
 
 def _require_image(client, name: str) -> None:
@@ -288,15 +286,11 @@ def build_prometheus_image(client, runner: str = RUNNER_IMAGE, tag: str = PROMET
     if missing:
         raise ImageError(f"building the Prometheus image needs {' and '.join(missing)} on this machine "
                          "(Debian: apt-get install prometheus)")
-    started, previous = time.monotonic(), _image_id(client, tag)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rendezvous-prometheus-image-") as tmp:
         context = Path(tmp)
         for name, path in binaries.items():
             shutil.copy(str(path), context / name)
         shutil.copy(PROMETHEUS_DOCKERFILE, context / "Dockerfile")
-        progress(f"building {tag} on {runner}")
-        _build(client, context, tag, {"RUNNER_IMAGE": runner}, progress,
-               {"io.rendezvous.role": "prometheus", "io.rendezvous.source": source_digest()})
-    progress(f"built {tag} in {time.monotonic() - started:.0f}s")
-    _drop_replaced(client, previous, tag, progress)
-    return tag
+        return _build(client, context, tag, {"RUNNER_IMAGE": runner}, progress,
+                      {"io.rendezvous.role": "prometheus", "io.rendezvous.source": source_digest()}, started)
