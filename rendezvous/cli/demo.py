@@ -48,9 +48,10 @@ from rendezvous.tools.demo import DemoOptions, run_demo
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
 @engine_option
 @click.option("--report", "report_dir", envvar="RENDEZVOUS_REPORT", show_envvar=True,
-              type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write the run in pictures to DIR/index.html (latency with the SLA, answers by model and "
-                   "reason, shares and posteriors, canary drift, quality from outcomes).")
+              type=click.Path(file_okay=False, path_type=Path), default=Path("rendezvous-report"), show_default=True,
+              help="Write the run in pictures to DIR/index.html (latency with the SLA, answers by model and reason, "
+                   "shares and posteriors, canary drift, quality from outcomes).")
+@click.option("--no-report", is_flag=True, help="Write no report.")
 @click.option("--outcome-delay-s", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Each request's label goes back as its outcome this long after its answer (the truth comes later).")
 @click.option("--max-late-share", envvar="RENDEZVOUS_MAX_LATE_SHARE", show_envvar=True, type=click.FloatRange(0, 1),
@@ -58,7 +59,7 @@ from rendezvous.tools.demo import DemoOptions, run_demo
               help="Exit with code 4 when more than this share of the answers were decided after the SLA "
                    "(the promise broken); the summary says why they were late.")
 def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, topic_prefix: str,
-         workdir: Path | None, shift_at: float, as_json: bool, engine: str, report_dir: Path | None,
+         workdir: Path | None, shift_at: float, as_json: bool, engine: str, report_dir: Path, no_report: bool,
          outcome_delay_s: float, max_late_share: float) -> None:
     """Run broker, three models, decoy and rendezvous on this machine; send requests; summarize.
 
@@ -82,7 +83,7 @@ def demo(n_requests: int, rate: float, stack_path: Path, broker: str | None, top
 
     options = DemoOptions(requests=n_requests, rate=rate, stack_path=stack_path, broker=broker,
                           topic_prefix=topic_prefix, workdir=workdir, shift_at=shift_at,
-                          client=client_config(), engine=engine, report_dir=report_dir,
+                          client=client_config(), engine=engine, report_dir=None if no_report else report_dir,
                           outcome_delay_s=outcome_delay_s)
     try:
         summary = run_demo(options, progress)
@@ -128,7 +129,9 @@ def _table(s: dict[str, Any]) -> Table:
     if "decoy_archived" in s:
         table.add_row("decoy archived", f"{s['decoy_archived']} requests")
     if s.get("report"):
-        table.add_row("report", s["report"])
+        table.add_row("report", f"{s['report']} (open it in a browser)")
+    elif s.get("report_error"):
+        table.add_row("report", f"not written: {s['report_error']}")
     g = s.get("gateway")
     if g and "error" not in g:
         table.add_row("HTTP gateway (OIP v2)", f"POST {g['url']}: {g['model']} ({g['reason']}) in {g['latency_ms']:.1f} ms")

@@ -39,7 +39,7 @@ from rendezvous.operations.stack import (
 from rendezvous.operations.stackfile import load_stack
 from rendezvous.tools.client import RequestSender, ResultCollector
 from rendezvous.tools.data import phishing_rows
-from rendezvous.tools.report import Marker, write_report
+from rendezvous.tools.report import Marker, ReportError, write_report
 from rendezvous.tools.summary import summarize
 from rendezvous.tools.timeline import Scraper
 
@@ -162,8 +162,11 @@ def run_demo(options: DemoOptions, progress: Progress) -> dict[str, Any]:
                 summary["drift"] = _drift_summary(drift, _canary(worker_url), policy)
                 summary["learned"] = _learn_from_labels(stack, outcomes, len(collector.results))
                 if scraper is not None and options.report_dir is not None:
-                    summary["report"] = str(_report(options.report_dir, scraper, summary, drift.get("shift_s"),
-                                                    policy.sla_ms))
+                    try:  # the run itself went well: a report that cannot be drawn is said, not a failure
+                        summary["report"] = str(_report(options.report_dir, scraper, summary, drift.get("shift_s"),
+                                                        policy.sla_ms).resolve())
+                    except ReportError as exc:
+                        summary["report_error"] = str(exc)
                 summary["gateway"] = _through_the_gateway(stack.gateway_url, policy.name, rows[0][0])
                 # the worker's own count of answers the broker acknowledged after the SLA, by cause
                 summary["written_after_sla"] = {k: v for k, v in _stats(worker_url).get("sla_misses", {}).items() if v}
