@@ -129,6 +129,7 @@ class Announcer:
             log.debug("presence tombstone not written: %s", exc)
 
     def _run(self) -> None:
+        self.beat()  # at once: a service is listed as soon as it runs
         while not self._stop.wait(0.5):
             self.beat()
         self._producer.flush(1)
