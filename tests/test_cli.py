@@ -91,8 +91,8 @@ deploy:
   decoy: {{archive: {tmp_path}/archive}}
 """)
     process = subprocess.Popen(
-        [sys.executable, "-m", "rendezvous", "up", str(policy), "--workdir", str(tmp_path / "work"), "--web-port", "0",
-         "--gateway-port", "0"],  # free ports, each bound by its process (the defaults, 6066 and 8080: test_help)
+        [sys.executable, "-m", "rendezvous", "up", str(policy), "--workdir", str(tmp_path / "work"), "--broker-port", "0",
+         "--web-port", "0", "--gateway-port", "0"],  # free ports (the defaults, 9092, 6066 and 8080: test_help)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     output = ProcessLines(process)
     try:
@@ -142,8 +142,8 @@ deploy:
     assert not (tmp_path / "home" / "broker.json").exists()  # forgotten when up stopped its broker
 
     again = subprocess.Popen(
-        [sys.executable, "-m", "rendezvous", "up", str(policy), "--workdir", str(tmp_path / "work"), "--web-port", "0",
-         "--no-gateway"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        [sys.executable, "-m", "rendezvous", "up", str(policy), "--workdir", str(tmp_path / "work"), "--broker-port", "0",
+         "--web-port", "0", "--no-gateway"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     output = ProcessLines(again)
     try:
         output.wait_for("stop with Ctrl-C or SIGTERM")

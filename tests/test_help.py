@@ -38,10 +38,11 @@ def test_every_option_has_help_and_a_variable_shown_by_help(path: str, command: 
 
 
 def test_up_serves_on_the_documented_ports_by_default():
-    """README: worker metrics on 6066, the gateway on 8080 and its gRPC on 8081 (the live tests bind free ports)."""
+    """README: worker metrics on 6066, the gateway on 8080 and its gRPC on 8081, the embedded broker on 9092 (the
+    live tests bind free ports)."""
     defaults = {p.name: p.default for p in main.commands["up"].params}
     assert (defaults["web_port"], defaults["gateway_port"], defaults["no_gateway"]) == (6066, 8080, False)
-    assert defaults["gateway_grpc_port"] == 8081
+    assert defaults["gateway_grpc_port"] == 8081 and defaults["broker_port"] == 9092  # the README's kcat lines
     gateway = {p.name: p.default for p in main.commands["gateway"].params}
     assert (gateway["port"], gateway["grpc_port"], gateway["no_grpc"]) == (8080, 8081, False)
     serve = {p.name: p.default for p in main.commands["serve"].params}

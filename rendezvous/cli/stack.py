@@ -48,15 +48,19 @@ from rendezvous.operations.stackfile import load_stack
               help="Port of the gateway's gRPC form of the protocol (inference.GRPCInferenceService); 0: a free one.")
 @click.option("--no-gateway", envvar="RENDEZVOUS_NO_GATEWAY", show_envvar=True, is_flag=True, default=False,
               help="Start no HTTP gateway (clients use Kafka only).")
+@click.option("--broker-port", envvar="RENDEZVOUS_BROKER_PORT", show_envvar=True, type=click.IntRange(0, 65535),
+              default=9092, show_default=True,
+              help="Port of the embedded broker `up` starts when there is none (without --broker); 0: a free one.")
 @engine_option
 @retention_option
 def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int, workdir: Path, web_port: int,
-       gateway_port: int, gateway_grpc_port: int, no_gateway: bool, engine: str, retention_minutes: int) -> None:
+       gateway_port: int, gateway_grpc_port: int, no_gateway: bool, broker_port: int, engine: str,
+       retention_minutes: int) -> None:
     """Run the models, decoy, rendezvous workers and gateway that the stack FILE declares, until SIGTERM.
 
     FILE is a stack document (policy: POLICY_FILE, models: [...]; see policies/example.stack.yaml).
-    Without --broker, uses the embedded broker running on this machine, or starts one (Kafka keeps its
-    data in WORKDIR/kafka, so a restart of `up` loses nothing).
+    Without --broker, uses the embedded broker running on this machine, or starts one on --broker-port
+    (Kafka keeps its data in WORKDIR/kafka, so a restart of `up` loses nothing).
     """
     console = stderr_console()
     stop = stop_on_signals()
@@ -67,7 +71,8 @@ def up(policy_path: Path, broker: str | None, topic_prefix: str, partitions: int
     options = StackOptions(broker, topic_prefix, partitions, workdir / "logs", client=client_config(),
                            web_port=web_port, gateway_port=None if no_gateway else gateway_port,
                            gateway_grpc_port=gateway_grpc_port,
-                           engine=engine, broker_data=workdir / "kafka", retention_ms=retention_minutes * 60_000,
+                           engine=engine, broker_data=workdir / "kafka", broker_port=broker_port,
+                           retention_ms=retention_minutes * 60_000,
                            secret_file=workdir / "secret")
     with running_stack(options, declared, lambda kind, data: console.log(data.get("text", ""))) as stack:
         console.print(_status_table(stack, policy.name))

@@ -80,7 +80,7 @@ def _state(p: Presence, at_ms: float) -> str:
         return f"gone (last seen {(at_ms - p.at_ms) / 1000:.0f} s ago)"
     ready = "ready" if p.details.get("ready") else "not ready"
     partitions = p.details.get("partitions")
-    up = _span((p.at_ms - p.started_ms) / 1000)
+    up = _span((at_ms - p.started_ms) / 1000)
     return ready + (f", partitions {_ranges(partitions)}" if partitions else "") + f", up {up}"
 
 

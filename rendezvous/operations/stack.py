@@ -25,11 +25,13 @@ from rendezvous.kernel.topics import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS, T
 from rendezvous.kernel.trust import StackSecret, remember_secret
 from rendezvous.operations.base import ModelRuntime
 from rendezvous.operations.broker import (
+    LOOPBACK,
     EmbeddedBroker,
     embedded_broker,
     fetch_wait_for,
     find_running_engine,
     forget_running,
+    port_open,
     record_running,
 )
 from rendezvous.operations.docker import DockerRuntime
@@ -58,6 +60,7 @@ class StackOptions:
     gateway_grpc_port: int | None = 0  # and its gRPC form on this one (0: a free port); None: HTTP only
     engine: str | None = None  # the embedded broker's engine: kafka, tansu, or None/auto (see operations.broker)
     broker_data: Path | None = None  # where an embedded Kafka keeps its logs (None: a temporary directory)
+    broker_port: int = 0  # of the embedded broker `up` starts (0: a free one; `up`'s default is Kafka's 9092)
     retention_ms: int = DEFAULT_RETENTION_MS  # of the request path's topics, when they are created
     #: The stack's secret (made if missing): policies, scores and bandit records are signed and checked.
     #: None: nothing is (the worker warns that anyone who can write to the broker can steer it).
@@ -102,9 +105,13 @@ def running_stack(options: StackOptions, stack: Stack, progress: Progress) -> It
     if bootstrap is None and options.find_running_broker and (found := find_running_engine()):
         bootstrap, engine = found
     if bootstrap is None:
+        if options.broker_port and port_open(LOOPBACK, options.broker_port):
+            raise OperationsError(f"cannot start the embedded broker on {LOOPBACK}:{options.broker_port}: in use",
+                                  hint=f"use what listens there with --broker {LOOPBACK}:{options.broker_port}, or "
+                                       "pass another --broker-port (RENDEZVOUS_BROKER_PORT), 0 for a free one")
         options.log_dir.mkdir(parents=True, exist_ok=True)
         broker = embedded_broker(options.engine, log_path=options.log_dir / "broker.log", data_dir=options.broker_data,
-                                 retention_ms=options.retention_ms)
+                                 retention_ms=options.retention_ms, port=options.broker_port)
         progress("status", {"text": f"starting the embedded broker ({broker.describe()})"})
         bootstrap, engine = broker.start(), broker.engine
         if options.find_running_broker:  # `up`: let explain, policy show ... find the broker it started

@@ -59,7 +59,8 @@ class StackStatus:
             "instances": [{"role": p.role, "name": p.name, "instance": p.instance, "host": p.host, "pid": p.pid,
                            "urls": p.urls, "details": p.details, "alive": p.alive(self.at_ms),
                            "last_seen_s": round((self.at_ms - p.at_ms) / 1000, 1),
-                           "up_s": round((p.at_ms - p.started_ms) / 1000, 1)} for p in self.instances],
+                           "up_s": round(((self.at_ms if p.alive(self.at_ms) else p.at_ms) - p.started_ms) / 1000, 1)}
+                          for p in self.instances],
             "workers_behind": [p.instance for p in self.behind()],
         }
 
