@@ -102,37 +102,41 @@ def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dic
 
     directory = tmp_path_factory.mktemp("observed")
     system = System(settings_for(broker), directory)
-    models = system.start_models(scripted_spec(directory, "ch", 0.5), scripted_spec(directory, "ca", 0.5))
-    decoy = system.runtime.start_decoy(directory / "archive")
-    workers = system.start_workers(write_policy(directory, POLICY))
-    system.wait_ready(models + [decoy] + workers)
-    ports = {c.spec.name: c.http_port for c in system.runtime.supervisor.children()}
-    prometheus = Prometheus(directory, {"rendezvous": [ports[w] for w in workers],
-                                        "models": [ports[m] for m in models], "decoy": [ports[decoy]]})
-    # every target scraped once before traffic: counters are seen at 0, so increase() sees them grow
-    assert eventually(lambda: len(prometheus.query("up == 1")) == 4, timeout=30), prometheus.query("up")
-    system.warm_up()
-    rng = random.Random(5)
+    prometheus = None
+    try:  # a setup that fails still stops what it started (no Prometheus or model left running)
+        models = system.start_models(scripted_spec(directory, "ch", 0.5), scripted_spec(directory, "ca", 0.5))
+        decoy = system.runtime.start_decoy(directory / "archive")
+        workers = system.start_workers(write_policy(directory, POLICY))
+        system.wait_ready(models + [decoy] + workers)
+        ports = {c.spec.name: c.http_port for c in system.runtime.supervisor.children()}
+        prometheus = Prometheus(directory, {"rendezvous": [ports[w] for w in workers],
+                                            "models": [ports[m] for m in models], "decoy": [ports[decoy]]})
+        # every target scraped once before traffic: counters are seen at 0, so increase() sees them grow
+        assert eventually(lambda: len(prometheus.query("up == 1")) == 4, timeout=30), prometheus.query("up")
+        system.warm_up()
+        rng = random.Random(5)
 
-    def request(shift: float) -> dict:
-        x = rng.random()
-        return {"ca_score": x, "ch_score": min(x + rng.gauss(0, 0.02) + shift, 1.5)}
+        def request(shift: float) -> dict:
+            x = rng.random()
+            return {"ca_score": x, "ch_score": min(x + rng.gauss(0, 0.02) + shift, 1.5)}
 
-    calm = [(f"calm-{i}", request(0.0)) for i in range(400)]
-    system.send(calm, rate=200)
-    system.produce_raw(system.topics.requests, b"this is not JSON", b"bad-1")  # one dead letter
-    system.send([(f"shifted-{i}", request(0.3)) for i in range(400)], rate=200)
-    system.results_for([f"shifted-{i}" for i in range(400)])
-    for rid, features in calm:  # the truth, later: a page is bad when the canary scored it over 0.5
-        system.sender.send_outcome(rid, features["ca_score"] > 0.5, system.collector.results[rid][0].partition)
-    system.sender.flush()
-    written = system.stats(workers[0])["results_written"]
-    wait_until(lambda: prometheus.query(f"sum(rendezvous_results_total) >= {written}"),
-               "Prometheus scraped the worker after the last result", timeout=30)
-    system.worker = workers[0]
-    yield system, prometheus, {"worker": ports[workers[0]], "model": ports[models[0]], "decoy": ports[decoy]}
-    prometheus.stop()
-    system.close()
+        calm = [(f"calm-{i}", request(0.0)) for i in range(400)]
+        system.send(calm, rate=200)
+        system.produce_raw(system.topics.requests, b"this is not JSON", b"bad-1")  # one dead letter
+        system.send([(f"shifted-{i}", request(0.3)) for i in range(400)], rate=200)
+        system.results_for([f"shifted-{i}" for i in range(400)])
+        for rid, features in calm:  # the truth, later: a page is bad when the canary scored it over 0.5
+            system.sender.send_outcome(rid, features["ca_score"] > 0.5, system.collector.results[rid][0].partition)
+        system.sender.flush()
+        written = system.stats(workers[0])["results_written"]
+        wait_until(lambda: prometheus.query(f"sum(rendezvous_results_total) >= {written}"),
+                   "Prometheus scraped the worker after the last result", timeout=30)
+        system.worker = workers[0]
+        yield system, prometheus, {"worker": ports[workers[0]], "model": ports[models[0]], "decoy": ports[decoy]}
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        system.close()
 
 
 def families(port: int) -> dict:
