@@ -35,16 +35,15 @@ def score_of(model: str | None) -> float:
 @pytest.fixture(scope="module")
 def served(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, list[str]]]:
     directory = tmp_path_factory.mktemp("gateway")
-    s = System(settings_for(broker), directory)
-    models = s.start_chain_models()
-    workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
-    s.wait_ready(models + workers)
-    s.warm_up()
-    gateways = [s.runtime.start_gateway(name=f"gateway/{i}") for i in range(2)]
-    s.wait_ready(gateways)
-    urls = [s.url(g) for g in gateways]
-    yield s, urls
-    s.close()
+    with System(settings_for(broker), directory) as s:  # closed even if the setup fails
+        models = s.start_chain_models()
+        workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
+        s.wait_ready(models + workers)
+        s.warm_up()
+        gateways = [s.runtime.start_gateway(name=f"gateway/{i}") for i in range(2)]
+        s.wait_ready(gateways)
+        urls = [s.url(g) for g in gateways]
+        yield s, urls
 
 
 @pytest.fixture

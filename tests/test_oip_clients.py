@@ -56,32 +56,31 @@ def _info(url: str, verify: ssl.SSLContext | bool = True) -> dict:
 @pytest.fixture(scope="module")
 def gateways(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     directory = tmp_path_factory.mktemp("oip")
-    s = System(settings_for(broker), directory)
-    models = s.start_chain_models()
-    workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
-    s.wait_ready(models + workers)
-    s.warm_up()
-    plain = s.runtime.start_gateway(name="gateway/plain")
-    pki = make_pki(directory)
-    (directory / "token").write_text(TOKEN)
-    secure = s.runtime.start_gateway(name="gateway/secure", extra_args=[
-        "--token-file", str(directory / "token"), "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key)])
-    s.wait_ready([plain])
-    http = s.url(plain).removeprefix("http://")
-    assert eventually(lambda: bool(s.runtime.supervisor.get(secure).http_port), timeout=30)  # its port file
-    port = s.runtime.supervisor.get(secure).http_port
-    secure_url = f"https://127.0.0.1:{port}"
+    with System(settings_for(broker), directory) as s:  # closed even if the setup fails
+        models = s.start_chain_models()
+        workers = s.start_workers(write_policy(directory, CHAIN_POLICY))
+        s.wait_ready(models + workers)
+        s.warm_up()
+        plain = s.runtime.start_gateway(name="gateway/plain")
+        pki = make_pki(directory)
+        (directory / "token").write_text(TOKEN)
+        secure = s.runtime.start_gateway(name="gateway/secure", extra_args=[
+            "--token-file", str(directory / "token"), "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key)])
+        s.wait_ready([plain])
+        http = s.url(plain).removeprefix("http://")
+        assert eventually(lambda: bool(s.runtime.supervisor.get(secure).http_port), timeout=30)  # its port file
+        port = s.runtime.supervisor.get(secure).http_port
+        secure_url = f"https://127.0.0.1:{port}"
 
-    def secure_is_up() -> bool:
-        try:
-            return httpx.get(f"{secure_url}/v2/health/live", verify=_trusting(pki.ca), timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
+        def secure_is_up() -> bool:
+            try:
+                return httpx.get(f"{secure_url}/v2/health/live", verify=_trusting(pki.ca), timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
 
-    assert eventually(secure_is_up, timeout=30)
-    yield Gateways(s, http, f"127.0.0.1:{_info(f'http://{http}')['grpc_port']}", f"127.0.0.1:{port}",
-                   f"127.0.0.1:{_info(secure_url, _trusting(pki.ca))['grpc_port']}", pki)
-    s.close()
+        assert eventually(secure_is_up, timeout=30)
+        yield Gateways(s, http, f"127.0.0.1:{_info(f'http://{http}')['grpc_port']}", f"127.0.0.1:{port}",
+                       f"127.0.0.1:{_info(secure_url, _trusting(pki.ca))['grpc_port']}", pki)
 
 
 def _rows(module, n: int, binary: bool = True) -> list:  # noqa: ANN001 - tritonclient.http or .grpc

@@ -41,16 +41,15 @@ SCORES = {"m1": 0.1, "m2": 0.2, "m3": 0.3}
 @pytest.fixture(scope="module")
 def chain(broker, tmp_path_factory) -> System:
     directory = tmp_path_factory.mktemp("chain")
-    s = System(settings_for(broker), directory)
-    models = s.start_models(*(scripted_spec(directory, m, score) for m, score in SCORES.items()))
-    workers = s.start_workers(write_policy(directory, CHAIN_POLICY),
-                              extra=["--max-request-bytes", "4096", "--orphan-ttl-ms", "1000",
-                                     "--sla-guard-ms", str(CHAIN.guard_ms)])
-    s.wait_ready(models + workers)
-    s.warm_up()
-    s.models, s.worker = dict(zip(SCORES, models, strict=True)), workers[0]
-    yield s
-    s.close()
+    with System(settings_for(broker), directory) as s:  # closed even if the setup fails
+        models = s.start_models(*(scripted_spec(directory, m, score) for m, score in SCORES.items()))
+        workers = s.start_workers(write_policy(directory, CHAIN_POLICY),
+                                  extra=["--max-request-bytes", "4096", "--orphan-ttl-ms", "1000",
+                                         "--sla-guard-ms", str(CHAIN.guard_ms)])
+        s.wait_ready(models + workers)
+        s.warm_up()
+        s.models, s.worker = dict(zip(SCORES, models, strict=True)), workers[0]
+        yield s
 
 
 def answered_by_the_rule(result) -> None:  # noqa: ANN001

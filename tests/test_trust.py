@@ -32,14 +32,13 @@ CHAIN = Chain((("m3", 30), ("m2", 30), ("m1", None)), sla_ms=100)  # CHAIN_POLIC
 def signed(broker, tmp_path_factory) -> System:
     directory = tmp_path_factory.mktemp("signed")
     secret_file = write_key(directory / "secret", bytes(range(32)))
-    s = System(settings_for(broker), directory, secret_file=secret_file)
-    s.secret, s.secret_file = StackSecret.load(secret_file), secret_file
-    models = s.start_models(*(scripted_spec(directory, m, score) for m, score in SCORES.items()))
-    [s.worker] = s.start_workers(write_policy(directory, CHAIN_POLICY), extra=["--orphan-ttl-ms", "5000"])
-    s.wait_ready([*models, s.worker])
-    s.warm_up()
-    yield s
-    s.close()
+    with System(settings_for(broker), directory, secret_file=secret_file) as s:  # closed even if the setup fails
+        s.secret, s.secret_file = StackSecret.load(secret_file), secret_file
+        models = s.start_models(*(scripted_spec(directory, m, score) for m, score in SCORES.items()))
+        [s.worker] = s.start_workers(write_policy(directory, CHAIN_POLICY), extra=["--orphan-ttl-ms", "5000"])
+        s.wait_ready([*models, s.worker])
+        s.warm_up()
+        yield s
 
 
 def _produce(system: System, topic: str, value: bytes, key: bytes | None = None, partition: int = 0,
