@@ -38,6 +38,20 @@ REPO = Path(__file__).resolve().parent.parent
 _names = itertools.count()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def rendezvous_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every command the tests run keeps its records (broker.json, secrets.json) in a home of this
+    session's, not the user's ~/.rendezvous, where sessions running side by side (pytest -n) would share them."""
+    home = tmp_path_factory.mktemp("rendezvous-home")
+    before = os.environ.get("RENDEZVOUS_HOME")
+    os.environ["RENDEZVOUS_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("RENDEZVOUS_HOME", None)
+    else:
+        os.environ["RENDEZVOUS_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """The engine ``rendezvous up`` would pick here (RENDEZVOUS_BROKER_ENGINE chooses another)."""
