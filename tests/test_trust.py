@@ -88,7 +88,9 @@ def test_a_forged_score_is_refused_dead_lettered_and_never_returned(signed: Syst
     # Sent first, the forged scores would wait as orphans and answer the request the moment it comes.
     wait_until(lambda: signed.stats(signed.worker)["forged_scores"] >= 2, "both forged scores refused")
     result = signed.ask(rid, {})
-    assert result.score != 0.999 and (result.model, result.score) == ("m3", 0.3)
+    check(result, CHAIN)  # by the chain's rule on the worker's recorded arrivals: m3 may be late on a busy machine
+    assert result.score != 0.999 and result.model in SCORES and result.score == SCORES[result.model], result
+    assert all(c.score == SCORES[m] for m, c in result.candidates.items()), result.candidates  # never a candidate
     reasons = [dict(m.headers())[DLQ_REASON].decode() for m in signed.read_topic(signed.topics.deadletter)]
     assert any("'m3' is not signed" in r for r in reasons) and any("not signed with 'm3''s key" in r for r in reasons)
 
