@@ -1,8 +1,10 @@
 """A record of the policies topic: one policy version, who applied it and why.
 
 Key ``POLICY_KEY`` on the compacted ``PREFIX.policies`` topic (one partition).
-Every reader (workers, gateways, ``rendezvous policy show``) uses
-:func:`latest_valid` to pick the version in force the same way.
+Every reader (a worker's ``PolicyStore.offer``, the gateway's follower, ``rendezvous
+policy show``'s ``policy_history``) picks the version in force the same way: of the
+records signed with the policy key (when it has one) that decode and validate, the
+highest version.
 
 >>> import msgspec
 >>> raw = msgspec.json.encode({"policy": {"name": "p"}, "applied_ms": 1.0, "by": "me"})

@@ -118,7 +118,7 @@ def models(model: str | None, as_json: bool, rate_window: float, broker: str | N
     Containers, from the Docker engine; without one, the replicas that announce themselves on the
     stack's broker (the local processes of `rendezvous up`, or runners on other hosts).
     """
-    replicas, _ = _replicas(model, broker, topic_prefix)
+    replicas = _replicas(model, broker, topic_prefix)
     rates = _score_rates(replicas, rate_window) if rate_window > 0 else {}
     if as_json:
         for r in replicas:
@@ -216,10 +216,10 @@ def _announced(broker: str | None, topic_prefix: str, unavailable: RuntimeUnavai
     return [p for p in read_presence(kafka_settings(bootstrap), topics_for(topic_prefix)) if p.role == "model"]
 
 
-def _replicas(model: str | None, broker: str | None, topic_prefix: str) -> tuple[list[Replica], str]:
-    """Containers from the Docker engine, else the replicas announced on the presence topic; and which it was."""
+def _replicas(model: str | None, broker: str | None, topic_prefix: str) -> list[Replica]:
+    """Containers from the Docker engine, else the replicas announced on the presence topic."""
     try:
-        return _runtime(None, topic_prefix).replicas(model), "docker"
+        return _runtime(None, topic_prefix).replicas(model)
     except RuntimeUnavailable as unavailable:
         announced = _announced(broker, topic_prefix, unavailable)
     now = time.time() * 1000
@@ -232,7 +232,7 @@ def _replicas(model: str | None, broker: str | None, topic_prefix: str) -> tuple
                                 metrics.removesuffix("/metrics") if metrics else None,
                                 "" if alive else f"no heartbeat for {(now - p.at_ms) / 1000:.0f} s",
                                 f"{p.host}/{p.pid}"))
-    return replicas, "presence"
+    return replicas
 
 
 def _process_logs(announced: list[Presence], model: str, tail: int) -> dict[str, str]:
