@@ -52,6 +52,8 @@ def test_demo_runs_everything_embedded_and_prints_a_json_summary(tmp_path: Path)
     assert "answered" in done.stderr  # the progress display went to stderr
     auc = summary["learned"]["roc_auc"]  # each model judged on the labels sent back as outcomes
     assert set(auc) == {"boosted", "forest", "baseline"} and all(0.8 < v <= 1 for v in auc.values()), auc
+    quality = summary["learned"]["quality"]  # and the other measures, the policy's threshold deciding accuracy
+    assert all(0.8 < q["accuracy"] <= 1 and 0 < q["brier"] < 0.2 and q["log_loss"] > 0 for q in quality.values()), quality
     page = Path(summary["report"])  # the run in pictures: every chart drawn with data, and decoded by a browser
     assert page == tmp_path / "report" / "index.html" and not empty_charts(page), empty_charts(page)
     assert rendered_charts(page) == set(CHART_NAMES)

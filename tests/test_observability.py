@@ -166,6 +166,7 @@ def labels_of(family) -> set[str]:  # noqa: ANN001
     ("worker", "rendezvous_traffic_share", "gauge", {"model"}),
     ("worker", "rendezvous_policy_sla_seconds", "gauge", set()),
     ("worker", "rendezvous_model_roc_auc", "gauge", {"model"}),
+    ("worker", "rendezvous_model_quality", "gauge", {"model", "measure"}),
     ("worker", "rendezvous_drift_detected", "gauge", {"champion", "canary"}),
     ("worker", "rendezvous_drift_ks", "gauge", {"champion", "canary", "against"}),
     ("worker", "rendezvous_drift_psi", "gauge", {"champion", "canary", "against"}),

@@ -31,7 +31,31 @@ def test_quality_needs_both_classes_and_forgets_beyond_its_window():
         q.learn_one("m", 0.9, False)
         q.learn_one("m", 0.1, True)
     assert q.roc_auc("m") == 0.0 and q.outcomes("m") == 50
-    assert ModelQuality.label(True) is True and ModelQuality.label(1) is True and ModelQuality.label(0.7) is None
+    q.learn_one("m", 0.5, 0.7)  # a numeric outcome in the window: no ROC curve, errors instead
+    assert q.roc_auc("m") is None and set(q.measures("m")) == {"mae", "rmse"}
+
+
+def test_every_measure_agrees_with_scikit_learn():
+    from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, mean_absolute_error, mean_squared_error
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(400) < 0.4
+    scores = np.clip(np.where(labels, 0.65, 0.35) + rng.normal(0, 0.2, 400), 0, 1)
+    q = ModelQuality(window=400, min_per_class=5, threshold=0.6)
+    for s, y in zip(scores, labels, strict=True):
+        q.learn_one("m", s, bool(y))
+    got = q.measures("m")
+    assert got["accuracy"] == pytest.approx(accuracy_score(labels, scores >= 0.6))
+    assert got["log_loss"] == pytest.approx(log_loss(labels, np.clip(scores, 1e-6, 1 - 1e-6)))
+    assert got["brier"] == pytest.approx(brier_score_loss(labels, scores))
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    truth = rng.normal(10, 3, 200)
+    predicted = truth + rng.normal(0, 1, 200)
+    for s, y in zip(predicted, truth, strict=True):
+        q.learn_one("regressor", s, y)
+    errors = q.measures("regressor")
+    assert errors["mae"] == pytest.approx(mean_absolute_error(truth, predicted))
+    assert errors["rmse"] == pytest.approx(np.sqrt(mean_squared_error(truth, predicted)))
 
 
 def test_every_model_that_scored_is_judged_whatever_was_returned():

@@ -120,9 +120,11 @@ def _table(s: dict[str, Any]) -> Table:
     if learned:
         table.add_row("learned from outcomes", ", ".join(f"{m} {v:.1%} right" for m, v in
                                                          sorted(learned.items(), key=lambda kv: -kv[1])))
-    auc = s.get("learned", {}).get("roc_auc")
-    if auc:
-        table.add_row("ROC AUC on the outcomes", ", ".join(f"{m} {v:.3f}" for m, v in sorted(auc.items(), key=lambda kv: -kv[1])))
+    quality = s.get("learned", {}).get("quality")
+    if quality:
+        table.add_row("quality on the outcomes", "; ".join(
+            f"{m}: " + ", ".join(f"{_MEASURES.get(k, k)} {v:.3f}" for k, v in q.items())
+            for m, q in sorted(quality.items(), key=lambda kv: -kv[1].get("roc_auc", 0))))
     drift = s.get("drift") or {}
     if drift.get("canary"):
         table.add_row("canary drift", _drift_line(drift))
@@ -141,6 +143,7 @@ def _table(s: dict[str, Any]) -> Table:
 
 
 LATE_EXIT_CODE = 4
+_MEASURES = {"roc_auc": "AUC", "log_loss": "log loss"}
 _CAUSES = {"intake": "reached the worker after they were due (a backlog before it: broker, consumer lag, "
                      "a client faster than the system)",
            "worker_busy": "decided late by a busy worker (starved of CPU)"}

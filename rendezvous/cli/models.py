@@ -120,17 +120,18 @@ def models(model: str | None, as_json: bool, rate_window: float, broker: str | N
     """
     replicas = _replicas(model, broker, topic_prefix)
     rates = _score_rates(replicas, rate_window) if rate_window > 0 else {}
+    quality = _quality(broker, topic_prefix)
     if as_json:
         for r in replicas:
-            click.echo(json.dumps({**r.as_dict(), "scores_per_s": rates.get(r.name)}))
+            click.echo(json.dumps({**r.as_dict(), "scores_per_s": rates.get(r.name), "quality": quality.get(r.model)}))
         return
     table = Table(title=f"models in stack {topic_prefix!r}")
-    for column in ("replica", "model", "version", "health", "restarts", "scores/s", "detail"):
+    for column in ("replica", "model", "version", "health", "restarts", "scores/s", "accuracy", "AUC", "detail"):
         table.add_column(column)
     for r in replicas:
-        rate = rates.get(r.name)
+        rate, judged = rates.get(r.name), quality.get(r.model) or {}
         table.add_row(r.name, r.model, r.version, r.health, str(r.restarts), "-" if rate is None else f"{rate:.1f}",
-                      r.detail)
+                      _measure(judged.get("accuracy")), _measure(judged.get("roc_auc")), r.detail)
     if not replicas:
         raise click.ClickException(f"no model replicas in stack {topic_prefix!r}; deploy one with `rendezvous deploy SPEC`")
     Console(width=None if sys.stdout.isatty() else 160).print(table)
@@ -206,6 +207,28 @@ def image_prometheus(runner: str, tag: str | None) -> None:
     from rendezvous.operations.images import PROMETHEUS_IMAGE, build_prometheus_image
 
     build_prometheus_image(connect(), runner, tag or PROMETHEUS_IMAGE, stderr_console().log)
+
+
+def _quality(broker: str | None, topic_prefix: str) -> dict[str, dict[str, float]]:
+    """Each model's quality on the outcomes, as a running worker measures it (found on the presence topic);
+    nothing when no broker or worker is at hand."""
+    bootstrap = broker or find_running()
+    if bootstrap is None:
+        return {}
+    now = time.time() * 1000
+    for p in read_presence(kafka_settings(bootstrap), topics_for(topic_prefix)):
+        if p.role == "rendezvous" and p.alive(now) and "stats" in p.urls:
+            try:
+                with urllib.request.urlopen(p.urls["stats"], timeout=2) as reply:
+                    judged = json.loads(reply.read()).get("quality", {})
+            except (OSError, ValueError):
+                continue
+            return {m: {k: v for k, v in q.items() if v is not None} for m, q in judged.items()}
+    return {}
+
+
+def _measure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _announced(broker: str | None, topic_prefix: str, unavailable: RuntimeUnavailable) -> list[Presence]:

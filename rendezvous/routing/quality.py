@@ -1,9 +1,9 @@
-"""How good each model is on the outcomes that arrived: ROC AUC over a sliding window. Pure.
+"""How good each model is on the outcomes that arrived, over a sliding window. Pure.
 
 Every model that scored a request is judged on its outcome, whichever model was
 returned (its score is known either way), so a shadow or a ramped model is
 measured on the same requests as the champion: "delta versus champion" before
-it is trusted. Outcomes are labels: ``True``/``False`` or 1/0.
+it is trusted. Outcomes are labels (``True``/``False`` or 1/0) or numbers.
 
 >>> q = ModelQuality(window=100, min_per_class=2)
 >>> for score, label in [(0.9, True), (0.8, True), (0.3, False), (0.6, False), (0.5, True)]:
@@ -20,7 +20,7 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["ModelQuality", "roc_auc"]
+__all__ = ["LABEL_MEASURES", "NUMERIC_MEASURES", "ModelQuality", "roc_auc"]
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -42,41 +42,83 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+#: What each kind of outcome is judged by (the ``measure`` label of ``rendezvous_model_quality``).
+LABEL_MEASURES = ("accuracy", "log_loss", "brier", "roc_auc")
+NUMERIC_MEASURES = ("mae", "rmse")
+#: Scores are clipped this far from 0 and 1 before a log loss: one confident miss costs ~13.8, not infinity.
+_EPS = 1e-6
+
+
 class ModelQuality:
-    """ROC AUC per model over its last ``window`` labelled scores."""
+    """Each model's quality on its last ``window`` outcomes.
 
-    def __init__(self, window: int = 5000, min_per_class: int = 20) -> None:
-        self.window, self.min_per_class = window, min_per_class
-        self._seen: dict[str, deque[tuple[float, bool]]] = {}
+    Labels (``True``/``False``, 1/0): accuracy (a score at or above ``threshold`` predicts a positive,
+    the policy's ``learning.reward.threshold``), log loss, Brier score and ROC AUC (once the window holds
+    ``min_per_class`` of each class). Numeric outcomes: mean absolute and root mean squared error of the
+    score. A window that holds any numeric outcome is judged as numeric.
 
-    def learn_one(self, model: str, score: float, label: bool) -> None:
+    >>> q = ModelQuality(window=100, min_per_class=2)
+    >>> for score, label in [(0.9, True), (0.8, True), (0.3, False), (0.6, False), (0.2, True)]:
+    ...     q.learn_one("m", score, label)
+    >>> {k: round(v, 3) for k, v in q.measures("m").items()}
+    {'accuracy': 0.6, 'log_loss': 0.642, 'brier': 0.228, 'roc_auc': 0.667}
+    >>> q.learn_one("r", 2.0, 2.5); q.learn_one("r", 1.0, 0.0)
+    >>> q.measures("r")
+    {'mae': 0.75, 'rmse': 0.7905694150420949}
+    """
+
+    def __init__(self, window: int = 5000, min_per_class: int = 20, threshold: float = 0.5) -> None:
+        self.window, self.min_per_class, self.threshold = window, min_per_class, threshold
+        self._seen: dict[str, deque[tuple[float, float]]] = {}
+
+    def learn_one(self, model: str, score: float, outcome: float | bool) -> None:
         seen = self._seen.get(model)
         if seen is None:
             seen = self._seen[model] = deque(maxlen=self.window)
-        seen.append((float(score), bool(label)))
+        seen.append((float(score), float(outcome)))
 
     def outcomes(self, model: str) -> int:
         return len(self._seen.get(model, ()))
 
-    def roc_auc(self, model: str) -> float | None:
-        """None until the window holds ``min_per_class`` positives and negatives."""
+    def _arrays(self, model: str) -> tuple[np.ndarray, np.ndarray] | None:
         seen = self._seen.get(model)
         if not seen:
             return None
-        scores = np.fromiter((s for s, _ in seen), float, len(seen))
-        labels = np.fromiter((y for _, y in seen), bool, len(seen))
+        return (np.fromiter((s for s, _ in seen), float, len(seen)), np.fromiter((y for _, y in seen), float, len(seen)))
+
+    def roc_auc(self, model: str) -> float | None:
+        """None until the window holds ``min_per_class`` positives and negatives (and only labels)."""
+        got = self._arrays(model)
+        if got is None or not _labels(got[1]):
+            return None
+        scores, outcomes = got
+        labels = outcomes.astype(bool)
         if min(labels.sum(), (~labels).sum()) < self.min_per_class:
             return None
         return roc_auc(scores, labels)
 
-    def report(self) -> dict[str, dict[str, float | int | None]]:
-        return {m: {"roc_auc": self.roc_auc(m), "outcomes": self.outcomes(m)} for m in sorted(self._seen)}
+    def measures(self, model: str) -> dict[str, float]:
+        """Every measure that is defined for the model's window (none before its first outcome)."""
+        got = self._arrays(model)
+        if got is None:
+            return {}
+        scores, outcomes = got
+        if not _labels(outcomes):
+            error = scores - outcomes
+            return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error ** 2).mean()))}
+        p = np.clip(scores, _EPS, 1 - _EPS)
+        found = {"accuracy": float(((scores >= self.threshold) == (outcomes == 1)).mean()),
+                 "log_loss": float(-(outcomes * np.log(p) + (1 - outcomes) * np.log(1 - p)).mean()),
+                 "brier": float(((scores - outcomes) ** 2).mean())}
+        auc = self.roc_auc(model)
+        if auc is not None:
+            found["roc_auc"] = auc
+        return found
 
-    @staticmethod
-    def label(outcome: float | bool) -> bool | None:
-        """An outcome as a label, or None if it is not one (a Gaussian outcome has no ROC curve)."""
-        if isinstance(outcome, bool):
-            return outcome
-        if outcome in (0, 1):
-            return bool(outcome)
-        return None
+    def report(self) -> dict[str, dict[str, float | int | None]]:
+        return {m: {"roc_auc": self.roc_auc(m), "outcomes": self.outcomes(m), **self.measures(m)}
+                for m in sorted(self._seen)}
+
+
+def _labels(outcomes: np.ndarray) -> bool:
+    return bool(np.isin(outcomes, (0.0, 1.0)).all())

@@ -38,6 +38,7 @@ class ControlPlane:
         self.crediting = OutcomeCrediting(settings.kafka, settings.topics, settings.worker_id,
                                           ScoreIndex(horizon_ms, settings.outcome_index_size), on_fatal,
                                           settings.secret.worker_key if settings.secret else None)
+        self.crediting.quality.threshold = store.doc.learning.reward.threshold  # accuracy's cut, the policy's
         self.unsigned_bandit_records = 0
         self._next_flush = self._next_ramp_check = 0.0
         self.rollbacks: list[str] = []
@@ -89,6 +90,7 @@ class ControlPlane:
                 self.router.set_policy(compiled)
                 # the outcome horizon is the policy's in force, not the first one's
                 self.crediting.index.horizon_ms = 1000.0 * compiled.doc.learning.outcome_horizon_s
+                self.crediting.quality.threshold = compiled.doc.learning.reward.threshold
         if drained.observations:
             self.crediting.absorb(drained.observations, self.store.learner, now_ms)
         if now_ms >= self._next_flush:

@@ -57,10 +57,9 @@ class OutcomeCrediting:
         scores = self.index.scores(outcome.request_id)
         status, observations = self.index.credit(outcome.request_id, outcome.outcome, t_ms, rule, now_ms)
         self.outcomes[status] += 1
-        label = ModelQuality.label(outcome.outcome)
-        if status == "credited" and scores and label is not None:
+        if status == "credited" and scores:
             for model, score in scores.items():  # every model that scored it, whichever was returned
-                self.quality.learn_one(model, score, label)
+                self.quality.learn_one(model, score, outcome.outcome)
         if observations:
             self._observations.extend(observations)
             self._holds.append(hold)

@@ -217,13 +217,20 @@ class _StateCollector:
                                 labels=["model"])
         judged = GaugeMetricFamily("rendezvous_model_quality_outcomes",
                                    "Labelled outcomes in each model's ROC AUC window", labels=["model"])
+        measured = GaugeMetricFamily("rendezvous_model_quality",
+                                     "Each model's quality on the outcomes that arrived (sliding window), by measure: "
+                                     "accuracy, log_loss, brier, roc_auc (labels); mae, rmse (numeric outcomes)",
+                                     labels=["model", "measure"])
         for model in sorted(named):
             value = quality.roc_auc(model)
             if value is not None:
                 auc.add_metric([model], value)
             judged.add_metric([model], quality.outcomes(model))
+            for measure, v in quality.measures(model).items():
+                measured.add_metric([model, measure], v)
         yield auc
         yield judged
+        yield measured
         yield from _drift_metrics(w.canary)
 
 

@@ -240,7 +240,9 @@ def _learn_from_labels(stack, outcomes: OutcomeFeeder, answered: int,  # noqa: A
             break
         time.sleep(0.3)
     return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {}),
-            "roc_auc": {m: q["roc_auc"] for m, q in stats.get("quality", {}).items() if q["roc_auc"] is not None}}
+            "roc_auc": {m: q["roc_auc"] for m, q in stats.get("quality", {}).items() if q["roc_auc"] is not None},
+            "quality": {m: {k: v for k, v in q.items() if k != "outcomes" and v is not None}
+                        for m, q in stats.get("quality", {}).items()}}
 
 
 def _request_rows(rows: list, n: int, shift_at: float) -> list[int]:

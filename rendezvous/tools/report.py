@@ -7,7 +7,7 @@
 - traffic shares, and the posterior mean reward the bandit holds for each model;
 - the canary's sequential drift statistic against its threshold, with the
   detection (and, in the demo, the input shift) marked;
-- live model quality: each model's ROC AUC on the outcomes that arrived.
+- live model quality: each model's ROC AUC and accuracy on the outcomes that arrived.
 
 The page embeds its charts (one file to mail or attach to a ticket) and the same
 PNGs are written beside it. A chart with nothing to show says why instead of
@@ -110,10 +110,18 @@ def _drift(ax: Any, page: _Page) -> str | None:
 
 
 def _quality(ax: Any, page: _Page) -> str | None:
-    drawn = _lines(ax, page, page.timeline.gauge("rendezvous_model_roc_auc", ["model"]))
-    ax.axhline(0.5, color="grey", linestyle=":", label="chance")
-    ax.set_ylabel("ROC AUC on outcomes")
-    return None if drawn else "no outcomes have arrived"
+    measured = page.timeline.gauge("rendezvous_model_quality", ["model", "measure"])
+    colors = {m: f"C{i}" for i, m in enumerate(sorted({model for model, _ in measured}))}  # one per model
+    drawn = 0
+    for (model, measure), points in sorted(measured.items()):
+        if measure in ("roc_auc", "accuracy") and points:
+            ax.plot([t - page.start_s for t, _ in points], [v for _, v in points], color=colors[model],
+                    linestyle="-" if measure == "roc_auc" else ":", label=f"{model}: {measure.replace('_', ' ')}",
+                    marker="." if len(points) < 30 else None)
+            drawn += 1
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance (AUC)")
+    ax.set_ylabel("ROC AUC / accuracy")
+    return None if drawn else "no labelled outcomes have arrived"
 
 
 #: (file stem, title, draw): each draw returns why its chart is empty, or None.
