@@ -46,7 +46,12 @@ class RampSpec(Strict):
     window: Annotated[int, Field(ge=10)] = 1000
     #: Roll back when its ROC AUC on the outcomes is this much below the champion's (0.02: two points).
     max_auc_shortfall: Annotated[float, Field(ge=0, le=1)] | None = None
-    min_outcomes: Annotated[int, Field(ge=10)] = 200  # labelled outcomes before the AUCs are compared
+    #: Roll back when a measure of its quality on the outcomes is worse than the champion's by more than this,
+    #: e.g. {accuracy: 0.02, log_loss: 0.05}: lower is worse for accuracy and roc_auc, higher for log_loss,
+    #: brier, mae and rmse (Flagger's metric checks, on the truth that arrived).
+    max_worse_than_champion: dict[Literal["accuracy", "log_loss", "brier", "roc_auc", "mae", "rmse"],
+                                  Annotated[float, Field(ge=0)]] = {}
+    min_outcomes: Annotated[int, Field(ge=10)] = 200  # outcomes each of the two needs before they are compared
 
 
 class ModelEntry(Strict):

@@ -133,6 +133,23 @@ RAMP = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\
         "            ramp: {start: 0.5, step: 0%s}")
 
 
+def test_a_ramped_model_with_worse_answers_is_rolled_back_by_itself(system: System):
+    """Quality gate: n answers every page as benign (0.2), a always right (0.9); once 20 outcomes (all phishing)
+    have arrived, n's accuracy trails a's by more than the limit and the worker publishes the rollback."""
+    ramp = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\n"
+            "            ramp: {start: 0.5, step: 0, min_outcomes: 20, max_worse_than_champion: {accuracy: 0.2}}")
+    [worker] = start(system, {"a": 0.9, "n": 0.2}, policy_text(1, "[{model: a}]", ramp), workers=1)
+    ids = [f"judged-{i}" for i in range(40)]
+    system.send([(rid, {}) for rid in ids], rate=100)
+    system.results_for(ids)
+    send_outcomes(system, [(rid, True) for rid in ids])
+    wait_until(lambda: system.stats(worker)["policy"]["version"] == 2, "the worse ramp rolled back (v2)", timeout=30)
+    [reason] = system.stats(worker)["rollbacks"]
+    assert reason.startswith("v2: n: accuracy 0.000 is worse than champion a's 1.000"), reason
+    shown = json.loads(cli(system, "policy", "show", "--json").stdout)
+    assert shown["version"] == 2 and shown["models"]["n"]["role"] == "shadow"
+
+
 def test_a_ramped_model_takes_its_share_and_is_rolled_back_when_it_hangs(system: System):
     workers = start(system, {"a": 0.9, "b": 0.2, "n": 0.7},
                     policy_text(1, "[{model: a, wait_ms: 20}, {model: b}]", RAMP % ""), workers=1)

@@ -98,3 +98,34 @@ def test_a_ramp_as_good_as_the_champion_carries_on():
         q.learn_one("old", 0.8 if label else 0.2, label)
         q.learn_one("new", 0.7 if label else 0.3, label)
     assert ramp.verdict(q) is None
+
+
+@pytest.mark.parametrize(("measure", "limit"), [("accuracy", 0.05), ("log_loss", 0.1), ("brier", 0.05)])
+def test_a_ramp_worse_than_the_champion_on_a_measure_is_rolled_back_and_one_as_good_carries_on(measure, limit):
+    """max_worse_than_champion: accuracy falls, log loss and Brier rise; judged after min_outcomes only."""
+    limits = RampLimits(min_outcomes=100, max_worse=((measure, limit),))
+    worse = RampMonitor("new", RampSchedule(), limits, applied_ms=0, champion="old")
+    as_good = RampMonitor("twin", RampSchedule(), limits, applied_ms=0, champion="old")
+    q = ModelQuality(min_per_class=10)
+    rng = random.Random(7)
+    for i in range(150):
+        label = rng.random() < 0.5
+        q.learn_one("old", 0.85 if label else 0.15, label)
+        q.learn_one("twin", 0.85 if label else 0.15, label)
+        q.learn_one("new", 0.85 if (label if rng.random() < 0.7 else not label) else 0.15, label)  # 30% wrong
+        if i == 50:
+            assert worse.verdict(q) is None  # 51 outcomes < min_outcomes: not judged yet
+    why = worse.verdict(q)
+    assert why is not None and why.startswith(f"{measure} ") and "champion old" in why, why
+    assert as_good.verdict(q) is None
+
+
+def test_a_numeric_measure_is_compared_only_where_it_is_defined():
+    limits = RampLimits(min_outcomes=20, max_worse=(("rmse", 0.5), ("accuracy", 0.01)))
+    ramp = RampMonitor("new", RampSchedule(), limits, applied_ms=0, champion="old")
+    q = ModelQuality()
+    for i in range(40):
+        q.learn_one("old", 10.0 + 0.1 * (i % 3), 10.0)
+        q.learn_one("new", 12.0, 10.0)  # two off every time: RMSE 2 against ~0.1
+    why = ramp.verdict(q)
+    assert why is not None and why.startswith("rmse ") and "accuracy" not in why, why

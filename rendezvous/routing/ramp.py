@@ -45,7 +45,9 @@ class RampLimits:
     window: int = 1000
     #: Roll back when its ROC AUC on the outcomes that arrived is this much below the champion's.
     max_auc_shortfall: float | None = None
-    min_outcomes: int = 200  # labelled outcomes each of the two needs before the AUCs are compared
+    min_outcomes: int = 200  # outcomes each of the two needs before their quality is compared
+    #: ``(measure, limit)``: roll back when the measure is worse than the champion's by more than the limit.
+    max_worse: tuple[tuple[str, float], ...] = ()
 
 
 class RampMonitor:
@@ -100,6 +102,10 @@ class RampMonitor:
             if judged and mine is not None and theirs is not None and mine < theirs - lim.max_auc_shortfall:
                 return (f"ROC AUC {mine:.3f} < champion {self.champion}'s {theirs:.3f} by more than "
                         f"{lim.max_auc_shortfall:g} over {quality.outcomes(self.model)} outcomes")
+        if lim.max_worse and quality is not None:
+            worse = self._worse_than_champion(quality)
+            if worse:
+                return worse
         n = len(self._latency)
         if lim.p99_latency_ms is not None and n >= lim.min_samples:
             # Nearest rank, so that "never answered" (infinite) values need no interpolating.
@@ -114,3 +120,23 @@ class RampMonitor:
                 if rate > limit:
                     return f"disagrees with the {who} on {rate:.1%} of requests > limit {limit:.1%}"
         return None
+
+    def _worse_than_champion(self, quality: ModelQuality) -> str | None:
+        """The first measure of ``max_worse`` on which the ramped model trails the champion by more than its limit."""
+        outcomes = min(quality.outcomes(self.model), quality.outcomes(self.champion))
+        if outcomes < self.limits.min_outcomes:
+            return None
+        mine, theirs = quality.measures(self.model), quality.measures(self.champion)
+        for measure, limit in self.limits.max_worse:
+            if measure not in mine or measure not in theirs:
+                continue  # not defined for these outcomes (AUC needs both classes; MAE numeric ones)
+            lower_is_worse = measure in HIGHER_IS_BETTER
+            by = theirs[measure] - mine[measure] if lower_is_worse else mine[measure] - theirs[measure]
+            if by > limit:
+                return (f"{measure} {mine[measure]:.3f} is worse than champion {self.champion}'s "
+                        f"{theirs[measure]:.3f} by more than {limit:g} over {outcomes} outcomes")
+        return None
+
+
+#: Quality measures where more is better; for the others (losses and errors), less is.
+HIGHER_IS_BETTER = frozenset({"accuracy", "roc_auc"})
