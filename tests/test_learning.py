@@ -172,6 +172,14 @@ def test_outcomes_credit_every_model_late_ones_included():
     assert all(o.t_ms == 5000 for o in obs)
 
 
+def test_the_index_knows_which_version_scored_a_request_late_ones_included():
+    """Quality is judged per model version: a score that came after the answer keeps its version too."""
+    index = ScoreIndex(HOUR_MS, 10)
+    index.record("r", {"a": 0.9}, chosen="a", now_ms=0, versions={"a": "2"})
+    index.add_late("r", "c", 0.8, "1.0.0")
+    assert index.versions("r") == {"a": "2", "c": "1.0.0"} and index.versions("unknown") == {}
+
+
 def test_duplicate_unknown_and_expired_outcomes_are_not_credited():
     index, rule = ScoreIndex(HOUR_MS, 10), RewardRule()
     index.record("r", {"a": 0.9}, "a", now_ms=0)

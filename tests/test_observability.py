@@ -128,6 +128,9 @@ def observed(broker, tmp_path_factory) -> Iterator[tuple[System, Prometheus, dic
         for rid, features in calm:  # the truth, later: a page is bad when the canary scored it over 0.5
             system.sender.send_outcome(rid, features["ca_score"] > 0.5, system.collector.results[rid][0].partition)
         system.sender.flush()
+        wait_until(lambda: len(prometheus.query('rendezvous_model_quality{measure="roc_auc"}')) == 2,
+                   "Prometheus scraped both models' quality on the outcomes (late scores' versions included)",
+                   timeout=30)
         written = system.stats(workers[0])["results_written"]
         wait_until(lambda: prometheus.query(f"sum(rendezvous_results_total) >= {written}"),
                    "Prometheus scraped the worker after the last result", timeout=30)
@@ -166,7 +169,7 @@ def labels_of(family) -> set[str]:  # noqa: ANN001
     ("worker", "rendezvous_traffic_share", "gauge", {"model"}),
     ("worker", "rendezvous_policy_sla_seconds", "gauge", set()),
     ("worker", "rendezvous_model_roc_auc", "gauge", {"model"}),
-    ("worker", "rendezvous_model_quality", "gauge", {"model", "measure"}),
+    ("worker", "rendezvous_model_quality", "gauge", {"model", "version", "measure"}),
     ("worker", "rendezvous_drift_detected", "gauge", {"champion", "canary"}),
     ("worker", "rendezvous_drift_ks", "gauge", {"champion", "canary", "against"}),
     ("worker", "rendezvous_drift_psi", "gauge", {"champion", "canary", "against"}),

@@ -123,13 +123,14 @@ def models(model: str | None, as_json: bool, rate_window: float, broker: str | N
     quality = _quality(broker, topic_prefix)
     if as_json:
         for r in replicas:
-            click.echo(json.dumps({**r.as_dict(), "scores_per_s": rates.get(r.name), "quality": quality.get(r.model)}))
+            judged = quality.get(f"{r.model}@{r.version}") or quality.get(r.model)
+            click.echo(json.dumps({**r.as_dict(), "scores_per_s": rates.get(r.name), "quality": judged}))
         return
     table = Table(title=f"models in stack {topic_prefix!r}")
     for column in ("replica", "model", "version", "health", "restarts", "scores/s", "accuracy", "AUC", "detail"):
         table.add_column(column)
     for r in replicas:
-        rate, judged = rates.get(r.name), quality.get(r.model) or {}
+        rate, judged = rates.get(r.name), quality.get(f"{r.model}@{r.version}") or quality.get(r.model) or {}
         table.add_row(r.name, r.model, r.version, r.health, str(r.restarts), "-" if rate is None else f"{rate:.1f}",
                       _measure(judged.get("accuracy")), _measure(judged.get("roc_auc")), r.detail)
     if not replicas:

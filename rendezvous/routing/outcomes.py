@@ -59,16 +59,19 @@ class ScoreIndex:
         self._entries: OrderedDict[str, list[Any]] = OrderedDict()
         self._credited_early: OrderedDict[str, float] = OrderedDict()  # credited before we saw it (replay)
 
-    def record(self, request_id: str, scores: dict[str, float], chosen: str | None, now_ms: float) -> None:
+    def record(self, request_id: str, scores: dict[str, float], chosen: str | None, now_ms: float,
+               versions: dict[str, str] | None = None) -> None:
         credited = self._credited_early.pop(request_id, None) is not None
-        self._entries[request_id] = [now_ms, dict(scores), chosen, credited]
+        self._entries[request_id] = [now_ms, dict(scores), chosen, credited, dict(versions or {})]
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def add_late(self, request_id: str, model: str, score: float) -> None:
+    def add_late(self, request_id: str, model: str, score: float, version: str | None = None) -> None:
         entry = self._entries.get(request_id)
         if entry is not None and not entry[3]:
             entry[1].setdefault(model, score)
+            if version is not None:
+                entry[4].setdefault(model, version)
 
     def mark_credited(self, request_id: str, now_ms: float) -> None:
         """An outcome for this request was credited already (seen in the shared observations)."""
@@ -85,6 +88,11 @@ class ScoreIndex:
         entry = self._entries.get(request_id)
         return None if entry is None or entry[3] else dict(entry[1])
 
+    def versions(self, request_id: str) -> dict[str, str]:
+        """Which version of each model scored the request (as recorded; a late score's is not known)."""
+        entry = self._entries.get(request_id)
+        return dict(entry[4]) if entry is not None else {}
+
     def credit(
         self, request_id: str, outcome: float | bool, t_ms: float, rule: RewardRule, now_ms: float,
     ) -> tuple[Literal["credited", "duplicate", "unknown"], list[Observation]]:
@@ -94,7 +102,7 @@ class ScoreIndex:
         if entry[3]:
             return "duplicate", []
         entry[3] = True
-        _, scores, chosen, _ = entry
+        _, scores, chosen, _, _ = entry
         if rule.credit == "chosen":
             # Only the returned answer's outcome is known; a default answer returned no model's
             # score, so the outcome says nothing about any model.

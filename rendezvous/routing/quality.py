@@ -65,20 +65,33 @@ class ModelQuality:
     >>> q.learn_one("r", 2.0, 2.5); q.learn_one("r", 1.0, 0.0)
     >>> q.measures("r")
     {'mae': 0.75, 'rmse': 0.7905694150420949}
+
+    Given its version, an outcome also judges ``model@version`` (a version swap, judged version by version):
+
+    >>> q.learn_one("r", 3.0, 2.0, version="2"); q.versions(), q.outcomes("r@2"), q.outcomes("r")
+    ([('r', '2')], 1, 3)
     """
 
     def __init__(self, window: int = 5000, min_per_class: int = 20, threshold: float = 0.5) -> None:
         self.window, self.min_per_class, self.threshold = window, min_per_class, threshold
+        # keyed by model, and by "model@version" where the version is known: a swap is judged version by version
         self._seen: dict[str, deque[tuple[float, float]]] = {}
 
-    def learn_one(self, model: str, score: float, outcome: float | bool) -> None:
-        seen = self._seen.get(model)
-        if seen is None:
-            seen = self._seen[model] = deque(maxlen=self.window)
-        seen.append((float(score), float(outcome)))
+    def learn_one(self, model: str, score: float, outcome: float | bool, version: str | None = None) -> None:
+        for key in (model, f"{model}@{version}") if version else (model,):
+            seen = self._seen.get(key)
+            if seen is None:
+                seen = self._seen[key] = deque(maxlen=self.window)
+            seen.append((float(score), float(outcome)))
 
     def outcomes(self, model: str) -> int:
+        """How many outcomes judge ``model`` (any version), or ``model@version``."""
         return len(self._seen.get(model, ()))
+
+    def versions(self) -> list[tuple[str, str]]:
+        """Every ``(model, version)`` judged so far."""
+        pairs = (key.split("@", 1) for key in self._seen if "@" in key)
+        return sorted((model, version) for model, version in pairs)
 
     def _arrays(self, model: str) -> tuple[np.ndarray, np.ndarray] | None:
         seen = self._seen.get(model)
@@ -116,6 +129,7 @@ class ModelQuality:
         return found
 
     def report(self) -> dict[str, dict[str, float | int | None]]:
+        """Per model (any version) and per ``model@version``."""
         return {m: {"roc_auc": self.roc_auc(m), "outcomes": self.outcomes(m), **self.measures(m)}
                 for m in sorted(self._seen)}
 

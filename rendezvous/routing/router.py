@@ -89,7 +89,8 @@ class Step:
     decisions: list[Decision] = field(default_factory=list)
     released: list[Any] = field(default_factory=list)  # tokens whose records need no more work
     kept: int = 0  # on_scores: how many scores now reference the batch token
-    late: list[tuple[str, str, float | None]] = field(default_factory=list)  # (request, model, score) after the answer
+    #: (request, model, score, model version) of scores that came after the answer
+    late: list[tuple[str, str, float | None, str]] = field(default_factory=list)
 
 
 #: How counts name a model the policy does not: a writer may invent any number of names.
@@ -186,7 +187,7 @@ class Router:
                 kind = "duplicate" if model in decided_models else "late"
                 self.stats.dropped[kind, model] += 1
                 if kind == "late":
-                    step.late.append((s.request_id, model, s.score))
+                    step.late.append((s.request_id, model, s.score, model_version))
             else:
                 step.kept += 1
                 for evicted in self._orphans.add(s.request_id, OrphanScore(model, view, token), now_ms):

@@ -59,12 +59,13 @@ class ControlPlane:
         """Index results a previous owner of a partition wrote, for their outcomes to come."""
         index = self.crediting.index
         for r in results:
-            index.record(r.request_id, {m: c.score for m, c in r.candidates.items() if c.score is not None},
-                         r.model, r.decided_ms)
+            taken = {m: c for m, c in r.candidates.items() if c.score is not None}
+            index.record(r.request_id, {m: c.score for m, c in taken.items()}, r.model, r.decided_ms,
+                         {m: c.model_version for m, c in taken.items()})
 
-    def on_late(self, late: list[tuple[str, str, float | None]]) -> None:
-        for request_id, model, score in late:
-            self.crediting.late(request_id, model, score)
+    def on_late(self, late: list[tuple[str, str, float | None, str]]) -> None:
+        for request_id, model, score, version in late:
+            self.crediting.late(request_id, model, score, version)
 
     def on_outcome_event(self, event: Any, writer: ResultWriter, now_ms: float) -> None:
         message = event.message

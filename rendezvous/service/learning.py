@@ -45,21 +45,23 @@ class OutcomeCrediting:
 
     def record(self, decision: Decision) -> None:
         """Remember a decided request's scores for the outcome to come."""
-        scores = {m: v.score for m, v in decision.pending.scores.items() if v.score is not None}
-        self.index.record(decision.pending.request_id, scores, decision.choice.model, decision.decided_ms)
+        views = decision.pending.scores
+        scores = {m: v.score for m, v in views.items() if v.score is not None}
+        self.index.record(decision.pending.request_id, scores, decision.choice.model, decision.decided_ms,
+                          {m: views[m].model_version for m in scores})
 
-    def late(self, request_id: str, model: str, score: float | None) -> None:
+    def late(self, request_id: str, model: str, score: float | None, version: str | None = None) -> None:
         if score is not None:
-            self.index.add_late(request_id, model, score)
+            self.index.add_late(request_id, model, score, version)
 
     def on_outcome(self, outcome: Outcome, hold: Ack, rule: RewardRule, now_ms: float) -> str:
         t_ms = outcome.time_ms if outcome.time_ms is not None else now_ms
-        scores = self.index.scores(outcome.request_id)
+        scores, versions = self.index.scores(outcome.request_id), self.index.versions(outcome.request_id)
         status, observations = self.index.credit(outcome.request_id, outcome.outcome, t_ms, rule, now_ms)
         self.outcomes[status] += 1
         if status == "credited" and scores:
             for model, score in scores.items():  # every model that scored it, whichever was returned
-                self.quality.learn_one(model, score, outcome.outcome)
+                self.quality.learn_one(model, score, outcome.outcome, versions.get(model))
         if observations:
             self._observations.extend(observations)
             self._holds.append(hold)

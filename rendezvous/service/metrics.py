@@ -218,16 +218,18 @@ class _StateCollector:
         judged = GaugeMetricFamily("rendezvous_model_quality_outcomes",
                                    "Labelled outcomes in each model's ROC AUC window", labels=["model"])
         measured = GaugeMetricFamily("rendezvous_model_quality",
-                                     "Each model's quality on the outcomes that arrived (sliding window), by measure: "
-                                     "accuracy, log_loss, brier, roc_auc (labels); mae, rmse (numeric outcomes)",
-                                     labels=["model", "measure"])
+                                     "Each model version's quality on the outcomes that arrived (sliding window), by "
+                                     "measure: accuracy, log_loss, brier, roc_auc (labels); mae, rmse (numeric outcomes)",
+                                     labels=["model", "version", "measure"])
+        versions = quality.versions()
         for model in sorted(named):
             value = quality.roc_auc(model)
             if value is not None:
                 auc.add_metric([model], value)
             judged.add_metric([model], quality.outcomes(model))
-            for measure, v in quality.measures(model).items():
-                measured.add_metric([model, measure], v)
+            for version in [v for m, v in versions if m == model] or [""]:  # "": outcomes of no known version
+                for measure, v in quality.measures(f"{model}@{version}" if version else model).items():
+                    measured.add_metric([model, version, measure], v)
         yield auc
         yield judged
         yield measured

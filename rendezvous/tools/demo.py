@@ -240,9 +240,14 @@ def _learn_from_labels(stack, outcomes: OutcomeFeeder, answered: int,  # noqa: A
             break
         time.sleep(0.3)
     return {"outcomes": stats.get("outcomes", {}), "posterior_means": stats.get("posterior_means", {}),
-            "roc_auc": {m: q["roc_auc"] for m, q in stats.get("quality", {}).items() if q["roc_auc"] is not None},
+            "roc_auc": {m: q["roc_auc"] for m, q in _per_model(stats).items() if q["roc_auc"] is not None},
             "quality": {m: {k: v for k, v in q.items() if k != "outcomes" and v is not None}
-                        for m, q in stats.get("quality", {}).items()}}
+                        for m, q in _per_model(stats).items()}}
+
+
+def _per_model(stats: dict[str, Any]) -> dict[str, Any]:
+    """The worker's quality report per model (any version), without its per ``model@version`` entries."""
+    return {m: q for m, q in stats.get("quality", {}).items() if "@" not in m}
 
 
 def _request_rows(rows: list, n: int, shift_at: float) -> list[int]:

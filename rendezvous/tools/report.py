@@ -110,13 +110,15 @@ def _drift(ax: Any, page: _Page) -> str | None:
 
 
 def _quality(ax: Any, page: _Page) -> str | None:
-    measured = page.timeline.gauge("rendezvous_model_quality", ["model", "measure"])
-    colors = {m: f"C{i}" for i, m in enumerate(sorted({model for model, _ in measured}))}  # one per model
+    measured = page.timeline.gauge("rendezvous_model_quality", ["model", "version", "measure"])
+    names = sorted({f"{model} {version}".strip() for model, version, _ in measured})
+    colors = {name: f"C{i}" for i, name in enumerate(names)}  # one per model version
     drawn = 0
-    for (model, measure), points in sorted(measured.items()):
+    for (model, version, measure), points in sorted(measured.items()):
+        name = f"{model} {version}".strip()
         if measure in ("roc_auc", "accuracy") and points:
-            ax.plot([t - page.start_s for t, _ in points], [v for _, v in points], color=colors[model],
-                    linestyle="-" if measure == "roc_auc" else ":", label=f"{model}: {measure.replace('_', ' ')}",
+            ax.plot([t - page.start_s for t, _ in points], [v for _, v in points], color=colors[name],
+                    linestyle="-" if measure == "roc_auc" else ":", label=f"{name}: {measure.replace('_', ' ')}",
                     marker="." if len(points) < 30 else None)
             drawn += 1
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance (AUC)")
