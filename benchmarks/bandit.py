@@ -1,31 +1,46 @@
 """Benchmark of the routing strategies: a simulation driving the real decision code.
 
-    python -m benchmarks.bandit [--requests 20000] [--seeds 5] [--out benchmarks/results/bandit.json]
+    python -m benchmarks.bandit [--requests 12000] [--seeds 5] [--out benchmarks/results/bandit.json]
 
-Five models of different accuracy and latency score every request; the best one
-(m3) degrades half way and m4 becomes the best. Outcomes (the truth) arrive
-``--outcome-delay-ms`` after each request. The simulation runs the same Router,
-policies, ScoreIndex and Learner as a worker, with an injected clock: requests
-arrive every 10 ms, scores at their model's latency, outcomes after the delay, and
-the router is ticked at its own wake times.
+Five models of different accuracy and latency score every request, one every 10 ms.
+The simulation runs the same Router, policies, ScoreIndex and Learner as a worker,
+with an injected clock: scores arrive at their model's latency, outcomes (the truth)
+after a delay, and the router is ticked at its own wake times. Every strategy sees
+the same streams (common random numbers), so their differences are their own.
 
-Regret of a request, two ways: of the *choice* (the best model's accuracy at that
-moment minus the preferred model's: the bandit's own decision, the standard
-definition), and of the *answer* actually returned (a default counts as a coin
-flip), which adds what latency fallbacks cost every strategy alike. Reported per
-strategy, averaged over seeds, with
-each model's share of traffic over time and how many requests after the change
-the traffic took to move to the new best model. Written as JSON and a PNG plot.
+The grid, each cell over ``--seeds`` seeds:
+
+- **scenario**: ``stationary``; ``swap`` (half way, the best model m3 drops from 0.93 to
+  0.70 and m4 rises from 0.88 to 0.90); ``gradual`` (the same change, linearly over a
+  quarter of the run); ``lost`` (the swap, with 30% of outcomes never sent);
+- **credit**: ``all`` (every model that scored is credited: full information) or
+  ``chosen`` (only the returned answer's outcome is known: the bandit case);
+- **outcome delay**: 2 s and 30 s.
+
+Strategies: ``default`` (``strategy: thompson`` with the schema's default learning:
+adaptive forgetting), Thompson, epsilon-greedy (0.1) and greedy (epsilon 0) each with
+fixed half-lives of 10 s and 3600 s, and ``fixed`` (the chain as written: m1 first, not
+the best). Regret of a request is the best model's accuracy at that moment minus the
+preferred model's (the bandit's own decision). "Moved" counts the requests until the
+new best model is preferred for half of every 200-request window from then on,
+counted from the change and from the first outcome that could show it (the change
+plus the outcome delay; abrupt changes only). Regret is also compared above a floor
+no strategy beats on average: a guess until the first outcome arrives, then the best
+model as of the newest outcome (a change is invisible for the outcome delay).
+Written as JSON, and a PNG of regret per cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
+import os
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -46,61 +61,88 @@ MODELS = {  # accuracy before, accuracy after the change, mean latency ms
 }
 STEP_MS = 10.0  # one request every 10 ms
 CHAIN = """  chain:
+    - {model: m1, wait_ms: 15}
+    - {model: m2, wait_ms: 15}
     - {model: m3, wait_ms: 25}
     - {model: m4, wait_ms: 25}
-    - {model: m2, wait_ms: 15}
-    - {model: m1, wait_ms: 15}
     - {model: m5}
 """
-LEARNING = "learning:\n  reward: {kind: bernoulli, threshold: 0.5}\n  forgetting: {half_life_s: %g}\n"
-STRATEGIES = {
-    "fixed": "  strategy: fixed\n",
-    "weighted": "  strategy: weighted\n  weights: {m1: 1, m2: 1, m3: 1, m4: 1, m5: 1}\n",
-    "epsilon-greedy": "  strategy: epsilon-greedy\n  epsilon: 0.1\n",
-    "thompson": "  strategy: thompson\n",
+SCENARIOS = ("stationary", "swap", "gradual", "lost")
+CREDITS = ("all", "chosen")
+DELAYS_MS = (2_000.0, 30_000.0)
+LOST_SHARE = 0.3
+
+
+def _strategy(routing: str, half_life_s: float | None) -> tuple[str, str | None]:
+    return routing, None if half_life_s is None else f"{{half_life_s: {half_life_s:g}}}"
+
+
+STRATEGIES: dict[str, tuple[str, str | None]] = {
+    "default": _strategy("  strategy: thompson\n", None),
+    "thompson-10s": _strategy("  strategy: thompson\n", 10),
+    "thompson-3600s": _strategy("  strategy: thompson\n", 3600),
+    "epsilon-greedy-10s": _strategy("  strategy: epsilon-greedy\n  epsilon: 0.1\n", 10),
+    "epsilon-greedy-3600s": _strategy("  strategy: epsilon-greedy\n  epsilon: 0.1\n", 3600),
+    "greedy-10s": _strategy("  strategy: epsilon-greedy\n  epsilon: 0\n", 10),
+    "greedy-3600s": _strategy("  strategy: epsilon-greedy\n  epsilon: 0\n", 3600),
+    "fixed": _strategy("  strategy: fixed\n", None),
 }
+FIXED_HALF_LIVES = ("thompson-10s", "thompson-3600s")
 
 
-def accuracy(model: str, i: int, change_at: int) -> float:
-    before, after, _ = MODELS[model]
-    return before if i < change_at else after
+class Stream:
+    """Each model's accuracy at request ``i`` in one scenario."""
+
+    def __init__(self, scenario: str, requests: int) -> None:
+        self.scenario, self.change_at = scenario, requests // 2
+        self.ramp = requests // 4 if scenario == "gradual" else 0
+
+    def accuracy(self, model: str, i: int) -> float:
+        before, after, _ = MODELS[model]
+        if self.scenario == "stationary" or i < self.change_at:
+            return before
+        if self.ramp and i < self.change_at + self.ramp:
+            return before + (after - before) * (i - self.change_at) / self.ramp
+        return after
+
+    def best(self, i: int) -> str:
+        return max(MODELS, key=lambda m: self.accuracy(m, i))
 
 
-def simulate(strategy: str, requests: int, seed: int, outcome_delay_ms: float, half_life_s: float) -> dict[str, Any]:
+def simulate(strategy: str, scenario: str, credit: str, delay_ms: float, requests: int, seed: int) -> dict[str, Any]:
+    routing, forgetting = STRATEGIES[strategy]
+    learning = f"learning:\n  reward: {{kind: bernoulli, threshold: 0.5, credit: {credit}}}\n"
+    if forgetting:
+        learning += f"  forgetting: {forgetting}\n"
     doc = load_policy_text(f"name: sim\nversion: 1\nsla_ms: 100\ndefault: {{score: 0.5}}\nrouting:\n"
-                           f"{STRATEGIES[strategy]}{CHAIN}{LEARNING % half_life_s}")
-    rng = random.Random(seed)
+                           f"{routing}{CHAIN}{learning}")
+    stream = Stream(scenario, requests)
+    rng = random.Random(seed)  # the stream: the same for every strategy
     compiled = compile_policy(doc, rng=random.Random(seed + 1000))
     router, index, rule = Router(compiled), ScoreIndex(3_600_000, 10**6), compiled.reward_rule
-    change_at = requests // 2
     events: list[tuple[float, int, str, tuple]] = []
-    seq = 0
+    seq = itertools.count()
     for i in range(requests):
         t = i * STEP_MS
         truth = rng.random() < 0.5
-        events.append((t, seq, "request", (i, truth)))
-        seq += 1
+        events.append((t, next(seq), "request", (i,)))
         for model, (_, _, mean_latency) in MODELS.items():
             latency = rng.expovariate(1.0 / mean_latency)
-            correct = rng.random() < accuracy(model, i, change_at)
-            predicts = truth if correct else not truth
-            events.append((t + latency, seq, "score", (i, model, 0.8 if predicts else 0.2)))
-            seq += 1
-        events.append((t + outcome_delay_ms, seq, "outcome", (i, truth)))
-        seq += 1
+            predicts = truth if rng.random() < stream.accuracy(model, i) else not truth
+            events.append((t + latency, next(seq), "score", (i, model, 0.8 if predicts else 0.2)))
+        lost = rng.random() < LOST_SHARE
+        if not (scenario == "lost" and lost):
+            events.append((t + delay_ms, next(seq), "outcome", (i, truth)))
     heapq.heapify(events)
-    returned: dict[int, str | None] = {}
     preferred: dict[int, str] = {}
 
     def take(step) -> None:  # noqa: ANN001
         for d in step.decisions:
-            i = int(d.pending.request_id)
-            returned[i] = d.choice.model
-            preferred[i] = d.pending.plan.stages[0].model
+            preferred[int(d.pending.request_id)] = d.pending.plan.stages[0].model
             index.record(d.pending.request_id, {m: v.score for m, v in d.pending.scores.items()},
                          d.choice.model, d.decided_ms)
-        for request_id, model, score in step.late:
-            index.add_late(request_id, model, score)
+        for request_id, model, score, version in step.late:
+            index.add_late(request_id, model, score, version)
 
     while events:
         wake = router.next_wake_ms()
@@ -117,26 +159,25 @@ def simulate(strategy: str, requests: int, seed: int, outcome_delay_ms: float, h
             i, truth = data
             _, observations = index.credit(str(i), truth, t, rule, t)
             compiled.learner.observe_all(observations)
-    best = np.asarray([max(accuracy(m, i, change_at) for m in MODELS) for i in range(requests)])
-    answered = np.asarray([accuracy(returned[i], i, change_at) if returned.get(i) else 0.5 for i in range(requests)])
-    chose = np.asarray([accuracy(preferred[i], i, change_at) for i in range(requests)])
-    return {"regret": np.cumsum(best - chose), "answer_regret": np.cumsum(best - answered),
-            "preferred": [preferred.get(i) for i in range(requests)],
-            "returned": [returned.get(i) for i in range(requests)], "change_at": change_at}
+    best = np.asarray([stream.accuracy(stream.best(i), i) for i in range(requests)])
+    chose = np.asarray([stream.accuracy(preferred[i], i) for i in range(requests)])
+    lag = int(delay_ms / STEP_MS)  # the newest outcome is this many requests old
+    guess = [np.mean([stream.accuracy(m, i) for m in MODELS]) for i in range(min(lag, requests))]  # any model
+    floor = float(np.sum(best[:lag] - guess) + np.sum(best[lag:] - np.asarray(
+        [stream.accuracy(stream.best(i - lag), i) for i in range(lag, requests)])))
+    picks = [preferred[i] for i in range(requests)]
+    switch_at = next((i for i in range(requests) if stream.best(i) != stream.best(0)), None)
+    moved = moved_after(picks, switch_at, stream.best(requests - 1)) if switch_at is not None else None
+    return {"regret": float(np.sum(best - chose)), "floor": floor, "curve": np.cumsum(best - chose)[::100].tolist(),
+            "moved": moved, "moved_after_first_outcome": None if moved is None else max(0, moved - int(delay_ms / STEP_MS)),
+            "switch_at": switch_at,
+            "share_of_best": round(float(np.mean([p == stream.best(i) for i, p in enumerate(picks)])), 4),
+            "changes_detected": {m: compiled.learner.changes(m) for m in MODELS}}
 
 
-def shares(picks: list[str | None], window: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {m: [] for m in MODELS}
-    for start in range(0, len(picks), window):
-        chunk = picks[start:start + window]
-        for m in MODELS:
-            out[m].append(round(chunk.count(m) / len(chunk), 4))
-    return out
-
-
-def moved_after(picks: list[str | None], change_at: int, to: str, window: int = 200, share: float = 0.5) -> int | None:
-    """Requests after the change until the new best is preferred for ``share`` of a ``window``, and stays so."""
-    arr = np.asarray([p == to for p in picks[change_at:]], dtype=float)
+def moved_after(picks: list[str], start: int, to: str, window: int = 200, share: float = 0.5) -> int | None:
+    """Requests after ``start`` until ``to`` is preferred for ``share`` of a ``window``, and stays so."""
+    arr = np.asarray([p == to for p in picks[start:]], dtype=float)
     if len(arr) < window:
         return None
     above = np.convolve(arr, np.ones(window) / window, mode="valid") >= share
@@ -147,77 +188,105 @@ def moved_after(picks: list[str | None], change_at: int, to: str, window: int = 
     return k + window
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--outcome-delay-ms", type=float, default=2_000.0)
-    parser.add_argument("--half-life-s", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bandit.json")
-    args = parser.parse_args()
-    report: dict[str, Any] = {"models": {m: {"accuracy_before": a, "accuracy_after": b, "mean_latency_ms": lat}
-                                         for m, (a, b, lat) in MODELS.items()},
-                              "requests": args.requests, "seeds": args.seeds, "request_interval_ms": STEP_MS,
-                              "outcome_delay_ms": args.outcome_delay_ms, "half_life_s": args.half_life_s,
-                              "strategies": {}}
-    curves: dict[str, np.ndarray] = {}
-    thompson_shares = None
-    for strategy in STRATEGIES:
-        started = time.perf_counter()
-        runs = [simulate(strategy, args.requests, seed, args.outcome_delay_ms, args.half_life_s)
-                for seed in range(args.seeds)]
-        curves[strategy] = np.mean([r["regret"] for r in runs], axis=0)
-        answer_regret = float(np.mean([r["answer_regret"][-1] for r in runs]))
-        moved = [moved_after(r["preferred"], r["change_at"], "m4") for r in runs]
-        report["strategies"][strategy] = {
-            "cumulative_regret": round(float(curves[strategy][-1]), 1),
-            "regret_first_half": round(float(curves[strategy][runs[0]["change_at"] - 1]), 1),
-            "cumulative_answer_regret": round(answer_regret, 1),
-            "requests_until_traffic_moved_to_m4": moved,
-            "share_returned": {m: round(np.mean([r["returned"].count(m) / args.requests for r in runs]), 4)
-                               for m in MODELS},
+def run_grid(requests: int, seeds: int, workers: int) -> dict[tuple, list[dict[str, Any]]]:
+    cells = list(itertools.product(SCENARIOS, CREDITS, DELAYS_MS))
+    tasks = [(s, scenario, credit, delay, requests, seed)
+             for scenario, credit, delay in cells for s in STRATEGIES for seed in range(seeds)]
+    runs: dict[tuple, list[dict[str, Any]]] = {}
+    started, done = time.perf_counter(), 0
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {pool.submit(simulate, *task): task for task in tasks}
+        for future in as_completed(futures):
+            strategy, scenario, credit, delay, _, _ = futures[future]
+            runs.setdefault((scenario, credit, delay, strategy), []).append(future.result())
+            done += 1
+            if done % 20 == 0 or done == len(tasks):
+                print(f"[{time.strftime('%H:%M:%S')}] {done}/{len(tasks)} simulations "
+                      f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    return runs
+
+
+def summarize(runs: dict[tuple, list[dict[str, Any]]], requests: int, seeds: int) -> dict[str, Any]:
+    cells: list[dict[str, Any]] = []
+    for scenario, credit, delay in itertools.product(SCENARIOS, CREDITS, DELAYS_MS):
+        regret = {s: round(float(np.mean([r["regret"] for r in runs[(scenario, credit, delay, s)]])), 1)
+                  for s in STRATEGIES}
+        others = {s: v for s, v in regret.items() if s != "default"}
+        best_other = min(others, key=others.__getitem__)
+        worst_fixed = max(FIXED_HALF_LIVES, key=regret.__getitem__)
+        floor = round(float(np.mean([r["floor"] for r in runs[(scenario, credit, delay, "default")]])), 1)
+        default_runs = runs[(scenario, credit, delay, "default")]
+        moved = [r["moved_after_first_outcome"] for r in default_runs]
+        cell = {
+            "scenario": scenario, "credit": credit, "outcome_delay_s": delay / 1000, "regret": regret,
+            "best_other": best_other,
+            "default_over_best_other": round(regret["default"] / max(others[best_other], 1e-9), 3),
+            "floor": floor,
+            "default_over_worst_fixed_half_life": round((regret["default"] - floor)
+                                                        / max(regret[worst_fixed] - floor, 1e-9), 3),
+            "default_moved_after_first_outcome": moved,
+            "default_share_of_best": round(float(np.mean([r["share_of_best"] for r in default_runs])), 4),
+            "default_changes_detected": [r["changes_detected"] for r in default_runs],
         }
-        if strategy == "thompson":
-            thompson_shares = shares(runs[0]["preferred"], window=500)
-        print(f"[{time.strftime('%H:%M:%S')}] {strategy:15s} regret: choice {curves[strategy][-1]:7.1f}, "
-              f"answer {answer_regret:7.1f}  "
-              f"moved to m4 after {moved} requests  ({time.perf_counter() - started:.1f}s)", file=sys.stderr)
-    s = report["strategies"]
-    report["thompson_preferred_share_per_500"] = thompson_shares
-    report["ratios"] = {
-        "thompson_regret_over_epsilon_greedy": round(s["thompson"]["cumulative_regret"]
-                                                     / s["epsilon-greedy"]["cumulative_regret"], 3),
-        "thompson_answer_regret_over_epsilon_greedy": round(s["thompson"]["cumulative_answer_regret"]
-                                                            / s["epsilon-greedy"]["cumulative_answer_regret"], 3),
-        "thompson_requests_to_move_max": max((m for m in s["thompson"]["requests_until_traffic_moved_to_m4"]
-                                              if m is not None), default=None),
-    }
-    report["targets"] = {"thompson_regret_over_epsilon_greedy": "<= 0.5", "thompson_requests_to_move_max": "<= 1000"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(curves, thompson_shares, args.requests // 2, args.out.with_suffix(".png"))
-    print(json.dumps(report["ratios"], indent=2))
+        cell["targets_met"] = {
+            "at_most_best_other": cell["default_over_best_other"] <= 1.01,
+            "at_most_0.7_of_worst_fixed_half_life": cell["default_over_worst_fixed_half_life"] <= 0.7,
+            "moved_within_1000": None if scenario not in ("swap", "lost")
+            else all(m is not None and m <= 1000 for m in moved),
+        }
+        cells.append(cell)
+    return {"models": {m: {"accuracy_before": a, "accuracy_after": b, "mean_latency_ms": lat}
+                       for m, (a, b, lat) in MODELS.items()},
+            "requests": requests, "seeds": seeds, "request_interval_ms": STEP_MS, "lost_share": LOST_SHARE,
+            "strategies": list(STRATEGIES), "cells": cells,
+            "targets": {"at_most_best_other": "default regret <= every other strategy's (within 1%: where nothing "
+                                              "changes, default and thompson-3600s make the same choices)",
+                        "at_most_0.7_of_worst_fixed_half_life": "default regret <= 0.7 x the worse of thompson-10s "
+                                                                "and thompson-3600s, both above the floor",
+                        "floor": "no strategy does better on average: until the first outcome, a guess (the "
+                                 "models' mean accuracy); then the best model as of the newest outcome's request",
+                        "moved_within_1000": "traffic on the new best model within 1,000 requests of the first "
+                                             "outcome that could show the change"}}
 
 
-def plot(curves: dict[str, np.ndarray], thompson_shares: dict[str, list[float]], change_at: int, path: Path) -> None:
+def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name, curve in curves.items():
-        a.plot(curve, label=name)
-    a.axvline(change_at, color="grey", linestyle=":", label="m3 degrades")
-    a.set(title="cumulative regret of the choice (mean over seeds)", xlabel="request", ylabel="regret")
-    a.legend()
-    x = np.arange(len(next(iter(thompson_shares.values())))) * 500
-    b.stackplot(x, *thompson_shares.values(), labels=list(thompson_shares))
-    b.axvline(change_at, color="black", linestyle=":")
-    b.set(title="thompson: share of requests preferring each model", xlabel="request", ylabel="share", ylim=(0, 1))
-    b.legend(loc="upper left", fontsize="small")
+    columns = list(itertools.product(CREDITS, DELAYS_MS))
+    fig, axes = plt.subplots(len(SCENARIOS), len(columns), figsize=(16, 11), sharey=True)
+    names = list(STRATEGIES)
+    for cell in report["cells"]:
+        ax = axes[SCENARIOS.index(cell["scenario"])][columns.index((cell["credit"], cell["outcome_delay_s"] * 1000))]
+        values = [cell["regret"][s] for s in names]
+        ax.barh(names, values, color=["tab:red" if s == "default" else "tab:blue" for s in names])
+        ax.set_title(f"{cell['scenario']}, credit {cell['credit']}, outcomes {cell['outcome_delay_s']:g} s late",
+                     fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle("cumulative regret of the choice, mean over seeds (lower is better; default in red)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=12_000)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulations run side by side")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bandit.json")
+    args = parser.parse_args()
+    report = summarize(run_grid(args.requests, args.seeds, args.workers), args.requests, args.seeds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.out.with_suffix(".png"))
+    for c in report["cells"]:
+        r = c["regret"]
+        print(f"{c['scenario']:10s} {c['credit']:6s} {c['outcome_delay_s']:4g}s  default {r['default']:7.1f}  "
+              f"best other {c['best_other']} {r[c['best_other']]:7.1f} ({c['default_over_best_other']:.2f})  "
+              f"÷ worst fixed half-life {c['default_over_worst_fixed_half_life']:.2f}  "
+              f"moved {c['default_moved_after_first_outcome']}")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def labels_of(family) -> set[str]:  # noqa: ANN001
     ("worker", "rendezvous_oldest_pending_age_seconds", "gauge", set()),
     ("worker", "rendezvous_consumer_lag_records", "gauge", {"topic"}),
     ("worker", "rendezvous_posterior_mean", "gauge", {"model"}),
+    ("worker", "rendezvous_reward_changes", "counter", {"model"}),
     ("worker", "rendezvous_traffic_share", "gauge", {"model"}),
     ("worker", "rendezvous_policy_sla_seconds", "gauge", set()),
     ("worker", "rendezvous_model_roc_auc", "gauge", {"model"}),

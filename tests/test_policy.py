@@ -124,7 +124,10 @@ learning:
     [
         (LEARNING.replace("explore: 0.1", "explore: 1.5"), "routing.explore", "less than or equal to 1"),
         (LEARNING.replace("half_life_s: 600", "half_life_s: 600, window_s: 60"), "learning.forgetting.window_s",
-         "not both"),
+         "not half_life_s and window_s"),
+        (LEARNING.replace("half_life_s: 600", "half_life_s: 600, change_delta: 0.01"),
+         "learning.forgetting.change_delta", "give one of half_life_s, window_s and change_delta"),
+        (LEARNING.replace("half_life_s: 600", "change_delta: 1"), "learning.forgetting.change_delta", "less than 1"),
         (LEARNING.replace("kind: bernoulli", "kind: poisson"), "learning.reward.kind", "'bernoulli' or 'gaussian'"),
         (GOOD.replace("strategy: fixed", "strategy: weighted\n  weights: {m3: 1, m9: 2}"), "routing.weights.m9",
          "not in the chain"),
@@ -146,6 +149,15 @@ def test_learning_and_lifecycle_mistakes_are_named(text, field, words):
 def test_learning_policies_load():
     doc = load_policy_text(LEARNING)
     assert (doc.routing.strategy, doc.routing.explore, doc.learning.reward.threshold) == ("thompson", 0.1, 0.6)
+    assert doc.learning.forgetting.adaptive_delta is None  # a half-life was given
+
+
+def test_forgetting_is_adaptive_unless_a_policy_says_otherwise():
+    doc = load_policy_text(GOOD)
+    assert doc.learning.forgetting.adaptive_delta == 0.05
+    assert compile_policy(doc).learner.change_delta == 0.05
+    tuned = load_policy_text(GOOD + "learning:\n  forgetting: {change_delta: 0.001}\n")
+    assert compile_policy(tuned).learner.change_delta == 0.001
 
 
 def test_the_published_json_schema_is_current():

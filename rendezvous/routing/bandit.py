@@ -4,10 +4,13 @@ Every outcome credits every model that scored its request (the truth does not
 depend on which answer was returned), so each model's posterior is fed by all
 traffic, not only by the requests it was chosen for.
 
-Forgetting is by *time*: an observation's weight halves every ``half_life_s``
-(or drops to zero outside a sliding ``window_s``). Time decay does not depend on
-the order observations arrive in, so workers that apply the same observations in
-different orders hold the same posterior.
+Forgetting is adaptive by default (:class:`Adaptive`): a model's posterior holds
+every observation since its reward last changed, found by ADWIN (Bifet & Gavaldà,
+2007), so a stationary stream settles and an abrupt change is followed within a few
+hundred observations, with nothing to tune. It can instead be by *time*: an
+observation's weight halves every ``half_life_s`` (or drops to zero outside a
+sliding ``window_s``). Adaptive windows depend on the order observations come in;
+every worker applies them in the bandit topic's order, so all hold the same posterior.
 
 >>> import random
 >>> learner = Learner(BetaBernoulli(alpha=1, beta=1), half_life_s=None)
@@ -114,6 +117,50 @@ class Window:
         return self._stats
 
 
+class Adaptive:
+    """Every observation since the model's reward last changed: ADWIN's adaptive window.
+
+    ADWIN (Bifet & Gavaldà, "Learning from time-changing data with adaptive windowing",
+    SDM 2007) keeps the longest recent window whose two halves have, at confidence
+    ``1 - delta``, the same mean, and drops the older part when they do not. The window
+    is the evidence: it grows without bound while the reward is stationary (the posterior
+    settles) and is cut at a change (the posterior follows it), with no half-life to
+    tune. This is the "restart the arm on a detected change" family of piecewise-stationary
+    bandits (e.g. Besson, Kaufmann, Maillard and Seznec, JMLR 2022), with ADWIN as the test.
+
+    >>> a = Adaptive()
+    >>> for i in range(4000):
+    ...     a.add(1.0 if i % 10 else 0.0, t_ms=i)        # right 90% of the time ...
+    >>> for i in range(4000, 6000):
+    ...     a.add(1.0 if i % 10 < 6 else 0.0, t_ms=i)    # ... then 60%
+    >>> s = a.stats(now_ms=6000)
+    >>> a.changes >= 1, round(s.total / s.n, 1), s.n < 2500
+    (True, 0.6, True)
+    """
+
+    def __init__(self, delta: float = 0.05) -> None:
+        # river.drift.ADWIN wraps this class of river's Rust core; importing river.drift would load
+        # river's datasets (about a second) in every process that compiles a policy. river is pinned,
+        # and tests/test_bandit.py checks that both agree.
+        from river._river_rust.drift import AdaptiveWindowing
+
+        self.delta = delta
+        self._window = AdaptiveWindowing(delta, 32, 5, 5, 10)  # river's defaults but delta
+        self._stats = RewardStats()
+        self.changes = 0
+
+    def add(self, reward: float, t_ms: float) -> None:
+        if self._window.update(reward):
+            self.changes += 1
+
+    def stats(self, now_ms: float) -> RewardStats:
+        w, s = self._window, self._stats
+        s.n = float(w.get_width())
+        s.total = w.get_total()
+        s.squares = w.get_variance() + (s.total * s.total / s.n if s.n else 0.0)  # its variance is n times the mean's
+        return s
+
+
 class Family(Protocol):
     """A conjugate posterior family: draws and means from reward statistics."""
 
@@ -164,18 +211,27 @@ class NormalGamma:
 
 
 class Learner:
-    """One posterior per model, all of one family and one kind of forgetting."""
+    """One posterior per model, all of one family and one kind of forgetting: a sliding
+    ``window_s``, else a ``half_life_s``, else adaptive with ``change_delta``, else none."""
 
-    def __init__(self, family: Family, half_life_s: float | None = None, window_s: float | None = None) -> None:
-        self.family, self.half_life_s, self.window_s = family, half_life_s, window_s
+    def __init__(self, family: Family, half_life_s: float | None = None, window_s: float | None = None,
+                 change_delta: float | None = None) -> None:
+        self.family, self.half_life_s, self.window_s, self.change_delta = family, half_life_s, window_s, change_delta
         self._by_model: dict[str, Forgetting] = {}
         self.observations = 0
 
     def _stats(self, model: str) -> Forgetting:
         stats = self._by_model.get(model)
         if stats is None:
-            stats = self._by_model[model] = Window(self.window_s) if self.window_s else Decay(self.half_life_s)
+            stats = self._by_model[model] = (
+                Window(self.window_s) if self.window_s else Decay(self.half_life_s) if self.half_life_s
+                else Adaptive(self.change_delta) if self.change_delta else Decay(None))
         return stats
+
+    def changes(self, model: str) -> int:
+        """How many changes of ``model``'s reward adaptive forgetting has detected (0 for the others)."""
+        stats = self._by_model.get(model)
+        return stats.changes if isinstance(stats, Adaptive) else 0
 
     def observe(self, model: str, reward: float, t_ms: float) -> None:
         self._stats(model).add(reward, t_ms)

@@ -11,8 +11,11 @@ fixed              the chain's first                           the chain
 weighted           drawn with the policy's weights             the chain
 epsilon-greedy     best posterior mean; epsilon of requests    best mean first
                    draw uniformly
-thompson           highest posterior draw; ``explore`` of      best mean first
-                   requests draw uniformly
+thompson           highest posterior draw (``credit: chosen``)  best mean first
+                   or best posterior mean (``credit: all``,
+                   where every model learns from every
+                   outcome); ``explore`` of requests draw
+                   uniformly
 =================  ==========================================  ======================
 
 A ramped model (role ``ramp``) is preferred for its current share of requests,
@@ -69,7 +72,8 @@ def learner_for(policy: Policy) -> Learner:
     prior = learning.prior
     family: Family = (BetaBernoulli(prior.alpha, prior.beta) if learning.reward.kind == "bernoulli"
                       else NormalGamma(prior.mean, prior.kappa, prior.a, prior.b))
-    return Learner(family, learning.forgetting.half_life_s, learning.forgetting.window_s)
+    forgetting = learning.forgetting
+    return Learner(family, forgetting.half_life_s, forgetting.window_s, forgetting.adaptive_delta)
 
 
 def same_learning(a: Policy, b: Policy) -> bool:
@@ -147,6 +151,12 @@ class CompiledPolicy:
             if routing.explore and rng.random() < routing.explore:
                 audit["explored"] = True
                 return rng.choice(chain)
+            if self.reward_rule.credit == "all":
+                # Full information: every model that scored is credited whichever answer was returned,
+                # so a draw away from the best mean buys no information, only regret. Take the best mean.
+                means = {m: self.learner.mean(m, now_ms) for m in chain}
+                audit["means"] = {m: round(v, 4) for m, v in means.items()}
+                return max(chain, key=means.__getitem__)
             draws = {m: self.learner.sample(m, now_ms, rng) for m in chain}
             audit["sampled"] = {m: round(v, 4) for m, v in draws.items()}
             return max(chain, key=draws.__getitem__)

@@ -131,6 +131,7 @@ class ControlPlane:
                        "history": [{"version": a.version, "by": a.by, "reason": a.reason, "applied_ms": a.applied_ms,
                                     "adopted_ms": a.adopted_ms} for a in store.history[-10:]]},
             "posterior_means": {m: round(learner.mean(m, now_ms), 4) for m in sorted(compiled.models)},
+            "reward_changes": {m: learner.changes(m) for m in sorted(compiled.models)},  # adaptive forgetting
             "ramps": {r.model: {"share": r.share(now_ms)} for r in compiled.ramps},
             "rollbacks": self.rollbacks,
             **self.crediting.status(),

@@ -201,6 +201,12 @@ class _StateCollector:
         for model in sorted(named):
             posterior.add_metric([model], w.control.store.learner.mean(model, now))
         yield posterior
+        changes = CounterMetricFamily("rendezvous_reward_changes", "Changes of each model's reward that adaptive "
+                                      "forgetting detected (its posterior then forgets what came before)",
+                                      labels=["model"])
+        for model in sorted(named):
+            changes.add_metric([model], w.control.store.learner.changes(model))
+        yield changes
         shares = GaugeMetricFamily("rendezvous_traffic_share",
                                    f"Share of the last {SHARE_WINDOW} results answered by each model", labels=["model"])
         counts = Counter(self.metrics.shares)

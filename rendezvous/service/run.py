@@ -39,13 +39,21 @@ def check_topics(settings: ServiceSettings) -> None:
         raise ServiceError(f"requests, scores, results and outcomes must have one partition count; found {counts}")
 
 
+#: With adaptive forgetting, a restarted worker rebuilds its posteriors from the last hour of
+#: observations: a window that reaches further back carries no more than an hour's evidence here.
+ADAPTIVE_HISTORY_S = 3600.0
+
+
 def history_start_ms(doc: Policy, now_ms: float) -> float | None:
-    """How far back observations still weigh: ten half-lives (under 0.1%), or the window."""
+    """How far back observations still weigh: ten half-lives (under 0.1%), the window, an hour
+    (adaptive: :data:`ADAPTIVE_HISTORY_S`), or everything the topic keeps (never forgetting)."""
     forgetting = doc.learning.forgetting
     if forgetting.window_s:
         return now_ms - 1000.0 * forgetting.window_s
     if forgetting.half_life_s:
         return now_ms - 10_000.0 * forgetting.half_life_s
+    if forgetting.adaptive_delta is not None:
+        return now_ms - 1000.0 * ADAPTIVE_HISTORY_S
     return None
 
 
