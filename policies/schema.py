@@ -33,7 +33,8 @@ class DefaultAnswer(Strict):
 
 
 class RampSpec(Strict):
-    """Prefer the model for a share of requests rising by steps; roll back when a limit is passed."""
+    """Prefer the model for a share of requests rising by steps; roll back when a limit is passed,
+    promote it when it has held its full share within them (Flagger's canary analysis)."""
 
     start: Annotated[float, Field(gt=0, le=1)] = 0.01
     step: Annotated[float, Field(ge=0, le=1)] = 0.05
@@ -52,6 +53,9 @@ class RampSpec(Strict):
     max_worse_than_champion: dict[Literal["accuracy", "log_loss", "brier", "roc_auc", "mae", "rmse"],
                                   Annotated[float, Field(ge=0)]] = {}
     min_outcomes: Annotated[int, Field(ge=10)] = 200  # outcomes each of the two needs before they are compared
+    #: Promote it when it has held max_share for every_s, within every limit, with min_outcomes judged:
+    #: a new policy version makes it active, first in the chain (and the champion). false: it stays ramped.
+    promote: bool = True
 
 
 class ModelEntry(Strict):

@@ -20,7 +20,7 @@ from rendezvous.routing.bandit import (
 from rendezvous.routing.outcomes import RewardRule, ScoreIndex
 from rendezvous.routing.policy import compile_policy
 from rendezvous.routing.ramp import RampLimits, RampMonitor, RampSchedule
-from rendezvous.service.policies import demoted
+from rendezvous.service.policies import demoted, promoted
 
 HOUR_MS = 3_600_000
 
@@ -321,6 +321,17 @@ def test_rollback_is_the_next_version_with_the_model_in_shadow():
     back = demoted(doc, "new", "p99 latency 90 ms > limit 40 ms")
     assert back.version == 2 and back.models["new"].role == "shadow" and back.models["new"].ramp is None
     assert "rolled back" in back.description
+
+
+def test_promotion_is_the_next_version_with_the_model_first_in_the_chain_and_champion():
+    doc = load_policy_text(policy("  strategy: fixed", "champion: a\nmodels:\n  new:\n    role: ramp\n"
+                                  "    version: '2'\n    wait_ms: 30\n    ramp: {min_outcomes: 50}\n"))
+    up = promoted(doc, "new", "held 50% of requests within its limits")
+    assert up.version == 2 and up.models["new"].role == "active" and up.models["new"].ramp is None
+    assert up.models["new"].version == "2"  # the pin stays: the version judged is the version promoted
+    assert [(e.model, e.wait_ms) for e in up.routing.chain] == [("new", 30), ("a", 20), ("b", 20), ("c", None)]
+    assert up.champion == "new" and "new promoted" in up.description
+    assert compile_policy(up).plan("r", 0).models == ("new", "a", "b", "c")
 
 
 # ---------------------------------------------------------------------- three defects, fixed (issue 12)

@@ -150,6 +150,31 @@ def test_a_ramped_model_with_worse_answers_is_rolled_back_by_itself(system: Syst
     assert shown["version"] == 2 and shown["models"]["n"]["role"] == "shadow"
 
 
+def test_a_ramped_model_that_holds_its_share_within_its_limits_is_promoted_by_itself(system: System):
+    """Promotion: n is as right as the champion a; once it has held its full share for a step (1 s) and
+    20 outcomes judged it, the worker publishes v2 with n active and first in the chain, and answers with it."""
+    ramp = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\n            ramp: {start: 0.5, "
+            "step: 0, every_s: 1, min_outcomes: 20, max_worse_than_champion: {accuracy: 0.1}}")
+    [worker] = start(system, {"a": 0.9, "n": 0.8}, policy_text(1, "[{model: a}]", ramp), workers=1)
+    ids = [f"judged-{i}" for i in range(40)]
+    system.send([(rid, {}) for rid in ids], rate=100)
+    system.results_for(ids)
+    send_outcomes(system, [(rid, True) for rid in ids])
+    wait_until(lambda: system.stats(worker)["policy"]["version"] == 2, "the ramp promoted (v2)", timeout=30)
+    [reason] = system.stats(worker)["promotions"]
+    assert reason.startswith("v2: n: held 50% of requests within its limits; on 40 outcomes not worse than "
+                             "champion a (accuracy 1.000 vs 1.000"), reason
+    shown = json.loads(cli(system, "policy", "show", "--json").stdout)
+    assert shown["models"]["n"]["role"] == "active" and [e["model"] for e in shown["routing"]["chain"]] == ["n", "a"]
+    assert "automatic promotion" in cli(system, "policy", "show", "--history").stdout
+    after = [f"promoted-{i}" for i in range(30)]
+    system.send([(rid, {}) for rid in after], rate=100)
+    promoted_chain = Chain((("n", 50), ("a", None)), sla_ms=100)
+    for result in (r[0] for r in system.results_for(after).values()):
+        assert result.policy_version == 2
+        check(result, promoted_chain)  # n preferred, a its fallback
+
+
 def test_a_ramped_model_takes_its_share_and_is_rolled_back_when_it_hangs(system: System):
     workers = start(system, {"a": 0.9, "b": 0.2, "n": 0.7},
                     policy_text(1, "[{model: a, wait_ms: 20}, {model: b}]", RAMP % ""), workers=1)

@@ -129,3 +129,29 @@ def test_a_numeric_measure_is_compared_only_where_it_is_defined():
         q.learn_one("new", 12.0, 10.0)  # two off every time: RMSE 2 against ~0.1
     why = ramp.verdict(q)
     assert why is not None and why.startswith("rmse ") and "accuracy" not in why, why
+
+
+def test_a_ramp_that_held_its_full_share_within_its_limits_is_promoted_and_only_then():
+    """Flagger's promotion: the schedule ran to max_share and held it a step, nothing is wrong, and the
+    outcomes judged it (min_outcomes each) no worse than the champion by more than the limits."""
+    schedule = RampSchedule(start=0.1, step=0.2, every_s=60, max_share=0.5)  # 0.5 from 120 s, held by 180 s
+    limits = RampLimits(min_outcomes=100, max_worse=(("accuracy", 0.05),), promote=True)
+    ramp = RampMonitor("new", schedule, limits, applied_ms=0, champion="old")
+    worse = RampMonitor("bad", schedule, limits, applied_ms=0, champion="old")
+    kept = RampMonitor("twin", schedule, RampLimits(min_outcomes=100, promote=False), applied_ms=0, champion="old")
+    q = ModelQuality(min_per_class=10)
+    rng = random.Random(5)
+    for i in range(150):
+        label = rng.random() < 0.5
+        for model, right in (("old", 0.9), ("new", 0.9), ("bad", 0.6), ("twin", 0.9)):
+            q.learn_one(model, 0.85 if (label if rng.random() < right else not label) else 0.15, label)
+        if i == 50:
+            assert ramp.promotion(200_000, q) is None  # 51 outcomes: not judged yet
+    assert ramp.promotion(179_999, q) is None  # the full share not yet held for a step
+    why = ramp.promotion(180_000, q)
+    assert why is not None and why.startswith("held 50% of requests within its limits; on 150 outcomes"), why
+    assert "accuracy" in why and "champion old" in why
+    assert worse.promotion(180_000, q) is None and worse.verdict(q) is not None  # rolled back instead
+    assert kept.promotion(10**9, q) is None  # promote: false
+    ramp.halt(f"promoted: {why}")
+    assert ramp.promotion(10**9, q) is None and ramp.share(10**9) == 0.0  # judged once

@@ -103,7 +103,7 @@ class CompiledPolicy:
                         RampLimits(e.ramp.p99_latency_ms, e.ramp.max_disagreement, e.ramp.max_canary_disagreement,
                                    r.threshold, e.ramp.min_samples, e.ramp.window,
                                    e.ramp.max_auc_shortfall, e.ramp.min_outcomes,
-                                   tuple(e.ramp.max_worse_than_champion.items())),
+                                   tuple(e.ramp.max_worse_than_champion.items()), e.ramp.promote),
                         applied_ms, self.champion, self.canary)
             for m, e in doc.models.items() if e.role == "ramp" and e.ramp is not None
         ]

@@ -6,7 +6,9 @@ same share from the same clock. Meanwhile its latency and its disagreement with
 the champion (and the canary, if the policy names one) are watched over the last
 ``window`` requests; when one of them passes its limit, :meth:`RampMonitor.verdict`
 says why, and the caller rolls the model back to shadow by publishing a new
-policy version.
+policy version. When it has held its full share for a step within every limit, and
+the outcomes that arrived judge it no worse than the champion,
+:meth:`RampMonitor.promotion` says so, and the caller makes it the champion.
 
 >>> ramp = RampMonitor("new", RampSchedule(start=0.05, step=0.1, every_s=60, max_share=0.3),
 ...                    RampLimits(p99_latency_ms=50, min_samples=3), applied_ms=0, champion="old")
@@ -34,6 +36,15 @@ class RampSchedule:
     every_s: float = 60.0
     max_share: float = 0.5
 
+    def full_share_held_ms(self, applied_ms: float) -> float:
+        """When the share has been at ``max_share`` for one step (``every_s``) after it got there.
+
+        >>> RampSchedule(start=0.1, step=0.2, every_s=60, max_share=0.5).full_share_held_ms(0)
+        180000.0
+        """
+        steps = math.ceil(round((self.max_share - self.start) / self.step, 9)) if self.step > 0 else 0
+        return applied_ms + 1000.0 * self.every_s * (max(steps, 0) + 1)
+
 
 @dataclass(frozen=True)
 class RampLimits:
@@ -48,6 +59,7 @@ class RampLimits:
     min_outcomes: int = 200  # outcomes each of the two needs before their quality is compared
     #: ``(measure, limit)``: roll back when the measure is worse than the champion's by more than the limit.
     max_worse: tuple[tuple[str, float], ...] = ()
+    promote: bool = False  # promote once the full share was held within the limits (see RampMonitor.promotion)
 
 
 class RampMonitor:
@@ -120,6 +132,26 @@ class RampMonitor:
                 if rate > limit:
                     return f"disagrees with the {who} on {rate:.1%} of requests > limit {limit:.1%}"
         return None
+
+    def promotion(self, now_ms: float, quality: ModelQuality | None) -> str | None:
+        """Why the ramped model may now replace the champion, or None.
+
+        Like Flagger's canary analysis: the schedule has run to ``max_share`` and held it for one
+        step, :meth:`verdict` finds nothing wrong, and both models have ``min_outcomes`` outcomes,
+        so "within the limits" was judged on the truth, not assumed for lack of it.
+        """
+        lim = self.limits
+        if not lim.promote or self.halted or quality is None or now_ms < self.schedule.full_share_held_ms(
+                self.applied_ms):
+            return None
+        outcomes = min(quality.outcomes(self.model), quality.outcomes(self.champion))
+        if outcomes < lim.min_outcomes or self.verdict(quality) is not None:
+            return None
+        mine, theirs = quality.measures(self.model), quality.measures(self.champion)
+        shown = ", ".join(f"{m} {mine[m]:.3f} vs {theirs[m]:.3f}" for m in ("accuracy", "roc_auc", "rmse")
+                          if m in mine and m in theirs)
+        return (f"held {self.schedule.max_share:.0%} of requests within its limits; on {outcomes} outcomes "
+                f"not worse than champion {self.champion} ({shown or 'no measure defined'})")
 
     def _worse_than_champion(self, quality: ModelQuality) -> str | None:
         """The first measure of ``max_worse`` on which the ramped model trails the champion by more than its limit."""

@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from policies.schema import Policy
 from rendezvous.kernel.trust import signed_headers
 from rendezvous.kernel.wire import WireError, decode_outcome
 from rendezvous.routing.outcomes import ScoreIndex
 from rendezvous.routing.router import Decision, Router
 from rendezvous.service.control import POLICY_KEY, ControlFeed
 from rendezvous.service.learning import OutcomeCrediting
-from rendezvous.service.policies import PolicyStore, demoted, policy_record
+from rendezvous.service.policies import PolicyStore, demoted, policy_record, promoted
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
@@ -42,6 +43,7 @@ class ControlPlane:
         self.unsigned_bandit_records = 0
         self._next_flush = self._next_ramp_check = 0.0
         self.rollbacks: list[str] = []
+        self.promotions: list[str] = []
 
     # ------------------------------------------------------------------ hot-path hooks
 
@@ -101,23 +103,34 @@ class ControlPlane:
         self.crediting.poll()
         if now_ms >= self._next_ramp_check:
             self._next_ramp_check = now_ms + RAMP_CHECK_EVERY_MS
-            self._check_ramps()
+            self._check_ramps(now_ms)
 
-    def _check_ramps(self) -> None:
+    def _check_ramps(self, now_ms: float) -> None:
+        quality = self.crediting.quality
         for ramp in self.store.compiled.ramps:
-            why = ramp.verdict(self.crediting.quality)
-            if why is None:
-                continue
-            doc = demoted(self.store.doc, ramp.model, why)
-            log.warning("rolling %s back to shadow (policy v%d): %s", ramp.model, doc.version, why)
-            self.rollbacks.append(f"v{doc.version}: {ramp.model}: {why}")
-            # on the writer's producer, without waiting: this runs on the worker's event loop
-            value = policy_record(doc, reason=f"automatic rollback: {why}", by=f"rendezvous/{self.settings.worker_id}")
-            secret = self.settings.secret
-            self.writer.publish(self.settings.topics.policies, value, POLICY_KEY,
-                                headers=signed_headers(secret.policy_key if secret else None, value))
-            ramp.halt(why)  # preferred no more, here and now; the new version demotes it everywhere
-            return
+            why = ramp.verdict(quality)
+            if why is not None:
+                doc = demoted(self.store.doc, ramp.model, why)
+                log.warning("rolling %s back to shadow (policy v%d): %s", ramp.model, doc.version, why)
+                self.rollbacks.append(f"v{doc.version}: {ramp.model}: {why}")
+                self._publish(doc, f"automatic rollback: {why}")
+                ramp.halt(why)  # preferred no more, here and now; the new version demotes it everywhere
+                return
+            why = ramp.promotion(now_ms, quality)
+            if why is not None:
+                doc = promoted(self.store.doc, ramp.model, why)
+                log.warning("promoting %s to champion (policy v%d): %s", ramp.model, doc.version, why)
+                self.promotions.append(f"v{doc.version}: {ramp.model}: {why}")
+                self._publish(doc, f"automatic promotion: {why}")
+                ramp.halt(f"promoted: {why}")  # judged once; the new version makes it the champion everywhere
+                return
+
+    def _publish(self, doc: Policy, reason: str) -> None:
+        """On the writer's producer, without waiting: this runs on the worker's event loop."""
+        value = policy_record(doc, reason=reason, by=f"rendezvous/{self.settings.worker_id}")
+        secret = self.settings.secret
+        self.writer.publish(self.settings.topics.policies, value, POLICY_KEY,
+                            headers=signed_headers(secret.policy_key if secret else None, value))
 
     # ------------------------------------------------------------------ reporting
 
@@ -134,5 +147,6 @@ class ControlPlane:
             "reward_changes": {m: learner.changes(m) for m in sorted(compiled.models)},  # adaptive forgetting
             "ramps": {r.model: {"share": r.share(now_ms)} for r in compiled.ramps},
             "rollbacks": self.rollbacks,
+            "promotions": self.promotions,
             **self.crediting.status(),
         }

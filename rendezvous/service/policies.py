@@ -77,6 +77,25 @@ def demoted(doc: Policy, model: str, reason: str) -> Policy:
     return Policy.model_validate(data)
 
 
+def promoted(doc: Policy, model: str, reason: str) -> Policy:
+    """The next version of ``doc``, with the ramped ``model`` active, first in the chain and the champion
+    (if the policy names one); the old champion stays in the chain behind it, as its fallback."""
+    data = doc.model_dump(mode="json", exclude_none=True)
+    data["version"] = doc.version + 1
+    entry = doc.models[model]
+    data["models"][model] = ModelEntry(role="active", version=entry.version).model_dump(mode="json", exclude_none=True)
+    chain = [e for e in data["routing"]["chain"] if e["model"] != model]
+    wait_ms = entry.wait_ms if entry.wait_ms is not None else doc.routing.chain[0].wait_ms  # as when it was ramped
+    first = {"model": model} if wait_ms is None else {"model": model, "wait_ms": wait_ms}
+    data["routing"]["chain"] = [first, *chain]
+    if doc.champion is not None:
+        data["champion"] = model
+    if "weights" in data["routing"]:
+        data["routing"]["weights"][model] = max(data["routing"]["weights"].values(), default=1.0)
+    data["description"] = f"{doc.description} [v{doc.version + 1}: {model} promoted: {reason}]".strip()
+    return Policy.model_validate(data)
+
+
 @dataclass
 class Applied:
     version: int
