@@ -43,6 +43,15 @@ def shares(compiled, n: int, now_ms: float = 0.0) -> Counter:
     return Counter(compiled.plan(f"r{i}", now_ms).models[0] for i in range(n))
 
 
+def feed(learner: Learner, rng: random.Random, t: float, n: int, every_ms: float, right: dict[str, float]) -> float:
+    """``n`` outcomes ``every_ms`` apart, each model right with its probability; the time after the last."""
+    for _ in range(n):
+        t += every_ms
+        for model, p in right.items():
+            learner.observe(model, float(rng.random() < p), t)
+    return t
+
+
 # ----------------------------------------------------------------------------- forgetting
 
 
@@ -166,17 +175,10 @@ def test_thompson_with_the_default_learning_follows_a_change_and_settles_otherwi
     weighing (no half-life erodes the evidence); a degraded model is left within a few hundred outcomes."""
     doc = load_policy_text(policy("  strategy: thompson", "learning:\n  reward: {credit: chosen}\n"))
     compiled, rng = compile_policy(doc, rng=random.Random(7)), random.Random(8)
-    t = 0
-    for _ in range(3000):  # a is best for an hour...
-        t += 1200
-        for model, p in (("a", 0.95), ("b", 0.8), ("c", 0.7)):
-            compiled.learner.observe(model, float(rng.random() < p), t)
+    t = feed(compiled.learner, rng, 0, 3000, 1200, {"a": 0.95, "b": 0.8, "c": 0.7})  # a is best for an hour...
     assert compiled.learner.weight("a", t) == 3000 and compiled.learner.changes("a") == 0
     assert shares(compiled, 500, t)["a"] > 490
-    for _ in range(400):  # ...then degrades; within 400 outcomes b leads
-        t += 1000
-        for model, p in (("a", 0.5), ("b", 0.8), ("c", 0.7)):
-            compiled.learner.observe(model, float(rng.random() < p), t)
+    t = feed(compiled.learner, rng, t, 400, 1000, {"a": 0.5, "b": 0.8, "c": 0.7})  # ...then degrades: b leads
     assert compiled.learner.changes("a") >= 1 and compiled.learner.changes("b") == 0
     assert shares(compiled, 500, t)["b"] > 450
 
@@ -184,16 +186,9 @@ def test_thompson_with_the_default_learning_follows_a_change_and_settles_otherwi
 def test_thompson_forgetting_follows_a_change():
     doc = load_policy_text(policy("  strategy: thompson", "learning:\n  forgetting: {half_life_s: 60}\n"))
     compiled, rng = compile_policy(doc, rng=random.Random(7)), random.Random(8)
-    t = 0
-    for _ in range(3000):  # a is best for an hour...
-        t += 1200
-        for model, p in (("a", 0.95), ("b", 0.8), ("c", 0.7)):
-            compiled.learner.observe(model, float(rng.random() < p), t)
+    t = feed(compiled.learner, rng, 0, 3000, 1200, {"a": 0.95, "b": 0.8, "c": 0.7})  # a is best for an hour...
     assert shares(compiled, 500, t)["a"] > 450
-    for _ in range(600):  # ...then degrades; ten minutes later b leads
-        t += 1000
-        for model, p in (("a", 0.5), ("b", 0.8), ("c", 0.7)):
-            compiled.learner.observe(model, float(rng.random() < p), t)
+    t = feed(compiled.learner, rng, t, 600, 1000, {"a": 0.5, "b": 0.8, "c": 0.7})  # ...then degrades; 10 min later
     assert shares(compiled, 500, t)["b"] > 450
 
 

@@ -133,16 +133,23 @@ RAMP = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\
         "            ramp: {start: 0.5, step: 0%s}")
 
 
-def test_a_ramped_model_with_worse_answers_is_rolled_back_by_itself(system: System):
-    """Quality gate: n answers every page as benign (0.2), a always right (0.9); once 20 outcomes (all phishing)
-    have arrived, n's accuracy trails a's by more than the limit and the worker publishes the rollback."""
+def judged_ramp(system: System, scores: dict[str, float], limits: str) -> str:
+    """Champion a, n ramped at half the traffic within ``limits``; 40 requests answered, then their
+    outcomes (all phishing) sent back. The worker's name."""
     ramp = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\n"
-            "            ramp: {start: 0.5, step: 0, min_outcomes: 20, max_worse_than_champion: {accuracy: 0.2}}")
-    [worker] = start(system, {"a": 0.9, "n": 0.2}, policy_text(1, "[{model: a}]", ramp), workers=1)
+            f"            ramp: {{start: 0.5, step: 0, {limits}}}")
+    [worker] = start(system, scores, policy_text(1, "[{model: a}]", ramp), workers=1)
     ids = [f"judged-{i}" for i in range(40)]
     system.send([(rid, {}) for rid in ids], rate=100)
     system.results_for(ids)
     send_outcomes(system, [(rid, True) for rid in ids])
+    return worker
+
+
+def test_a_ramped_model_with_worse_answers_is_rolled_back_by_itself(system: System):
+    """Quality gate: n answers every page as benign (0.2), a always right (0.9); once 20 outcomes (all phishing)
+    have arrived, n's accuracy trails a's by more than the limit and the worker publishes the rollback."""
+    worker = judged_ramp(system, {"a": 0.9, "n": 0.2}, "min_outcomes: 20, max_worse_than_champion: {accuracy: 0.2}")
     wait_until(lambda: system.stats(worker)["policy"]["version"] == 2, "the worse ramp rolled back (v2)", timeout=30)
     [reason] = system.stats(worker)["rollbacks"]
     assert reason.startswith("v2: n: accuracy 0.000 is worse than champion a's 1.000"), reason
@@ -153,13 +160,8 @@ def test_a_ramped_model_with_worse_answers_is_rolled_back_by_itself(system: Syst
 def test_a_ramped_model_that_holds_its_share_within_its_limits_is_promoted_by_itself(system: System):
     """Promotion: n is as right as the champion a; once it has held its full share for a step (1 s) and
     20 outcomes judged it, the worker publishes v2 with n active and first in the chain, and answers with it."""
-    ramp = ("models:\n          n:\n            role: ramp\n            wait_ms: 50\n            ramp: {start: 0.5, "
-            "step: 0, every_s: 1, min_outcomes: 20, max_worse_than_champion: {accuracy: 0.1}}")
-    [worker] = start(system, {"a": 0.9, "n": 0.8}, policy_text(1, "[{model: a}]", ramp), workers=1)
-    ids = [f"judged-{i}" for i in range(40)]
-    system.send([(rid, {}) for rid in ids], rate=100)
-    system.results_for(ids)
-    send_outcomes(system, [(rid, True) for rid in ids])
+    worker = judged_ramp(system, {"a": 0.9, "n": 0.8},
+                         "every_s: 1, min_outcomes: 20, max_worse_than_champion: {accuracy: 0.1}")
     wait_until(lambda: system.stats(worker)["policy"]["version"] == 2, "the ramp promoted (v2)", timeout=30)
     [reason] = system.stats(worker)["promotions"]
     assert reason.startswith("v2: n: held 50% of requests within its limits; on 40 outcomes not worse than "
