@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from rendezvous.kernel.admin import create_topic, ensure_topics
@@ -37,6 +37,23 @@ def _produce(kafka: KafkaSettings, topic: str, count: int, start: int = 0) -> li
     return acked
 
 
+def _commit_once_the_coordinator_is_ready(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    """A broker just started may still be loading its offsets topic: its "not coordinator" answers are
+    retriable (as librdkafka's own commits retry them), anything else fails the test."""
+    retriable = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE}
+
+    def commit() -> bool:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() not in retriable:
+                raise AssertionError(f"the commit failed: {exc}") from exc
+            return False
+        return True
+    wait_until(commit, "the offsets committed", timeout=30)
+
+
 def _read_all(kafka: KafkaSettings, topic: str) -> list[bytes]:
     consumer = Consumer(kafka.consumer(f"reader-{time.monotonic_ns()}", **{"enable.auto.commit": False}))
     try:
@@ -57,7 +74,7 @@ def test_a_kafka_restart_loses_no_acknowledged_record_nor_committed_offset(tmp_p
         create_topic(kafka, "kept", 2)
         acked = _produce(kafka, "kept", 500)
         group = Consumer(kafka.consumer("kept-group", **{"enable.auto.commit": False}))
-        group.commit(offsets=[TopicPartition("kept", 0, 100), TopicPartition("kept", 1, 50)], asynchronous=False)
+        _commit_once_the_coordinator_is_ready(group, [TopicPartition("kept", 0, 100), TopicPartition("kept", 1, 50)])
         group.close()
         if how == "sigkill":
             os.kill(broker.pid, signal.SIGKILL)
