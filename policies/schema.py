@@ -45,7 +45,8 @@ class RampSpec(Strict):
     max_canary_disagreement: Annotated[float, Field(ge=0, le=1)] | None = None
     min_samples: Annotated[int, Field(ge=1)] = 50
     window: Annotated[int, Field(ge=10)] = 1000
-    #: Roll back when its ROC AUC on the outcomes is this much below the champion's (0.02: two points).
+    #: Roll back when its ROC AUC on the outcomes is this much below the champion's (0.02: two points);
+    #: short for max_worse_than_champion: {roc_auc: ...}.
     max_auc_shortfall: Annotated[float, Field(ge=0, le=1)] | None = None
     #: Roll back when a measure of its quality on the outcomes is worse than the champion's by more than this,
     #: e.g. {accuracy: 0.02, log_loss: 0.05}: lower is worse for accuracy and roc_auc, higher for log_loss,

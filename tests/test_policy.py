@@ -166,3 +166,10 @@ def test_the_published_json_schema_is_current():
     from rendezvous.cli.policy import policy_json_schema
     committed = json.loads((EXAMPLE.parent / "policy.schema.json").read_text())
     assert committed == policy_json_schema(), "regenerate: rendezvous policy schema > policies/policy.schema.json"
+
+
+def test_max_auc_shortfall_is_the_roc_auc_limit_of_max_worse_than_champion():
+    ramped = GOOD.replace("role: shadow", "role: ramp\n    wait_ms: 10\n    ramp: {max_auc_shortfall: 0.03, "
+                                          "max_worse_than_champion: {accuracy: 0.02}}")
+    [ramp] = compile_policy(load_policy_text(ramped)).ramps
+    assert dict(ramp.limits.max_worse) == {"accuracy": 0.02, "roc_auc": 0.03}

@@ -141,7 +141,7 @@ class Adaptive:
     def __init__(self, delta: float = 0.05) -> None:
         # river.drift.ADWIN wraps this class of river's Rust core; importing river.drift would load
         # river's datasets (about a second) in every process that compiles a policy. river is pinned,
-        # and tests/test_bandit.py checks that both agree.
+        # and tests/test_learning.py checks that both agree.
         from river._river_rust.drift import AdaptiveWindowing
 
         self.delta = delta

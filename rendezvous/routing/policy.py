@@ -36,6 +36,7 @@ from typing import Any
 from policies.schema import (
     EpsilonGreedyRouting,
     Policy,
+    RampSpec,
     ThompsonRouting,
     WeightedRouting,
 )
@@ -102,8 +103,7 @@ class CompiledPolicy:
             RampMonitor(m, RampSchedule(e.ramp.start, e.ramp.step, e.ramp.every_s, e.ramp.max_share),
                         RampLimits(e.ramp.p99_latency_ms, e.ramp.max_disagreement, e.ramp.max_canary_disagreement,
                                    r.threshold, e.ramp.min_samples, e.ramp.window,
-                                   e.ramp.max_auc_shortfall, e.ramp.min_outcomes,
-                                   tuple(e.ramp.max_worse_than_champion.items()), e.ramp.promote),
+                                   e.ramp.min_outcomes, _max_worse(e.ramp), e.ramp.promote),
                         applied_ms, self.champion, self.canary)
             for m, e in doc.models.items() if e.role == "ramp" and e.ramp is not None
         ]
@@ -167,3 +167,11 @@ def compile_policy(doc: Policy, learner: Learner | None = None, rng: random.Rand
                    applied_ms: float = 0.0) -> CompiledPolicy:
     """The routing policy a document describes, sharing ``learner`` across policy versions."""
     return CompiledPolicy(doc, learner or learner_for(doc), rng or random.Random(), applied_ms)
+
+
+def _max_worse(ramp: RampSpec) -> tuple[tuple[str, float], ...]:
+    """``max_worse_than_champion``, with ``max_auc_shortfall`` as the ``roc_auc`` limit it is short for."""
+    worse = dict(ramp.max_worse_than_champion)
+    if ramp.max_auc_shortfall is not None:
+        worse.setdefault("roc_auc", ramp.max_auc_shortfall)
+    return tuple(worse.items())

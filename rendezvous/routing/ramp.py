@@ -54,8 +54,6 @@ class RampLimits:
     threshold: float = 0.5  # a score at or above it is a "positive" decision
     min_samples: int = 50
     window: int = 1000
-    #: Roll back when its ROC AUC on the outcomes that arrived is this much below the champion's.
-    max_auc_shortfall: float | None = None
     min_outcomes: int = 200  # outcomes each of the two needs before their quality is compared
     #: ``(measure, limit)``: roll back when the measure is worse than the champion's by more than the limit.
     max_worse: tuple[tuple[str, float], ...] = ()
@@ -103,17 +101,11 @@ class RampMonitor:
     def verdict(self, quality: ModelQuality | None = None) -> str | None:
         """Why the ramp must stop, or None while it is within its limits (or already halted).
 
-        ``quality`` (the outcomes' ROC AUC per model) is needed for ``max_auc_shortfall``.
+        ``quality`` (each model's measures on the outcomes) is needed for ``max_worse``.
         """
         if self.halted:
             return None
         lim = self.limits
-        if lim.max_auc_shortfall is not None and quality is not None:
-            mine, theirs = quality.roc_auc(self.model), quality.roc_auc(self.champion)
-            judged = min(quality.outcomes(self.model), quality.outcomes(self.champion)) >= lim.min_outcomes
-            if judged and mine is not None and theirs is not None and mine < theirs - lim.max_auc_shortfall:
-                return (f"ROC AUC {mine:.3f} < champion {self.champion}'s {theirs:.3f} by more than "
-                        f"{lim.max_auc_shortfall:g} over {quality.outcomes(self.model)} outcomes")
         if lim.max_worse and quality is not None:
             worse = self._worse_than_champion(quality)
             if worse:
