@@ -30,9 +30,36 @@ from confluent_kafka.admin import AdminClient
 from rendezvous.kernel.errors import BrokerUnavailable, KafkaConfigError
 from rendezvous.kernel.settings import KafkaSettings
 
-__all__ = ["poll_batch", "produce", "since_offsets", "read_range", "check_connection", "DeliveryCallback"]
+__all__ = [
+    "KafkaClients", "ConfluentClients", "CONFLUENT", "poll_batch", "produce", "since_offsets", "read_range",
+    "check_connection", "DeliveryCallback",
+]
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+class KafkaClients:
+    """Where a component gets its Kafka clients from: confluent-kafka (:data:`CONFLUENT`, the default), or
+    an in-memory broker for unit tests (:class:`rendezvous.kernel.memory.MemoryBroker`)."""
+
+    def producer(self, config: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def consumer(self, config: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class ConfluentClients(KafkaClients):
+    """The real clients (the default everywhere)."""
+
+    def producer(self, config: dict[str, Any]) -> Any:
+        return Producer(config)
+
+    def consumer(self, config: dict[str, Any]) -> Any:
+        return Consumer(config)
+
+
+CONFLUENT = ConfluentClients()
 
 
 def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from policies.record import POLICY_KEY, PolicyRecord, decode_policy_record  # noqa: F401 - re-exported
 from rendezvous.kernel.errors import BrokerUnavailable
-from rendezvous.kernel.kafka import poll_batch, since_offsets
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, poll_batch, since_offsets
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.trust import signature_of, verify
@@ -91,9 +91,10 @@ class ControlFeed:
     policy's forgetting), then :meth:`start` the thread that follows both topics.
     """
 
-    def __init__(self, kafka: KafkaSettings, topics: Topics, worker_key: bytes | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, topics: Topics, worker_key: bytes | None = None,
+                 clients: KafkaClients = CONFLUENT) -> None:
         self.topics, self.worker_key = topics, worker_key  # with a key, bandit records must be signed with it
-        self._consumer = Consumer(kafka.consumer(f"{topics.namespace}.control-reader", **{
+        self._consumer: Consumer = clients.consumer(kafka.consumer(f"{topics.namespace}.control-reader", **{
             "enable.auto.commit": False, "fetch.wait.max.ms": max(kafka.fetch_wait_ms, BACKGROUND_FETCH_WAIT_MS)}))
         self._lock = threading.Lock()
         self._pending = Drained()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from policies.schema import Policy
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients
 from rendezvous.kernel.trust import signed_headers
 from rendezvous.kernel.wire import WireError, decode_outcome
 from rendezvous.routing.outcomes import ScoreIndex
@@ -33,12 +34,12 @@ RAMP_CHECK_EVERY_MS = 1000.0
 
 class ControlPlane:
     def __init__(self, settings: ServiceSettings, store: PolicyStore, feed: ControlFeed, router: Router,
-                 writer: ResultWriter, on_fatal: Callable[[str], None]) -> None:
+                 writer: ResultWriter, on_fatal: Callable[[str], None], clients: KafkaClients = CONFLUENT) -> None:
         self.settings, self.store, self.feed, self.router, self.writer = settings, store, feed, router, writer
         horizon_ms = 1000.0 * store.doc.learning.outcome_horizon_s
         self.crediting = OutcomeCrediting(settings.kafka, settings.topics, settings.worker_id,
                                           ScoreIndex(horizon_ms, settings.outcome_index_size), on_fatal,
-                                          settings.secret.worker_key if settings.secret else None)
+                                          settings.secret.worker_key if settings.secret else None, clients)
         self.crediting.quality.threshold = store.doc.learning.reward.threshold  # accuracy's cut, the policy's
         self.unsigned_bandit_records = 0
         self._next_flush = self._next_ramp_check = 0.0

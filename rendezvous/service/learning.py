@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.trust import signed_headers
@@ -33,10 +34,11 @@ log = logging.getLogger("rendezvous.learning")
 
 class OutcomeCrediting:
     def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, index: ScoreIndex,
-                 on_fatal: Callable[[str], None], worker_key: bytes | None = None) -> None:
+                 on_fatal: Callable[[str], None], worker_key: bytes | None = None,
+                 clients: KafkaClients = CONFLUENT) -> None:
         self.topics, self.worker, self.index, self._on_fatal = topics, worker, index, on_fatal
         self._worker_key = worker_key  # signs bandit records: workers given the secret refuse unsigned ones
-        self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-bandit-{worker}"}))
+        self._producer: Producer = clients.producer(kafka.producer(**{"client.id": f"rendezvous-bandit-{worker}"}))
         self._observations: list[Observation] = []
         self._holds: list[Ack] = []
         self.outcomes: Counter = Counter()  # credited, duplicate, unknown

@@ -14,6 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -29,7 +30,9 @@ from rendezvous.routing.lateness import CAUSES, late_cause
 from rendezvous.routing.router import Decision
 
 if TYPE_CHECKING:
-    from rendezvous.service.worker import RendezvousWorker
+    from rendezvous.routing.quality import ModelQuality
+    from rendezvous.routing.router import Router
+    from rendezvous.service.policies import PolicyStore
 
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -142,18 +145,30 @@ class ServiceMetrics:
             if t0 is not None:
                 arrival.observe(max(now_ms - t0, 0.0) / 1000)
 
-    def attach(self, worker: RendezvousWorker, clock: Callable[[], float]) -> None:
-        """Read the worker's state at scrape time; ``clock`` gives the time in epoch ms."""
-        self.registry.register(_StateCollector(worker, self, clock))
+    def attach(self, sources: MetricSources, clock: Callable[[], float]) -> None:
+        """Read ``sources`` at scrape time; ``clock`` gives the time in epoch ms."""
+        self.registry.register(_StateCollector(sources, self, clock))
+
+
+@dataclass(frozen=True)
+class MetricSources:
+    """What the metrics read at scrape time: the worker hands these in (the metrics never see the worker)."""
+
+    router: Router
+    store: PolicyStore
+    quality: ModelQuality
+    deadletters: Counter  # written, by reason kind
+    consumer_lag: Callable[[], dict[str, int]]  # per topic: records not read yet
+    canary: Callable[[], CanaryWatch | None]  # the watch in force, if the policy names a canary
 
 
 class _StateCollector:
-    def __init__(self, worker: RendezvousWorker, metrics: ServiceMetrics, clock: Callable[[], float]) -> None:
-        self.worker, self.metrics, self.clock = worker, metrics, clock
+    def __init__(self, sources: MetricSources, metrics: ServiceMetrics, clock: Callable[[], float]) -> None:
+        self.sources, self.metrics, self.clock = sources, metrics, clock
 
     def collect(self) -> Iterable[Metric]:
-        w, now = self.worker, self.clock()
-        stats, compiled = w.router.stats, w.control.store.compiled
+        w, now = self.sources, self.clock()
+        stats, compiled = w.router.stats, w.store.compiled
         named = compiled.models
 
         results = CounterMetricFamily("rendezvous_results", "Results written, by chosen model and reason",
@@ -182,7 +197,7 @@ class _StateCollector:
         dead = CounterMetricFamily("rendezvous_deadletters", "Records sent to the dead-letter topic, by reason",
                                    labels=["reason"])
         counts = dict.fromkeys(DEADLETTER_KINDS, 0)  # every series exists from 0
-        counts.update(w.writer.deadletters)
+        counts.update(w.deadletters)
         for kind, n in sorted(counts.items()):
             dead.add_metric([kind], n)
         yield dead
@@ -199,13 +214,13 @@ class _StateCollector:
         posterior = GaugeMetricFamily("rendezvous_posterior_mean", "Posterior mean reward of each model",
                                       labels=["model"])
         for model in sorted(named):
-            posterior.add_metric([model], w.control.store.learner.mean(model, now))
+            posterior.add_metric([model], w.store.learner.mean(model, now))
         yield posterior
         changes = CounterMetricFamily("rendezvous_reward_changes", "Changes of each model's reward that adaptive "
                                       "forgetting detected (its posterior then forgets what came before)",
                                       labels=["model"])
         for model in sorted(named):
-            changes.add_metric([model], w.control.store.learner.changes(model))
+            changes.add_metric([model], w.store.learner.changes(model))
         yield changes
         shares = GaugeMetricFamily("rendezvous_traffic_share",
                                    f"Share of the last {SHARE_WINDOW} results answered by each model", labels=["model"])
@@ -216,8 +231,8 @@ class _StateCollector:
         yield shares
         yield GaugeMetricFamily("rendezvous_policy_version", "Version of the policy in force", value=compiled.version)
         yield GaugeMetricFamily("rendezvous_policy_sla_seconds", "The SLA of the policy in force: every answer by then",
-                                value=w.control.store.doc.sla_ms / 1000)
-        quality = w.control.crediting.quality
+                                value=w.store.doc.sla_ms / 1000)
+        quality = w.quality
         auc = GaugeMetricFamily("rendezvous_model_roc_auc",
                                 "ROC AUC of each model's scores on the outcomes that arrived (sliding window)",
                                 labels=["model"])
@@ -239,7 +254,7 @@ class _StateCollector:
         yield auc
         yield judged
         yield measured
-        yield from _drift_metrics(w.canary)
+        yield from _drift_metrics(w.canary())
 
 
 def _drift_metrics(watch: CanaryWatch | None) -> Iterable[Metric]:

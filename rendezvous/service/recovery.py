@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
-from rendezvous.kernel.kafka import read_range, since_offsets
+from rendezvous.kernel.clock import Clock, now_ms
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Result, WireError, decode_result
@@ -49,10 +50,11 @@ def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -
 def recover_partitions(
     kafka: KafkaSettings, topics: Topics, group: str, partitions: set[int],
     lookback_ms: int = 60_000, rebuild_s: float = 0.0, timeout: float = 30.0,
+    clients: KafkaClients = CONFLUENT, clock: Clock = now_ms,
 ) -> dict[int, PartitionRecovery]:
     """Blocking: run it in an executor. Reads offsets and results for ``partitions``."""
-    rebuild_since = time.time() * 1000 - 1000 * rebuild_s if rebuild_s > 0 else None
-    consumer = Consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
+    rebuild_since = clock() - 1000 * rebuild_s if rebuild_s > 0 else None
+    consumer: Consumer = clients.consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     try:
         out = {}
         for p in sorted(partitions):

@@ -4,7 +4,7 @@
 - an agent reads the scores topic (batched records);
 - a timer fires at the router's next deadline; a housekeeping task serves
   delivery reports and expires old state every few milliseconds;
-- on partition assignment, recovery tells the router what was already answered.
+- partitions (:mod:`~rendezvous.service.partitions`) are assigned, recovered and revoked.
 
 Records are acknowledged (hence committed) only when their work is durable: see
 :mod:`rendezvous.service.writer`.
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from faust.exceptions import NotReady
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canary.drift import DriftSettings
 from canary.watch import CanaryWatch
 from rendezvous.kernel.client_config import describe
-from rendezvous.kernel.clock import now_ms
+from rendezvous.kernel.clock import Clock, now_ms
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients
 from rendezvous.kernel.lifecycle import StopDeadline
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.presence import service_url
@@ -39,9 +40,9 @@ from rendezvous.routing.router import Router, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.control_plane import ControlPlane
-from rendezvous.service.metrics import ServiceMetrics
+from rendezvous.service.metrics import MetricSources, ServiceMetrics
+from rendezvous.service.partitions import Partitions
 from rendezvous.service.policies import PolicyStore
-from rendezvous.service.recovery import recover_partitions
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
@@ -53,16 +54,18 @@ HOUSEKEEPING_S = 0.005
 class RendezvousWorker:
     """One worker process. Build it, then run ``faust.Worker(worker.app)``."""
 
-    def __init__(self, settings: ServiceSettings, store: PolicyStore, feed: ControlFeed) -> None:
-        self.settings = settings
+    def __init__(self, settings: ServiceSettings, store: PolicyStore, feed: ControlFeed,
+                 clients: KafkaClients = CONFLUENT, clock: Clock = now_ms) -> None:
+        self.settings, self.clients, self.clock = settings, clients, clock
         self.topics = settings.topics
         self.router = Router(store.compiled, settings.limits, settings.sla_guard_ms)
         self.metrics = ServiceMetrics()
         self.writer = ResultWriter(settings.kafka, settings.topics, settings.worker_id, self._fatal,
-                                   self.metrics.observe_written)
-        self.control = ControlPlane(settings, store, feed, self.router, self.writer, self._fatal)
+                                   self.metrics.observe_written, clients, clock)
+        self.control = ControlPlane(settings, store, feed, self.router, self.writer, self._fatal, clients)
         self.app = create_app(settings.app_id, settings.kafka, settings.web_host, settings.web_port)
-        self.metrics.attach(self, now_ms)
+        self.metrics.attach(MetricSources(self.router, store, self.control.crediting.quality, self.writer.deadletters,
+                                          self.consumer_lag, lambda: self.canary), clock)
         self.canary: CanaryWatch | None = None
         self.ignored_reply_to = 0  # requests whose reply-to header named no replies topic of ours
         self.forged_scores = 0  # score records refused: not signed with their model's key
@@ -73,14 +76,11 @@ class RendezvousWorker:
         self.ready = False
         self.link = BrokerLink(settings.kafka)  # /ready is false while the broker does not answer
         self.stop_deadline = StopDeadline(settings.stop_grace_s, f"rendezvous worker {settings.worker_id}")
-        self.owned: set[int] = set()
-        self._catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
-        # Faust may deliver a newly assigned partition's records before we know which of its
-        # requests were answered already; they wait here until recovery has run.
-        self._recovering: dict[int, list[tuple[Callable[[Any], None], Any]]] = {}
+        self.partitions = Partitions(settings, self.router, self.control, self._apply,
+                                     lambda delay_s, *args: self.app.loop.call_later(delay_s, *args), clients, clock)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._fatal_error: str | None = None
+        self.fatal_error: str | None = None
         self._wire_app()
 
     # ------------------------------------------------------------------ wiring
@@ -104,7 +104,7 @@ class RendezvousWorker:
         async def read_outcomes(stream: Any) -> None:
             stream.enable_acks = False  # acknowledged when its observations are durable
             async for event in stream.events():
-                self.control.on_outcome_event(event, self.writer, now_ms())
+                self.control.on_outcome_event(event, self.writer, self.clock())
 
         app.agent(requests, name="rendezvous.requests")(read_requests)
         app.agent(scores, name="rendezvous.scores")(read_scores)
@@ -156,7 +156,7 @@ class RendezvousWorker:
                 if highwater is not None:
                     short = tp.topic.rsplit(".", 1)[-1]
                     lag[short] = lag.get(short, 0) + max(highwater - ((read + 1) if read is not None else 0), 0)
-        except (AttributeError, RuntimeError):  # not started yet
+        except (AttributeError, RuntimeError, NotReady):  # not started yet (a scrape can come first)
             return {}
         return lag
 
@@ -204,15 +204,14 @@ class RendezvousWorker:
             "canary": self.canary.report().as_dict() if self.canary else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
-            **self.control.status(now_ms()),
+            **self.control.status(self.clock()),
         }
 
     # ------------------------------------------------------------------ events
 
     def on_request_event(self, event: Any) -> None:
         message = event.message
-        if message.partition in self._recovering:
-            self._recovering[message.partition].append((self.on_request_event, event))
+        if self.partitions.wait_for_recovery(message.partition, self.on_request_event, event):
             return
         reply_to, probe = self._reply_to(message)
         hold = Ack(event, reply_to=reply_to)
@@ -226,8 +225,8 @@ class RendezvousWorker:
             self.writer.dead_letter(hold, message.key, message.value, str(exc),
                                     message.topic, message.partition, message.offset, kind)
             return
-        record_ms = message.timestamp * 1000.0 if message.timestamp else now_ms()
-        self._apply(self.router.on_request(head.request_id, message.partition, record_ms, hold, now_ms(),
+        record_ms = message.timestamp * 1000.0 if message.timestamp else self.clock()
+        self._apply(self.router.on_request(head.request_id, message.partition, record_ms, hold, self.clock(),
                                            head.event_time))
 
     def _answer_probe(self, hold: Ack, message: Any) -> None:
@@ -264,8 +263,7 @@ class RendezvousWorker:
 
     def on_score_event(self, event: Any) -> None:
         message = event.message
-        if message.partition in self._recovering:
-            self._recovering[message.partition].append((self.on_score_event, event))
+        if self.partitions.wait_for_recovery(message.partition, self.on_score_event, event):
             return
         hold = Ack(event, refs=0)
         try:
@@ -279,7 +277,7 @@ class RendezvousWorker:
             self.writer.dead_letter(Ack(event), message.key, message.value, refused,
                                     message.topic, message.partition, message.offset, "forged_score")
             return
-        now = now_ms()
+        now = self.clock()
         if batch.model in self.router.policy.models:  # the series of /metrics are the policy's models, no others
             self.metrics.observe_scores(batch.model, batch.scores, self.router.pending_t0, now)
         if self.canary is not None:
@@ -293,9 +291,7 @@ class RendezvousWorker:
         if step.kept == 0:
             event.ack()
         self._apply(step)
-        target = self._catch_up.get(message.partition)
-        if target is not None and message.offset >= target - 1:
-            self._release(message.partition, "scores caught up")
+        self.partitions.scores_read(message.partition, message.offset)
 
     def _unauthentic(self, model: str, message: Any) -> str | None:
         """Why a score record is refused as not the model's own (with a secret only), or None."""
@@ -330,11 +326,11 @@ class RendezvousWorker:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = wake
-        self._timer = self.app.loop.call_later(max(wake - now_ms(), 0.0) / 1000.0, self._on_timer)
+        self._timer = self.app.loop.call_later(max(wake - self.clock(), 0.0) / 1000.0, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self._apply(self.router.on_tick(now_ms()))
+        self._apply(self.router.on_tick(self.clock()))
 
     async def _housekeeping(self) -> None:
         # Two ways a deadline fires, on purpose: the timer above fires at the exact
@@ -343,59 +339,38 @@ class RendezvousWorker:
         # long batch, and because it must serve delivery reports anyway. Both call the
         # same router.on_tick, which is idempotent: a deadline is decided once.
         while True:
-            self.writer.poll()
-            now = now_ms()
-            self.control.tick(now)
-            self._watch_canary()
-            self._apply(self.router.on_tick(now))
-            if self._fatal_error:
-                await self.app.crash(RuntimeError(self._fatal_error))
+            self.housekeep()
+            if self.fatal_error:
+                await self.app.crash(RuntimeError(self.fatal_error))
                 return
             await asyncio.sleep(HOUSEKEEPING_S)
 
+    def housekeep(self) -> None:
+        """One round: serve delivery reports (which acknowledge records), apply control records, decide what is due."""
+        self.writer.poll()
+        now = self.clock()
+        self.control.tick(now)
+        self._watch_canary()
+        self._apply(self.router.on_tick(now))
+
     def _fatal(self, reason: str) -> None:
         log.error("%s; stopping so that a restart re-reads the unanswered requests", reason)
-        self._fatal_error = reason
+        self.fatal_error = reason
 
     # ------------------------------------------------------------------ partitions
 
+    @property
+    def owned(self) -> set[int]:
+        return self.partitions.owned
+
     async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
-        new = partitions - self.owned
-        self.owned = partitions
-        if new:
-            for p in new:
-                self._recovering.setdefault(p, [])
-            s = self.settings
-            recovered = await asyncio.get_running_loop().run_in_executor(
-                None, recover_partitions, s.kafka, self.topics, s.app_id, new, s.recovery_lookback_ms,
-                s.outcome_rebuild_s)
-            for p, rec in recovered.items():
-                self.router.mark_answered(rec.answered, now_ms())
-                self.control.reindex(rec.results)
-                if rec.needs_catch_up:
-                    self.router.hold(p)
-                    self._catch_up[p] = rec.scores_target
-                    self.app.loop.call_later(s.catch_up_timeout_s, self._release, p, "catch-up timed out")
-                log.info("partition %d: re-reading requests %d..%d, %d already answered, scores %d..%d",
-                         p, rec.replay_from, rec.replay_to, len(rec.answered), rec.scores_from, rec.scores_target)
-                for handle, event in self._recovering.pop(p, []):
-                    if p in self.owned:  # not revoked meanwhile (its next owner re-reads them)
-                        handle(event)
+        await self.partitions.assigned(partitions)
         self.ready = True
         log.info("worker %s owns partitions %s", self.settings.worker_id, sorted(partitions))
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
-        for tp in revoked:
-            if tp.topic == self.topics.requests:
-                self.owned.discard(tp.partition)
-                self._recovering.pop(tp.partition, None)
-                self._release(tp.partition, "revoked")
-
-    def _release(self, partition: int, why: str) -> None:
-        if self._catch_up.pop(partition, None) is not None:
-            log.info("partition %d: deciding re-read requests (%s)", partition, why)
-            self._apply(self.router.release(partition, now_ms()))
+        self.partitions.revoked({tp.partition for tp in revoked if tp.topic == self.topics.requests})
 
     def _on_rebalance_start(self) -> None:
         # Faust waits for every unacknowledged record before handing partitions over;
@@ -407,6 +382,5 @@ class RendezvousWorker:
         # while the broker is down: bounded here, as every service's stop is.
         self.stop_deadline.arm()
         self._on_rebalance_start()
-        for p in list(self._catch_up):
-            self._release(p, "stopping")
+        self.partitions.release_all("stopping")
         self.control.crediting.flush()

@@ -15,8 +15,8 @@ from typing import Any
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, KafkaException, Message, Producer
 
-from rendezvous.kernel.clock import now_ms
-from rendezvous.kernel.kafka import produce
+from rendezvous.kernel.clock import Clock, now_ms
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, produce
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import DLQ_VALUE_DROPPED, Candidate, Result, deadletter_headers, encode
@@ -87,9 +87,11 @@ class ResultWriter:
     """
 
     def __init__(self, kafka: KafkaSettings, topics: Topics, worker: str, on_fatal: Callable[[str], None],
-                 on_written: Callable[[Decision, float], None] | None = None) -> None:
+                 on_written: Callable[[Decision, float], None] | None = None, clients: KafkaClients = CONFLUENT,
+                 clock: Clock = now_ms) -> None:
         self.topics, self.worker, self._on_fatal, self._on_written = topics, worker, on_fatal, on_written
-        self._producer = Producer(kafka.producer(**{"client.id": f"rendezvous-{worker}"}))
+        self.clock = clock
+        self._producer: Producer = clients.producer(kafka.producer(**{"client.id": f"rendezvous-{worker}"}))
         # The idempotent producer reports deliveries of one partition in order, so each
         # report releases the oldest holds of its partition: no closure per result.
         self._in_flight: dict[int, deque[Decision]] = defaultdict(deque)
@@ -111,7 +113,7 @@ class ResultWriter:
 
     def reply_probe(self, request_id: str, reply_to: str, policy: str, policy_version: int) -> None:
         """Answer a gateway's readiness probe on its reply topic only: not a result, not traffic."""
-        now = now_ms()
+        now = self.clock()
         result = Result(request_id=request_id, model=None, model_version=None, score=None, reason="default",
                         detail="readiness probe: answered at once, not routed", latency_ms=0.0, intake_ms=0.0,
                         policy=policy, policy_version=policy_version, candidates={}, request_ms=now,
@@ -128,7 +130,7 @@ class ResultWriter:
         for hold in pending.score_tokens:
             hold.release()
         if self._on_written is not None:
-            self._on_written(decision, written_ms(msg, now_ms()))
+            self._on_written(decision, written_ms(msg, self.clock()))
 
     def _reply_delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:  # the gateway answers its caller 504 at its deadline; nothing else waits on this
