@@ -77,13 +77,13 @@ def fresh_topics(kafka: KafkaSettings, partitions: int = 4) -> Topics:
     return topics
 
 
-def scripted_spec(directory: Path, name: str, score: float, delay_ms: float = 0.0) -> Path:
+def scripted_spec(directory: Path, name: str, score: float, delay_ms: float = 0.0, batched: bool = False) -> Path:
     path = directory / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""\
         name: {name}
         version: "1"
         entry: containers.examples.synthetic:scripted
-        options: {{name: {name}, score: {score}, delay_ms: {delay_ms}}}
+        options: {{name: {name}, score: {score}, delay_ms: {delay_ms}, batched: {str(batched).lower()}}}
     """))
     return path
 

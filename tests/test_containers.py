@@ -416,3 +416,25 @@ def test_the_kafka_image_runs_the_embedded_broker_and_keeps_its_data(docker_clie
     finally:
         container.remove(force=True)
         volume.remove(force=True)
+
+
+def _image_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rendezvous", "image", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+def test_image_build_leaves_a_current_image_and_refuses_a_missing_base_or_mirror_clearly(docker_client, runner_image):
+    base = docker_client.images.get(runner_image).labels["io.rendezvous.base"]
+    current = _image_command("build", "--base", base, "--tag", runner_image)
+    assert current.returncode == 0 and "is current with this source tree" in current.stderr, current.stderr
+
+    missing = _image_command("build", "--base", "nothere/python:0", "--tag", "rendezvous/test-unbuilt:0", "--force")
+    assert missing.returncode == 4, missing.stderr
+    assert "base image nothere/python:0 is not on this machine" in missing.stderr and "Traceback" not in missing.stderr
+
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        return  # `image base` refuses at once here: it needs root and debootstrap
+    unreachable = _image_command("base", "--tag", "rendezvous/test-base:0", "--mirror", "http://127.0.0.1:9/debian")
+    assert unreachable.returncode == 4, unreachable.stderr
+    assert "debootstrap failed" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    assert not any("rendezvous/test-base:0" in tag for image in docker_client.images.list() for tag in image.tags)

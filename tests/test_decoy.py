@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from confluent_kafka import Producer
 
@@ -32,8 +35,9 @@ def records(n: int, start: int = 0) -> list[tuple[bytes | None, bytes | None, li
 
 def produce(system: System, batch) -> None:
     producer = Producer(system.kafka.producer())
-    for key, value, headers in batch:
-        producer.produce(system.topics.requests, value, key, headers=headers)
+    start_ms = int(time.time() * 1000) - len(batch)
+    for i, (key, value, headers) in enumerate(batch):  # a timestamp each, so time ranges can cut between them
+        producer.produce(system.topics.requests, value, key, headers=headers, timestamp=start_ms + i)
         producer.poll(0)
     assert producer.flush(10) == 0
 
@@ -111,6 +115,66 @@ def test_replay_selects_a_range(archived_across_a_kill):
     assert len(expected) == 10
     assert sorted(m.value() for m in system.read_topic(target.requests)) == sorted(expected)
     assert "10/10" in done.stderr, done.stderr  # the progress counts the range, not the whole archive
+
+
+def test_replay_selects_a_time_range_and_refuses_a_time_it_cannot_read(archived_across_a_kill):
+    system, _, archive, _, got = archived_across_a_kill
+    stamps = sorted({r.timestamp for r in got})
+    assert len(stamps) >= 3, "the archive's records need distinct timestamps for a range inside them"
+    since, until = stamps[len(stamps) // 3], stamps[2 * len(stamps) // 3]
+    expected = sorted(r.value for r in got if since <= r.timestamp <= until)
+    assert 0 < len(expected) < len(got)
+    target = fresh_topics(system.kafka)
+    done = subprocess.run(
+        [sys.executable, "-m", "rendezvous", "replay", "--archive", str(archive), "--broker",
+         system.kafka.bootstrap, "--topic", target.requests, "--since", str(since), "--until", str(until)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"replayed {len(expected)} records" in done.stdout
+    assert sorted(m.value() for m in system.read_topic(target.requests)) == expected
+
+    bad = subprocess.run([sys.executable, "-m", "rendezvous", "replay", "--archive", str(archive), "--broker",
+                          system.kafka.bootstrap, "--topic", target.requests, "--since", "last tuesday"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "neither epoch milliseconds nor an ISO 8601 time" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_archive_info_and_verify_report_what_the_archive_holds_and_a_damaged_byte(archived_across_a_kill, tmp_path):
+    _, _, archive, _, got = archived_across_a_kill
+    info = subprocess.run([sys.executable, "-m", "rendezvous", "archive", "info", str(archive)],
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0, info.stderr
+    assert f"{len(got)} records" in info.stdout and "timestamps " in info.stdout
+    ok = subprocess.run([sys.executable, "-m", "rendezvous", "archive", "verify", str(archive)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.strip().endswith(": ok"), ok.stdout + ok.stderr
+    assert f"{len(got)} records" in ok.stdout
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(archive, damaged)
+    segment = sorted(damaged.glob("*.log"))[0]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a record
+    segment.write_bytes(bytes(data))
+    bad = subprocess.run([sys.executable, "-m", "rendezvous", "archive", "verify", str(damaged)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "DAMAGED" in bad.stdout and "problem:" in bad.stderr, bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_the_decoy_answers_its_status_endpoints(archived_across_a_kill):
+    system, decoy, _, _, got = archived_across_a_kill
+    base = system.url(decoy)
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/ready").status_code == 200
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200 and "# TYPE" in metrics.text
+        info = http.get("/info")
+        assert info.status_code == 200 and info.json()["kafka"]["bootstrap"] == system.kafka.bootstrap
+        missing = http.get("/nothing")
+        assert missing.status_code == 404 and "/healthz" in missing.text
 
 
 def test_a_requests_topic_made_again_is_archived_as_a_new_log_not_skipped_as_redelivery(broker, tmp_path):

@@ -27,6 +27,7 @@ from rendezvous.kernel.wire import (
     Score,
     ScoreBatch,
     decode_result,
+    decode_score_batch,
     encode,
 )
 from tests.conftest import CHAIN_POLICY, REPO, System, scripted_spec, settings_for, wait_until, write_policy
@@ -315,3 +316,27 @@ def test_undecodable_scores_and_requests_stop_nothing(chain: System):
     _dead_letter_for(chain, chain.topics.requests, p, o)
     answered_by_the_rule(chain.ask(f"after-utf-{time.monotonic_ns()}", {}))
     assert {name: chain.pid(name) for name in chain.models.values()} == pids  # no model runner died
+
+
+def test_a_batch_that_fails_is_scored_request_by_request_so_one_bad_request_costs_only_itself(broker, tmp_path):
+    """A vectorised model fails a whole batch for one bad request: the runner scores that batch again one
+    by one, so the bad request gets its error and every other request its score, each exactly once."""
+    with System(settings_for(broker), tmp_path, partitions=2) as s:
+        ids = [f"b{i}" for i in range(30)]
+        # sent before the model starts: its first poll takes them all, as one batch
+        s.send([(rid, {"mb_fail": True} if rid == "b17" else {"mb_score": i / 100}) for i, rid in enumerate(ids)])
+        s.wait_ready(s.start_models(scripted_spec(tmp_path, "mb", 0.5, batched=True)))
+
+        def all_scored() -> dict | None:
+            got: dict[str, list] = {}
+            for message in s.read_topic(s.topics.scores):
+                for score in decode_score_batch(message.value()).scores:
+                    got.setdefault(score.request_id, []).append(score)
+            return got if set(ids) <= set(got) else None
+
+        got = wait_until(all_scored, "the batched model scored every request", timeout=60)
+        assert {rid: len(scores) for rid, scores in got.items()} == dict.fromkeys(ids, 1)  # each exactly once
+        (bad,) = got["b17"]
+        assert bad.score is None and "mb was told to fail" in (bad.error or "")
+        assert all(got[rid][0].score == i / 100 and got[rid][0].error is None
+                   for i, rid in enumerate(ids) if rid != "b17")

@@ -16,6 +16,8 @@ memory, to show what a container's memory limit does to a model that exceeds it.
 Traceback (most recent call last):
 ...
 RuntimeError: m2 was told to fail
+>>> scripted(None, name="m2", score=0.7, batched=True).predict_many([{}, {"m2_score": 0.1}])
+[0.7, 0.1]
 """
 
 from __future__ import annotations
@@ -55,8 +57,19 @@ def build(artifact: Path | None, score: float = 0.5) -> Constant:
     return Constant(score)
 
 
-def scripted(artifact: Path | None, name: str, score: float = 0.5, delay_ms: float = 0.0) -> Scripted:
-    return Scripted(name, score, delay_ms)
+class ScriptedBatches(Scripted):
+    """Scores whole batches; a batch holding one request told to fail fails as a whole, as a real
+    vectorised model does (the runner then scores that batch's requests one by one)."""
+
+    def predict_many(self, batch: list[dict[str, Any]]) -> list[float]:
+        if any(features.get(f"{self.name}_fail") for features in batch):
+            raise RuntimeError(f"{self.name} was told to fail (one of {len(batch)} requests)")
+        return [float(features.get(f"{self.name}_score", self.score)) for features in batch]
+
+
+def scripted(artifact: Path | None, name: str, score: float = 0.5, delay_ms: float = 0.0,
+             batched: bool = False) -> Scripted:
+    return (ScriptedBatches if batched else Scripted)(name, score, delay_ms)
 
 
 class Hungry(Constant):
