@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+__all__ = ["siegmund_arl", "threshold_for", "Cusum"]
+
 
 def siegmund_arl(k: float, h: float, mean: float = 0.0) -> float:
     """Average run length of a one-sided CUSUM with reference ``k``, threshold ``h``, for N(mean, 1) values."""

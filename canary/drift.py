@@ -51,6 +51,8 @@ from scipy.special import ndtri
 
 from canary.cusum import Cusum
 
+__all__ = ["NormalScores", "DriftSettings", "DriftReport", "psi", "DriftMonitor"]
+
 
 class NormalScores:
     """Maps a value to a standard normal one through a reference sample's ranks.

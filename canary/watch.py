@@ -21,6 +21,8 @@ from collections import OrderedDict
 
 from canary.drift import DriftMonitor, DriftReport, DriftSettings
 
+__all__ = ["CanaryWatch"]
+
 
 class CanaryWatch:
     def __init__(self, champion: str, canary: str, settings: DriftSettings = DriftSettings(),

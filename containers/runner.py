@@ -49,6 +49,8 @@ from rendezvous.kernel.wire import (
     encode,
 )
 
+__all__ = ["LATENCY_BUCKETS", "RunnerError", "LAG_EVERY_S", "group_for", "RunnerMetrics", "ModelRunner"]
+
 log = logging.getLogger("rendezvous.runner")
 
 #: (partition, offset, request or None if unreadable, record timestamp ms)

@@ -30,6 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rendezvous.kernel.documents import DocumentError, Problem, load_document
 from rendezvous.kernel.errors import ConfigError
 
+__all__ = [
+    "EXAMPLES", "Name", "Model", "Resources", "TrainingData", "ModelCard", "ModelSpec", "ModelIdentity",
+    "ModelLoadError", "load_spec", "load_card", "sha256_file", "load_model",
+]
+
 EXAMPLES = Path(__file__).parent / "examples"
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]

@@ -46,6 +46,11 @@ import msgspec
 
 from rendezvous.kernel.errors import RendezvousError
 
+__all__ = [
+    "HEADER", "ENTRY", "DEFAULT_SEGMENT_BYTES", "ArchivedRecord", "ArchiveError", "ArchiveWriter", "VerifyReport",
+    "ArchiveReader",
+]
+
 HEADER = struct.Struct(">IIQ")  # body length, crc32(body), sequence number
 ENTRY = struct.Struct(">QQqiq")  # sequence, position in .log, timestamp ms, partition, offset
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024

@@ -17,6 +17,8 @@ from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.kafka import produce
 from rendezvous.kernel.settings import KafkaSettings
 
+__all__ = ["replay"]
+
 
 def replay(
     reader: ArchiveReader,

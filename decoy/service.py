@@ -26,6 +26,8 @@ from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import Topics
 
+__all__ = ["Decoy"]
+
 log = logging.getLogger("rendezvous.decoy")
 
 class Decoy:

@@ -13,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rendezvous.kernel.documents import FieldError
 
+__all__ = [
+    "Name", "Strict", "ChainEntry", "DefaultAnswer", "RampSpec", "ModelEntry", "RewardSpec", "PriorSpec",
+    "ForgettingSpec", "Learning", "FixedRouting", "WeightedRouting", "EpsilonGreedyRouting", "ThompsonRouting",
+    "Routing", "CanarySpec", "DeployedModel", "DecoyDeploy", "RendezvousDeploy", "Deploy", "Policy",
+]
+
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 
 

@@ -85,3 +85,19 @@ def test_imports_point_down_only(name: str):
         if _layer(target) >= _layer(own):
             wrong.append(f"{imported} (layer {_layer(target)}, not below {own}'s layer {_layer(own)})")
     assert not wrong, f"{name} imports upward or sideways: {wrong}"
+
+
+def _declares_all(path: Path) -> bool:
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            return True
+    return False
+
+
+def test_every_module_says_what_it_offers_with_all():
+    """A module's public surface is its ``__all__``; packages and entry points (``__main__``) excepted."""
+    missing = sorted(name for name, path in MODULES.items()
+                     if path.stem not in ("__init__", "__main__") and not name.startswith(EXAMPLES)
+                     and not name.startswith("rendezvous.gateway.protocol") and not _declares_all(path))
+    assert not missing, f"modules without __all__: {missing}"

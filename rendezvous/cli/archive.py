@@ -19,6 +19,8 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.operations.broker import resolve_broker
 
+__all__ = ["replay", "archive", "verify", "info"]
+
 
 def _time_ms(value: str | None) -> int | None:
     """Epoch milliseconds, or an ISO 8601 time (2026-11-23T10:00:00+00:00)."""

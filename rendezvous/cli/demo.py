@@ -28,6 +28,8 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.tools.demo import DemoOptions, run_demo
 
+__all__ = ["demo", "LATE_EXIT_CODE"]
+
 
 @click.command()
 @click.option("--requests", "n_requests", type=click.IntRange(1), default=2000, show_default=True,

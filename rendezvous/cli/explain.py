@@ -18,6 +18,8 @@ from rendezvous.operations.broker import resolve_broker
 from rendezvous.tools.explain import explain as explain_request
 from rendezvous.tools.explain import render
 
+__all__ = ["explain"]
+
 
 @click.command()
 @click.argument("request_id")

@@ -24,6 +24,8 @@ from rendezvous.kernel.status import announce_port
 from rendezvous.kernel.trust import StackSecret
 from rendezvous.operations.broker import resolve_broker
 
+__all__ = ["DEFAULT_PORT", "gateway"]
+
 DEFAULT_PORT = 8080
 
 

@@ -32,6 +32,8 @@ from rendezvous.operations.broker import (
 from rendezvous.operations.kafka_broker import DEFAULT_JVM_OPTS, JVM_OPTS_ENV
 from rendezvous.operations.kafka_dist import JARS_ENV, KAFKA_VERSION, fetch_jars, java_available
 
+__all__ = ["broker", "broker_fetch", "topics", "topics_create"]
+
 
 @click.group(invoke_without_command=True, cls=RendezvousGroup)
 @click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on.")

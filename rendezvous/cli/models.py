@@ -43,6 +43,11 @@ from rendezvous.operations.images import (
     RUNNER_IMAGE,
 )
 
+__all__ = [
+    "deploy", "scale", "stop", "models", "logs", "image", "image_base", "image_build", "image_kafka",
+    "image_prometheus",
+]
+
 
 def _runtime(broker: str | None, topic_prefix: str, fetch_wait_ms: int = 5, producer_linger_ms: float = 0.0,
              fetch_min_bytes: int = 1, need_broker: bool = False, secret: StackSecret | None = None) -> DockerRuntime:

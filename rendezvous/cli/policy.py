@@ -30,6 +30,8 @@ from rendezvous.service.policies import publish_policy
 from rendezvous.tools.inventory import policy_history, running_models, unknown_models
 from rendezvous.tools.status import await_adoption
 
+__all__ = ["policy", "validate", "apply", "show", "schema", "policy_json_schema"]
+
 
 @click.group()
 def policy() -> None:

@@ -11,6 +11,8 @@ from rendezvous.kernel.options import stderr_console
 from rendezvous.tools.report import write_report
 from rendezvous.tools.timeline import PrometheusRange
 
+__all__ = ["UNITS", "Duration", "report"]
+
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

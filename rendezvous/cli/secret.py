@@ -14,6 +14,8 @@ import click
 from rendezvous.kernel.errors import ConfigError
 from rendezvous.kernel.trust import StackSecret, write_key
 
+__all__ = ["secret", "create", "model_key"]
+
 
 @click.group()
 def secret() -> None:

@@ -23,6 +23,8 @@ from rendezvous.operations.broker import resolve_broker
 from rendezvous.routing.router import RouterLimits
 from rendezvous.service.settings import DEFAULT_SLA_GUARD_MS
 
+__all__ = ["serve"]
+
 
 @click.command()
 @click.option("--policy", "policy_path", envvar="RENDEZVOUS_POLICY", default=None,

@@ -27,6 +27,8 @@ from rendezvous.operations.docker import DockerRuntime
 from rendezvous.operations.stack import RunningStack, StackOptions, running_stack
 from rendezvous.operations.stackfile import load_stack
 
+__all__ = ["up"]
+
 
 @click.command()
 @click.argument("policy_path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))

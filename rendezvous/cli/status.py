@@ -23,6 +23,8 @@ from rendezvous.kernel.trust import StackSecret
 from rendezvous.operations.broker import find_running_engine, resolve_broker
 from rendezvous.tools.status import StackStatus, stack_status
 
+__all__ = ["status"]
+
 
 @click.command()
 @broker_option()

@@ -24,6 +24,11 @@ import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 
 from rendezvous.kernel.errors import ConfigError
 
+__all__ = [
+    "M", "Problem", "FieldError", "DocumentError", "format_field", "parse_document", "load_document_text",
+    "load_document",
+]
+
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 

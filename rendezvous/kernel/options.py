@@ -23,6 +23,12 @@ from rendezvous.kernel.settings import (
 from rendezvous.kernel.topics import DEFAULT_PREFIX, Topics
 from rendezvous.kernel.trust import StackSecret, remembered_secret
 
+__all__ = [
+    "user_errors", "RendezvousGroup", "RendezvousCommand", "expose_env_vars", "client_config", "broker_option",
+    "engine_option", "retention_option", "topic_prefix_option", "client_options", "log_level_option",
+    "stop_grace_option", "secret_option", "stack_secret", "kafka_settings", "topics_for", "stderr_console",
+]
+
 
 class _UserError(click.ClickException):
     """A :class:`RendezvousError` as the CLI shows it: one message, the hint, its own exit code."""

@@ -28,6 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+__all__ = [
+    "DEFAULT_PREFIX", "REPLY_TO", "PROBE", "DEFAULT_PARTITIONS", "DEFAULT_RETENTION_MS", "CONTROL_RETENTION_MS",
+    "PRESENCE_RETENTION_MS", "retention_config", "Topics",
+]
+
 DEFAULT_PREFIX = "rendezvous"
 #: Request header naming the topic (one of ``Topics.replies``) where the worker also writes the result,
 #: so that a gateway reads only its own callers' results, not the whole results topic.

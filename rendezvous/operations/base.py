@@ -15,6 +15,8 @@ from typing import Literal, Protocol
 
 from rendezvous.kernel.errors import OperationsError
 
+__all__ = ["Health", "Replica", "ModelRuntime", "replica_changes", "RuntimeUnavailable", "fetch_ready"]
+
 #: running: up and consuming; starting: up, not yet assigned partitions; restarting: between
 #: restarts after a crash; failed: crashed too often, or killed for exceeding its memory, and left
 #: down; stopped: exited cleanly.

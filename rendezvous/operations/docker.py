@@ -39,6 +39,8 @@ from rendezvous.operations.base import (
 from rendezvous.operations.broker import free_port
 from rendezvous.operations.images import LOCAL_BASE_IMAGE, RUNNER_IMAGE, has_image
 
+__all__ = ["LABEL", "DeployError", "connect", "CLIENT_MOUNT", "SCORE_KEY_MOUNT", "DockerRuntime"]
+
 LABEL = "io.rendezvous"
 
 

@@ -33,6 +33,13 @@ from rendezvous import __version__
 from rendezvous.kernel.errors import OperationsError
 from rendezvous.operations.kafka_dist import KAFKA_VERSION, KafkaDistError, java_binary, verify_jars
 
+__all__ = [
+    "DEFAULT_BASE_IMAGE", "LOCAL_BASE_IMAGE", "RUNNER_IMAGE", "KAFKA_IMAGE", "DEBIAN_SUITE", "Progress",
+    "KAFKA_DOCKERFILE", "PROMETHEUS_IMAGE", "PROMETHEUS_DOCKERFILE", "ImageError", "build_base_image", "source_root",
+    "PACKAGES", "RUNTIME_LOCK", "source_digest", "runner_image_is_current", "build_runner_image", "build_kafka_image",
+    "has_image", "ensure_runner_image", "build_prometheus_image",
+]
+
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LOCAL_BASE_IMAGE = "local/python:3.11"
 RUNNER_IMAGE = f"rendezvous/runner:{__version__}"

@@ -22,6 +22,8 @@ from rendezvous.operations.base import Replica, replica_changes
 from rendezvous.operations.broker import port_open
 from rendezvous.operations.supervisor import ChildSpec, Supervisor
 
+__all__ = ["ProcessRuntime"]
+
 
 @dataclass
 class ProcessRuntime:

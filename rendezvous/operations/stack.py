@@ -38,6 +38,8 @@ from rendezvous.operations.docker import DockerRuntime
 from rendezvous.operations.process import ProcessRuntime
 from rendezvous.operations.stackfile import Stack
 
+__all__ = ["Progress", "StackError", "StackOptions", "RunningStack", "running_stack"]
+
 Progress = Callable[[str, dict[str, Any]], None]
 
 

@@ -25,6 +25,8 @@ from rendezvous.kernel.presence import LOG_FILE_ENV
 from rendezvous.kernel.status import PORT_FILE_ENV
 from rendezvous.operations.base import fetch_ready
 
+__all__ = ["State", "die_with_parent", "ChildSpec", "Child", "Supervisor"]
+
 log = logging.getLogger("rendezvous.supervisor")
 
 State = Literal["running", "backoff", "failed", "stopped"]

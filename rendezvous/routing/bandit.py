@@ -33,6 +33,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+__all__ = [
+    "Observation", "RewardStats", "Forgetting", "Decay", "Window", "Adaptive", "Family", "BetaBernoulli", "NormalGamma",
+    "Learner",
+]
+
 
 @dataclass(frozen=True)
 class Observation:

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from rendezvous.routing.bandit import Observation
 
+__all__ = ["RewardRule", "ScoreIndex"]
+
 
 @dataclass(frozen=True)
 class RewardRule:

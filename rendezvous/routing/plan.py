@@ -47,6 +47,8 @@ from typing import Any, NamedTuple
 
 from rendezvous.kernel.wire import Reason
 
+__all__ = ["MAX_GUARD_SHARE", "Stage", "Plan", "Choice", "choose", "next_change_ms", "due_ms", "describe"]
+
 #: The guard never takes more than this share of the SLA from the models.
 MAX_GUARD_SHARE = 0.25
 

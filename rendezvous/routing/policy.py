@@ -45,6 +45,8 @@ from rendezvous.routing.outcomes import RewardRule
 from rendezvous.routing.plan import Plan
 from rendezvous.routing.ramp import RampLimits, RampMonitor, RampSchedule
 
+__all__ = ["FixedChain", "learner_for", "same_learning", "CompiledPolicy", "compile_policy"]
+
 
 class FixedChain:
     """The same fallback chain for every request, built by hand (tests, benchmarks)."""

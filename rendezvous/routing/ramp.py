@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from rendezvous.routing.quality import ModelQuality
 
+__all__ = ["RampSchedule", "RampLimits", "RampMonitor", "HIGHER_IS_BETTER"]
+
 
 @dataclass(frozen=True)
 class RampSchedule:

@@ -34,6 +34,8 @@ from rendezvous.routing.state import (
     ScoreView,
 )
 
+__all__ = ["RoutingPolicy", "RouterLimits", "Decision", "Step", "UNLISTED", "RouterStats", "Router"]
+
 
 class RoutingPolicy(Protocol):
     """What the router needs from a policy: a plan per request, and the models it names."""

@@ -16,6 +16,8 @@ from typing import Any
 
 from rendezvous.routing.plan import Plan
 
+__all__ = ["ScoreView", "PendingRequest", "DeadlineQueue", "OrphanScore", "OrphanScores", "DecidedRequests"]
+
 
 @dataclass(slots=True)
 class ScoreView:

@@ -26,6 +26,8 @@ from rendezvous.kernel.logs import quiet_repeats
 from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.status import announce_port
 
+__all__ = ["FAUST_VARIABLES", "ambient_faust_variables", "RendezvousApp", "broker_credentials", "create_app"]
+
 log = logging.getLogger(__name__)
 quiet_repeats(["aiokafka"])  # about 40 lines a second while the broker is away
 

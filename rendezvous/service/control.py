@@ -31,6 +31,8 @@ from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.trust import signature_of, verify
 from rendezvous.routing.bandit import Observation
 
+__all__ = ["BanditRecord", "decode_bandit_record", "Drained", "ControlFeed"]
+
 log = logging.getLogger("rendezvous.control")
 
 class BanditRecord(msgspec.Struct):

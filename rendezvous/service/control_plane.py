@@ -26,6 +26,8 @@ from rendezvous.service.policies import PolicyStore, demoted, policy_record, pro
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
+__all__ = ["FLUSH_EVERY_MS", "RAMP_CHECK_EVERY_MS", "ControlPlane"]
+
 log = logging.getLogger("rendezvous.control")
 
 FLUSH_EVERY_MS = 100.0

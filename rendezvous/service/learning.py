@@ -29,6 +29,8 @@ from rendezvous.routing.router import Decision
 from rendezvous.service.control import BanditRecord
 from rendezvous.service.writer import Ack
 
+__all__ = ["OutcomeCrediting"]
+
 log = logging.getLogger("rendezvous.learning")
 
 

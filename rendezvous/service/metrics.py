@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from rendezvous.routing.router import Router
     from rendezvous.service.policies import PolicyStore
 
+__all__ = [
+    "LATENESS_BUCKETS", "LATENCY_BUCKETS", "SCORE_BUCKETS", "SHARE_WINDOW", "DROP_KINDS", "DEADLETTER_KINDS",
+    "LoopHistogram", "ServiceMetrics", "MetricSources",
+]
+
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))

@@ -37,6 +37,8 @@ from rendezvous.routing.policy import (
     same_learning,
 )
 
+__all__ = ["who", "policy_record", "publish_policy", "demoted", "promoted", "Applied", "PolicyStore"]
+
 log = logging.getLogger("rendezvous.policies")
 
 

@@ -26,6 +26,8 @@ from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Result, WireError, decode_result
 
+__all__ = ["PartitionRecovery", "recover_partitions"]
+
 
 @dataclass
 class PartitionRecovery:

@@ -26,6 +26,8 @@ from rendezvous.service.policies import PolicyStore, publish_policy, who
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.worker import RendezvousWorker
 
+__all__ = ["ServiceError", "check_topics", "ADAPTIVE_HISTORY_S", "history_start_ms", "build_worker", "run_worker"]
+
 log = logging.getLogger("rendezvous.service")
 
 

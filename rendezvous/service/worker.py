@@ -46,6 +46,8 @@ from rendezvous.service.policies import PolicyStore
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
+__all__ = ["HOUSEKEEPING_S", "RendezvousWorker"]
+
 log = logging.getLogger("rendezvous.service")
 
 HOUSEKEEPING_S = 0.005

@@ -22,6 +22,8 @@ from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import DLQ_VALUE_DROPPED, Candidate, Result, deadletter_headers, encode
 from rendezvous.routing.router import Decision
 
+__all__ = ["Ack", "written_ms", "build_result", "ResultWriter"]
+
 log = logging.getLogger("rendezvous.service")
 
 

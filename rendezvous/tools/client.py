@@ -25,6 +25,8 @@ from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
 
+__all__ = ["Received", "ResultCollector", "RequestSender"]
+
 
 @dataclass
 class Received:

@@ -43,6 +43,8 @@ from rendezvous.tools.report import Marker, ReportError, write_report
 from rendezvous.tools.summary import summarize
 from rendezvous.tools.timeline import Scraper
 
+__all__ = ["DemoOptions", "run_demo", "OutcomeFeeder"]
+
 
 @dataclass
 class DemoOptions:

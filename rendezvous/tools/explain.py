@@ -28,6 +28,8 @@ from rendezvous.kernel.wire import (
     decode_score_batch,
 )
 
+__all__ = ["Story", "explain", "render"]
+
 
 @dataclass
 class Story:

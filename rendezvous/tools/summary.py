@@ -31,6 +31,8 @@ import numpy as np
 
 from rendezvous.kernel.wire import Result
 
+__all__ = ["percentiles", "late_cause", "summarize"]
+
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
