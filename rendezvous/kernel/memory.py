@@ -57,17 +57,8 @@ class MemoryMessage:
 
     __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_timestamp", "_error")
 
-    def __init__(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None,
-        timestamp_ms: int,
-        error: KafkaError | None = None,
-    ) -> None:
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 headers: Headers | None, timestamp_ms: int, error: KafkaError | None = None) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._key, self._value, self._headers = key, value, headers
         self._timestamp, self._error = timestamp_ms, error
@@ -163,15 +154,8 @@ class MemoryBroker(KafkaClients):
                 self._logs[topic] = [[] for _ in range(self.partitions)]
             return self._logs[topic]
 
-    def append(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        partition: int = -1,
-        headers: Headers | None = None,
-        timestamp_ms: int = 0,
-    ) -> MemoryMessage:
+    def append(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
+               headers: Headers | None = None, timestamp_ms: int = 0) -> MemoryMessage:
         """Write one record now (as another client would); -1: partition by key."""
         with self._lock:
             log = self._log(topic)
@@ -207,11 +191,8 @@ class MemoryBroker(KafkaClients):
     def event(self, topic: str, partition: int, offset: int, group: str = "group") -> MemoryEvent:
         """The record at ``offset`` as a Faust agent of ``group`` receives it."""
         m = self.records(topic, partition)[offset]
-        return MemoryEvent(
-            self,
-            group,
-            FaustMessage(topic, partition, offset, m.key(), m.value(), list(m.headers() or []), m.timestamp()[1] / 1000.0),
-        )
+        return MemoryEvent(self, group, FaustMessage(topic, partition, offset, m.key(), m.value(),
+                                                     list(m.headers() or []), m.timestamp()[1] / 1000.0))
 
     def _acked(self, group: str, topic: str, partition: int, offset: int) -> None:
         with self._lock:
@@ -243,20 +224,11 @@ class MemoryProducer:
         self.broker = broker
         self._queue: list[tuple[str, bytes | None, bytes | None, int, DeliveryReport | None, Headers | None, int]] = []
 
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int = -1,
-        on_delivery: DeliveryReport | None = None,
-        headers: Headers | None = None,
-        timestamp: int = 0,
-    ) -> None:
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int = -1,
+                on_delivery: DeliveryReport | None = None, headers: Headers | None = None, timestamp: int = 0) -> None:
         if value is not None and len(value) > self.broker.max_message_bytes:
-            raise KafkaException(
-                KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, f"Message size {len(value)} exceeds message.max.bytes")
-            )
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE,
+                                            f"Message size {len(value)} exceeds message.max.bytes"))
         self._queue.append((topic, value, key, partition, on_delivery, headers, timestamp))
 
     def poll(self, timeout: float = 0) -> int:
@@ -264,16 +236,8 @@ class MemoryProducer:
         for topic, value, key, partition, on_delivery, headers, timestamp in queue:
             code = self.broker._take_refusal(topic)
             if code is not None:
-                failed = MemoryMessage(
-                    topic,
-                    max(partition, 0),
-                    -1,
-                    key,
-                    value,
-                    headers,
-                    timestamp,
-                    KafkaError(code, f"refused by the test broker ({code})"),
-                )
+                failed = MemoryMessage(topic, max(partition, 0), -1, key, value, headers, timestamp,
+                                       KafkaError(code, f"refused by the test broker ({code})"))
                 if on_delivery is not None:
                     on_delivery(failed.error(), failed)
                 continue

@@ -37,16 +37,9 @@ class Partitions:
     ``call_later(delay_s, fn, *args)`` schedules on the worker's loop.
     """
 
-    def __init__(
-        self,
-        settings: ServiceSettings,
-        router: Router,
-        control: ControlPlane,
-        apply: Callable[[Step], None],
-        call_later: Callable[..., Any],
-        clients: KafkaClients,
-        clock: Clock,
-    ) -> None:
+    def __init__(self, settings: ServiceSettings, router: Router, control: ControlPlane,
+                 apply: Callable[[Step], None], call_later: Callable[..., Any], clients: KafkaClients,
+                 clock: Clock) -> None:
         self.settings, self.router, self.control = settings, router, control
         self._apply, self._call_later, self.clients, self.clock = apply, call_later, clients, clock
         self.owned: set[int] = set()
@@ -71,18 +64,8 @@ class Partitions:
             self._recovering.setdefault(p, [])
         s = self.settings
         recovered = await asyncio.get_running_loop().run_in_executor(
-            None,
-            lambda: recover_partitions(
-                s.kafka,
-                s.topics,
-                s.app_id,
-                new,
-                s.recovery_lookback_ms,
-                s.outcome_rebuild_s,
-                clients=self.clients,
-                clock=self.clock,
-            ),
-        )
+            None, lambda: recover_partitions(s.kafka, s.topics, s.app_id, new, s.recovery_lookback_ms,
+                                             s.outcome_rebuild_s, clients=self.clients, clock=self.clock))
         for p, rec in recovered.items():
             self.router.mark_answered(rec.answered, self.clock())
             self.control.reindex(rec.results)
@@ -90,15 +73,8 @@ class Partitions:
                 self.router.hold(p)
                 self.catch_up[p] = rec.scores_target
                 self._call_later(s.catch_up_timeout_s, self.release, p, "catch-up timed out")
-            log.info(
-                "partition %d: re-reading requests %d..%d, %d already answered, scores %d..%d",
-                p,
-                rec.replay_from,
-                rec.replay_to,
-                len(rec.answered),
-                rec.scores_from,
-                rec.scores_target,
-            )
+            log.info("partition %d: re-reading requests %d..%d, %d already answered, scores %d..%d",
+                     p, rec.replay_from, rec.replay_to, len(rec.answered), rec.scores_from, rec.scores_target)
             for handle, event in self._recovering.pop(p, []):
                 if p in self.owned:  # not revoked meanwhile (its next owner re-reads them)
                     handle(event)
