@@ -16,6 +16,7 @@ from rendezvous.kernel.admin import create_topic, ensure_topics
 from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
+from rendezvous.operations import embedded
 from rendezvous.operations.broker import KafkaBroker, TansuBroker, resolve_engine
 from rendezvous.operations.kafka_dist import kafka_available
 from tests.conftest import CHAIN_POLICY, System, settings_for, wait_until, write_policy
@@ -156,3 +157,26 @@ def test_the_pipeline_still_runs_on_tansu(tmp_path: Path):
         if system is not None:
             system.close()
         tansu.stop()
+
+
+def test_a_free_port_is_never_one_already_chosen(monkeypatch: pytest.MonkeyPatch):
+    """The system may hand out a port again before it is bound: seen as Kafka's broker and controller
+    listeners given one port, and the broker refusing to start."""
+    offered = iter([40413, 40413, 40414])
+
+    class Socket:  # what the system hands out, in turn
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(offered)
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+    monkeypatch.setattr(embedded.socket, "socket", Socket)
+    assert embedded.free_port() == 40413
+    assert embedded.free_port(avoid={40413}) == 40414

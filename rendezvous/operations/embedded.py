@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,11 +28,15 @@ class BrokerError(BrokerUnavailable):
     """The embedded broker could not be found, started, or reached."""
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = LOOPBACK, avoid: Collection[int] = ()) -> int:
+    """A TCP port that is free on ``host`` right now, and not one of ``avoid``: ports chosen but not bound yet,
+    which the system may hand out again (seen: Kafka's broker and controller listeners given one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:

@@ -210,9 +210,9 @@ class KafkaBroker(EmbeddedBroker):
         data = self.data_dir if self.data_dir is not None else self._temporary
         assert data is not None
         data.mkdir(parents=True, exist_ok=True)
-        self.controller_port = free_port(LOOPBACK)
+        self.controller_port = free_port(LOOPBACK, avoid={port})
         if self.secure is not None:
-            self.secure_port = self.secure.port or free_port(self.host)
+            self.secure_port = self.secure.port or free_port(self.host, avoid={port, self.controller_port})
         config = data / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(data, self.controller_port).items()))
         classpath = [java, *shlex.split(self.jvm_opts), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
