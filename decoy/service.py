@@ -15,11 +15,12 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, Counter
 
 from decoy.archive import ArchivedRecord, ArchiveWriter
+from rendezvous.kernel.admin import topic_id
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.kafka import poll_batch
 from rendezvous.kernel.link import BrokerLink
@@ -129,19 +130,14 @@ class Decoy:
     def _check_topic_id(self) -> None:
         """A topic made again has a new id (on brokers with ids): every partition then has a new log."""
         topic = self.topics.requests
-        try:
-            description = self._admin.describe_topics(TopicCollection([topic]))[topic].result(10)
-        except Exception as exc:  # noqa: BLE001 - no ids on this broker, or not reachable now: offsets still guard
-            log.debug("no topic id for %s: %s", topic, exc)
-            return
-        topic_id = str(description.topic_id) if description.topic_id is not None else ""
-        if not topic_id or set(topic_id) <= {"0", "-", "A"}:  # none, or the null id
+        found = topic_id(self._admin, topic)
+        if found is None:  # no ids on this broker, or not reachable now: offsets still guard
             return
         known = self.archive.topic_ids.get(topic)
-        if known is not None and known != topic_id:
+        if known is not None and known != found:
             for partition in sorted({key[1] for key in self.archive.last_offsets if key[0] == topic}):
-                self._start_new_log(topic, partition, f"its topic id is now {topic_id}, was {known}")
-        self.archive.topic_ids[topic] = topic_id
+                self._start_new_log(topic, partition, f"its topic id is now {found}, was {known}")
+        self.archive.topic_ids[topic] = found
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._check_topic_id()
