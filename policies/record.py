@@ -28,6 +28,8 @@ class PolicyRecord(msgspec.Struct):
     applied_ms: float
     by: str = ""
     reason: str = ""
+    #: Applied with ``--allow-missing``: it may name models nobody runs yet (workers check otherwise).
+    allow_missing: bool = False
 
 
 _policy_decoder = msgspec.json.Decoder(PolicyRecord)

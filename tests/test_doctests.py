@@ -17,9 +17,9 @@ MODULES = [
     "rendezvous.tools.summary", "rendezvous.tools.data", "rendezvous.tools.timeline",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
-    "rendezvous.routing.lateness", "rendezvous.operations.base", "rendezvous.operations.broker",
+    "rendezvous.routing.lateness", "rendezvous.routing.standby", "rendezvous.operations.base", "rendezvous.operations.broker",
     "rendezvous.operations.kafka_broker", "rendezvous.operations.kafka_dist",
-    "rendezvous.service.metrics",
+    "rendezvous.service.metrics", "rendezvous.service.running",
 ]
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from rendezvous.kernel.settings import DEFAULT_SESSION_TIMEOUT_MS
 from tests.conftest import CHAIN_POLICY, System, scripted_spec, wait_until, write_policy
 from tests.rule import Chain, check
 
@@ -28,7 +29,9 @@ def start(system: System, workers: int = 1) -> list[str]:
 def assert_exactly_once(system: System, ids: list[str], timeout: float = 60.0) -> dict[str, list]:
     results = system.results_for(ids, timeout)
     counts = Counter(len(r) for r in results.values())
-    assert counts == Counter({1: len(ids)}), f"results per request: {dict(counts)}"
+    twice = [[(x.worker, round(x.decided_ms), x.detail[:90]) for x in r]
+             for r in results.values() if len(r) > 1][:3]
+    assert counts == Counter({1: len(ids)}), f"results per request: {dict(counts)}; answered twice, e.g.: {twice}"
     return results
 
 
@@ -117,3 +120,28 @@ def test_a_model_always_consumes_again_after_restarts_and_rescaling(system: Syst
     # starts consuming a moment after the replica that scored the last probe)
     wait_until(lambda: "m1" in system.scored_by(while_none), "the request sent while no replica ran scored")
     print(f"seconds to consume again: max {max(times):.2f}, each {[round(t, 2) for t in times]}")
+
+
+def test_a_killed_worker_is_covered_by_its_peer_long_before_the_group_notices(system: System):
+    """Two workers; one SIGKILLed under traffic and not restarted. Its peer's standby answers its partitions
+    at once, so no request waits for the group's session timeout and the rebalance after it; exactly once."""
+    victim, survivor = start(system, workers=2)
+    wait_until(lambda: all(system.stats(w)["partitions"] and system.stats(w)["standby"]["peers"]
+                           for w in (victim, survivor)), "the two workers split the partitions and linked")
+    victim_id = system.stats(victim)["worker"]
+    ids = [f"cover-{i}" for i in range(600)]
+    sender = system.send_in_background([(rid, {}) for rid in ids], rate=100)
+    assert system.collector.wait_for(ids[:200], 30), "the first requests were not answered"
+    system.signal(victim, signal.SIGKILL)
+    system.runtime.stop([victim], timeout=5)  # not restarted: the survivor alone
+    sender.join()
+    results = assert_exactly_once(system, ids, timeout=90)
+    for [result] in results.values():
+        check(result, CHAIN)
+    standby = system.stats(survivor)["standby"]
+    assert standby["lost"] == [victim_id] and standby["takeovers"], standby
+    covered = [r for [r] in results.values() if r.detail.startswith("answered by a standby")]
+    assert covered and all(r.worker != victim_id for r in covered)
+    # by each worker's own record: no request waited for the session timeout (6 s) and the rebalance
+    worst = max(r.latency_ms for [r] in results.values())
+    assert worst < DEFAULT_SESSION_TIMEOUT_MS / 3, f"a request waited {worst:.0f} ms: the group, not the standby"

@@ -17,6 +17,7 @@ from faust.types import TP
 from prometheus_client import generate_latest
 
 from policies import load_policy_text
+from policies.record import POLICY_KEY
 from rendezvous.kernel.clock import FixedClock
 from rendezvous.kernel.memory import MemoryBroker, MemoryEvent
 from rendezvous.kernel.settings import KafkaSettings
@@ -24,9 +25,10 @@ from rendezvous.kernel.topics import PROBE, REPLY_TO
 from rendezvous.kernel.trust import StackSecret, signed_headers
 from rendezvous.kernel.wire import DLQ_REASON, Request, Score, ScoreBatch, decode_result, encode
 from rendezvous.service.control import ControlFeed
-from rendezvous.service.policies import PolicyStore
+from rendezvous.service.policies import PolicyStore, policy_record
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.worker import RendezvousWorker
+from tests.conftest import wait_until
 
 START_MS = 1_700_000_000_000.0
 POLICY = """\
@@ -48,7 +50,7 @@ class Rig:
     def __init__(self, secret: StackSecret | None = None, **settings: object) -> None:
         self.clock = FixedClock(START_MS)
         self.broker = MemoryBroker(self.clock, partitions=2)
-        self.settings = ServiceSettings(KafkaSettings("memory:0"), worker_id="w1", web_port=0, secret=secret,
+        self.settings = ServiceSettings(KafkaSettings("memory:0"), worker_id="w1", web_port=0, secret=secret, standby=False,
                                         **settings)  # type: ignore[arg-type]
         self.topics = self.settings.topics
         store = PolicyStore(random.Random(0), clock=self.clock)
@@ -282,3 +284,30 @@ def test_metrics_are_served_before_the_consumer_starts(rig):
     text = generate_latest(rig.worker.metrics.registry).decode()
     assert 'rendezvous_results_total{model="m1",reason="preferred"} 1.0' in text
     assert "rendezvous_consumer_lag_records" in text
+
+
+def test_a_live_policy_naming_a_model_nobody_runs_is_refused_unless_applied_with_allow_missing(rig):
+    feed = rig.worker.control.feed
+    feed.read_policies(timeout=1)  # what a worker reads at start; then it follows the topic
+    feed.start()
+    try:
+        rig.request("r1")
+        rig.scores("m1", {"r1": 0.9})
+        rig.scores("m2", {"r1": 0.2})  # m1 and m2 run: they score
+        rig.worker.housekeep()
+        typo = load_policy_text(POLICY.replace("version: 1", "version: 2").replace("{model: m2}", "{model: m22}"))
+        store = rig.worker.control.store
+
+        def offered(value: bytes) -> None:
+            before = (store.doc.version, store.refused)
+            rig.broker.append(rig.topics.policies, value, POLICY_KEY, 0)
+            # until the record is taken in (or refused); each try runs a housekeeping round first
+            wait_until(lambda: rig.worker.housekeep() or (store.doc.version, store.refused) != before,
+                       "the worker took the policy record in", timeout=5, every=0.01)
+
+        offered(policy_record(typo, reason="a typo"))
+        assert (store.doc.version, store.refused) == (1, 1)  # refused, naming the field's model; v1 stays
+        offered(policy_record(typo, reason="deployed next", allow_missing=True))
+        assert store.doc.version == 2 and rig.worker.router.policy.version == 2
+    finally:
+        feed.stop()

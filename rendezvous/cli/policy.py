@@ -137,7 +137,8 @@ def apply(path: Path, reason: str, allow_missing: bool, wait: bool, timeout: flo
                 + f" (none scored in the last 5 minutes, none has a replica running; running: "
                   f"{', '.join(sorted(running_models(kafka, topics))) or 'no model'})",
                 hint="check the spelling, deploy the model first, or pass --allow-missing")
-    publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}", secret=secret)
+    publish_policy(kafka, topics, doc, reason=reason or f"applied from {path}", secret=secret,
+                   allow_missing=allow_missing)
     click.echo(f"applied {doc.name} v{doc.version} to {topics.policies}" + ("" if secret else
                " (unsigned: workers given the stack's secret will refuse it; pass --secret-file)"))
     if not wait:

@@ -50,6 +50,9 @@ __all__ = ["serve"]
               help="Take the last decision this long before the SLA, so that the answer is written by then "
                    "(at most a quarter of the SLA). Raise it if rendezvous_sla_misses_total{cause=\"timer\"} "
                    "or {cause=\"write\"} grows.")
+@click.option("--standby/--no-standby", envvar="RENDEZVOUS_STANDBY", default=True, show_default=True,
+              help="Read every partition a second time, so that a worker that dies is covered by the others within "
+                   "milliseconds, and no partition stops while the group rebalances (costs CPU per request).")
 @secret_option()
 @log_level_option
 @stop_grace_option
@@ -57,7 +60,7 @@ def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch
           fetch_min_bytes: int,
           app_id: str | None,
           worker_id: str | None, web_host: str, web_port: int, max_request_bytes: int, orphan_ttl_ms: float,
-          sla_guard_ms: float, secret: StackSecret | None, log_level: str, stop_grace_s: float) -> None:
+          sla_guard_ms: float, standby: bool, secret: StackSecret | None, log_level: str, stop_grace_s: float) -> None:
     """Run one rendezvous worker until SIGTERM. Run several with one --app-id to share the load."""
     # Faust and the worker load here, not when the CLI starts: other commands stay quick.
     from rendezvous.service.run import build_worker, run_worker
@@ -68,7 +71,7 @@ def serve(policy_path: Path | None, broker: str | None, topic_prefix: str, fetch
         topics=topics_for(topic_prefix),
         app_id=app_id or topic_prefix, web_host=web_host, web_port=web_port, max_request_bytes=max_request_bytes,
         limits=RouterLimits(orphan_ttl_ms=orphan_ttl_ms), sla_guard_ms=sla_guard_ms, stop_grace_s=stop_grace_s,
-        secret=secret,
+        secret=secret, standby=standby,
     )
     if worker_id:
         settings = dataclasses.replace(settings, worker_id=worker_id)

@@ -231,6 +231,19 @@ class Router:
         for request_id in request_ids:
             self._decided.add(request_id, frozenset(), now_ms)
 
+    def knows(self, request_id: str) -> bool:
+        """Whether ``request_id`` is pending here or was answered here (or marked answered)."""
+        return request_id in self._pending or request_id in self._decided
+
+    def forget(self, request_ids: Iterable[str], now_ms: float) -> None:
+        """Someone else answered these: drop them if pending (no decision), and never decide them.
+        Their scores' tokens are not released: a standby's hold nothing."""
+        for request_id in request_ids:
+            pending = self._pending.pop(request_id, None)
+            if pending is not None:
+                pending.decided = True  # its deadline entry is skipped from now on
+            self._decided.add(request_id, frozenset(pending.scores) if pending else frozenset(), now_ms)
+
     def release_orphans(self) -> Step:
         """Let go of every orphan score, e.g. before partitions are handed to another worker."""
         step = Step()

@@ -45,6 +45,8 @@ class ControlPlane:
         self.crediting.quality.threshold = store.doc.learning.reward.threshold  # accuracy's cut, the policy's
         self.unsigned_bandit_records = 0
         self._next_flush = self._next_ramp_check = 0.0
+        #: the models known to run (None: cannot tell); a live policy record naming others is refused
+        self.running_models: Callable[[], set[str] | None] | None = None
         self.rollbacks: list[str] = []
         self.promotions: list[str] = []
 
@@ -91,7 +93,7 @@ class ControlPlane:
             log.error("refused %d bandit record(s) not signed with the worker key (%d so far): only workers given "
                       "the stack's secret may teach the bandit", drained.unsigned, self.unsigned_bandit_records)
         for value, record_ms, signature in drained.policies:
-            compiled = self.store.offer(value, record_ms, signature)
+            compiled = self.store.offer(value, record_ms, signature, self.running_models)
             if compiled is not None:
                 self.router.set_policy(compiled)
                 # the outcome horizon is the policy's in force, not the first one's

@@ -20,6 +20,7 @@ from rendezvous.kernel.clock import Clock
 from rendezvous.kernel.kafka import KafkaClients
 from rendezvous.routing.router import Router, Step
 from rendezvous.service.control_plane import ControlPlane
+from rendezvous.service.failover import Failover
 from rendezvous.service.recovery import recover_partitions
 from rendezvous.service.settings import ServiceSettings
 
@@ -38,9 +39,9 @@ class Partitions:
     """
 
     def __init__(self, settings: ServiceSettings, router: Router, control: ControlPlane,
-                 apply: Callable[[Step], None], call_later: Callable[..., Any], clients: KafkaClients,
-                 clock: Clock) -> None:
-        self.settings, self.router, self.control = settings, router, control
+                 apply: Callable[[Step], None], call_later: Callable[..., Any], clients: KafkaClients, clock: Clock,
+                 failover: Failover | None = None) -> None:
+        self.settings, self.router, self.control, self.failover = settings, router, control, failover
         self._apply, self._call_later, self.clients, self.clock = apply, call_later, clients, clock
         self.owned: set[int] = set()
         self.catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
@@ -58,10 +59,12 @@ class Partitions:
         """The requests partitions this worker now owns (Faust's assignment, all of it)."""
         new = partitions - self.owned
         self.owned = set(partitions)
-        if not new:
-            return
         for p in new:
             self._recovering.setdefault(p, [])
+        if self.failover is not None:  # every standby covering them lets go and flushes first
+            await self.failover.assigned(self.owned, new)
+        if not new:
+            return
         s = self.settings
         recovered = await asyncio.get_running_loop().run_in_executor(
             None, lambda: recover_partitions(s.kafka, s.topics, s.app_id, new, s.recovery_lookback_ms,
@@ -75,6 +78,8 @@ class Partitions:
                 self._call_later(s.catch_up_timeout_s, self.release, p, "catch-up timed out")
             log.info("partition %d: re-reading requests %d..%d, %d already answered, scores %d..%d",
                      p, rec.replay_from, rec.replay_to, len(rec.answered), rec.scores_from, rec.scores_target)
+            if self.failover is not None:
+                self.failover.recovered({p})
             for handle, event in self._recovering.pop(p, []):
                 if p in self.owned:  # not revoked meanwhile (its next owner re-reads them)
                     handle(event)

@@ -49,21 +49,21 @@ def who() -> str:
         return socket.gethostname()
 
 
-def policy_record(doc: Policy, reason: str = "", by: str | None = None) -> bytes:
+def policy_record(doc: Policy, reason: str = "", by: str | None = None, allow_missing: bool = False) -> bytes:
     """The policies-topic record (key ``POLICY_KEY``, partition 0) that puts ``doc`` in force."""
     # the deprecated deploy section says what to run, not what to answer: it is not published
     routing = doc.model_dump(mode="json", exclude_none=True, exclude={"deploy"})
-    return encode(PolicyRecord(routing, time.time() * 1000, by or who(), reason))
+    return encode(PolicyRecord(routing, time.time() * 1000, by or who(), reason, allow_missing))
 
 
 def publish_policy(kafka: KafkaSettings, topics: Topics, doc: Policy, reason: str = "", by: str | None = None,
-                   secret: StackSecret | None = None) -> None:
+                   secret: StackSecret | None = None, allow_missing: bool = False) -> None:
     """Blocking: write ``doc`` to the policies topic, for every worker to apply (CLI and startup only;
     a running worker publishes through its writer's producer, without blocking its loop).
 
     Signed with the policy key of ``secret``: workers given the secret refuse unsigned records."""
     producer = Producer(kafka.producer())
-    value = policy_record(doc, reason, by)
+    value = policy_record(doc, reason, by, allow_missing)
     producer.produce(topics.policies, value, POLICY_KEY, partition=0,
                      headers=signed_headers(secret.policy_key if secret else None, value))
     if producer.flush(15):
@@ -129,8 +129,13 @@ class PolicyStore:
         log.info("policy %s v%d in force (%s%s)", doc.name, doc.version, by or "file", f": {reason}" if reason else "")
         return self.compiled
 
-    def offer(self, value: bytes, record_ms: float, signature: bytes | None = None) -> CompiledPolicy | None:
-        """Apply a policies-topic record if it is signed (when a key is set), valid and newer; None if not."""
+    def offer(self, value: bytes, record_ms: float, signature: bytes | None = None,
+              running: Callable[[], set[str] | None] | None = None) -> CompiledPolicy | None:
+        """Apply a policies-topic record if it is signed (when a key is set), valid and newer; None if not.
+
+        With ``running`` (the models known to run, or None while that is not known), a newer policy that names
+        a model nobody runs is refused, as ``policy apply`` refuses it, unless it was applied with
+        ``--allow-missing``: otherwise any holder of the key could route every request to the default."""
         if self.policy_key is not None and not verify(self.policy_key, value, signature):
             self.refused += 1
             log.error("refused a policy record that is %s, keeping v%s in force: only a holder of the stack's "
@@ -149,4 +154,14 @@ class PolicyStore:
             if doc.version < self.doc.version or doc != self.doc:
                 log.info("ignored policy %s v%d: v%d is in force", doc.name, doc.version, self.doc.version)
             return None
+        known = running() if running is not None and not record.allow_missing else None
+        if known is not None:
+            missing = set(doc.model_roles) - known - (set(self.doc.model_roles) if self.doc else set())
+            if missing:
+                self.refused += 1
+                log.error("refused policy %s v%d of %s, keeping v%s in force: it names %s, which nobody runs "
+                          "(`rendezvous models` lists what runs; `policy apply --allow-missing` publishes it anyway)",
+                          doc.name, doc.version, record.by or "unknown", self.doc.version if self.doc else "-",
+                          ", ".join(sorted(missing)))
+                return None
         return self.adopt(doc, record.applied_ms or record_ms, record.by, record.reason)

@@ -38,3 +38,5 @@ class ServiceSettings:
     catch_up_timeout_s: float = 5.0
     outcome_index_size: int = 500_000  # answered requests whose scores await an outcome
     outcome_rebuild_s: float = 3600.0  # after a takeover, re-index the results of the last hour
+    #: Read every partition a second time and cover a lost peer's partitions at once (rendezvous.service.failover).
+    standby: bool = True

@@ -36,13 +36,15 @@ from rendezvous.kernel.wire import (
     decode_request_head,
     decode_score_batch,
 )
-from rendezvous.routing.router import Router, Step
+from rendezvous.routing.router import Decision, Router, Step
 from rendezvous.service.app import create_app
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.control_plane import ControlPlane
+from rendezvous.service.failover import Failover
 from rendezvous.service.metrics import MetricSources, ServiceMetrics
 from rendezvous.service.partitions import Partitions
 from rendezvous.service.policies import PolicyStore
+from rendezvous.service.running import RunningModels
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.writer import Ack, ResultWriter
 
@@ -78,8 +80,13 @@ class RendezvousWorker:
         self.ready = False
         self.link = BrokerLink(settings.kafka)  # /ready is false while the broker does not answer
         self.stop_deadline = StopDeadline(settings.stop_grace_s, f"rendezvous worker {settings.worker_id}")
+        self.running_models = RunningModels(clock)
+        self.control.running_models = self.running_models.names
+        self.failover = Failover(settings, self.router, self.writer, self._write_standby, lambda: self.owned,
+                                 clients, clock, self.running_models.presence) if settings.standby else None
         self.partitions = Partitions(settings, self.router, self.control, self._apply,
-                                     lambda delay_s, *args: self.app.loop.call_later(delay_s, *args), clients, clock)
+                                     lambda delay_s, *args: self.app.loop.call_later(delay_s, *args), clients, clock,
+                                     self.failover)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.fatal_error: str | None = None
@@ -177,6 +184,8 @@ class RendezvousWorker:
         port = self.app.listen_port  # 0 until the web server has bound its free port
         base = service_url(self.settings.web_host, port) if port else None
         urls = {"metrics": f"{base}/metrics", "stats": f"{base}/stats"} if base else {}
+        if self.failover is not None:
+            urls.update(self.failover.urls())
         policy = self.router.policy
         return urls, {"policy": policy.name, "policy_version": policy.version, "partitions": sorted(self.owned),
                       "ready": self.ready and self.link.reachable}
@@ -204,6 +213,7 @@ class RendezvousWorker:
             "forged_scores": self.forged_scores,
             "probes_answered": self.probes_answered,
             "canary": self.canary.report().as_dict() if self.canary else None,
+            "standby": self.failover.status() if self.failover else None,
             "dropped_scores": {f"{kind}/{model}": n for (kind, model), n in stats.dropped.items()},
             "decisions": {f"{reason}/{model or '-'}": n for (reason, model), n in stats.decisions.items()},
             **self.control.status(self.clock()),
@@ -280,6 +290,7 @@ class RendezvousWorker:
                                     message.topic, message.partition, message.offset, "forged_score")
             return
         now = self.clock()
+        self.running_models.scored(batch.model, now)
         if batch.model in self.router.policy.models:  # the series of /metrics are the policy's models, no others
             self.metrics.observe_scores(batch.model, batch.scores, self.router.pending_t0, now)
         if self.canary is not None:
@@ -334,7 +345,18 @@ class RendezvousWorker:
         self._timer = self._timer_at = None
         self._apply(self.router.on_tick(self.clock()))
 
+    def _write_standby(self, decisions: list[Decision]) -> None:
+        """Answers this worker's standby owes: a lost peer's, or its own partitions' during a rebalance."""
+        for decision in decisions:
+            self.writer.write(decision)
+            # if the partition is (being) recovered here, the re-read request is not answered again
+            self.router.mark_answered((decision.pending.request_id,), decision.decided_ms)
+            self.control.on_decision(decision)
+            self.metrics.observe_decision(decision)
+
     async def _housekeeping(self) -> None:
+        if self.failover is not None:
+            await self.failover.start()
         # Two ways a deadline fires, on purpose: the timer above fires at the exact
         # deadline while the loop is idle; this loop re-ticks the router every 5 ms as a
         # backstop, because a call_later callback runs late when the loop is busy with a
@@ -354,6 +376,8 @@ class RendezvousWorker:
         self.control.tick(now)
         self._watch_canary()
         self._apply(self.router.on_tick(now))
+        if self.failover is not None:
+            self.failover.round(now)
 
     def _fatal(self, reason: str) -> None:
         log.error("%s; stopping so that a restart re-reads the unanswered requests", reason)
@@ -372,7 +396,10 @@ class RendezvousWorker:
         log.info("worker %s owns partitions %s", self.settings.worker_id, sorted(partitions))
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
-        self.partitions.revoked({tp.partition for tp in revoked if tp.topic == self.topics.requests})
+        partitions = {tp.partition for tp in revoked if tp.topic == self.topics.requests}
+        self.partitions.revoked(partitions)
+        if self.failover is not None:
+            await self.failover.revoked(partitions, self.clock())
 
     def _on_rebalance_start(self) -> None:
         # Faust waits for every unacknowledged record before handing partitions over;
@@ -385,4 +412,6 @@ class RendezvousWorker:
         self.stop_deadline.arm()
         self._on_rebalance_start()
         self.partitions.release_all("stopping")
+        if self.failover is not None:
+            await self.failover.stop()
         self.control.crediting.flush()
