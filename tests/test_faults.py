@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from rendezvous.kernel.admin import ensure_topics
-from rendezvous.kernel.wire import Request, encode
+from rendezvous.kernel.wire import Request, decode_result, encode
 from rendezvous.operations.broker import KafkaBroker
 from rendezvous.operations.kafka_dist import kafka_available
 from tests.conftest import CHAIN_POLICY, System, settings_for, wait_until, write_policy
@@ -121,10 +122,10 @@ def test_sigterm_ends_every_component_within_its_grace_while_the_broker_is_away(
     assert not slow, f"still running {GRACE_S + 5:g}s after SIGTERM: {slow}"
 
 
-def test_a_broker_that_lost_its_data_is_scored_again_by_every_model(stack: Stack):
+def test_a_broker_that_lost_its_data_is_scored_and_answered_by_a_model_again(stack: Stack):
     """The broker comes back empty (its disk was lost): the topics are made again and their offsets start at
-    0 again, below every consumer's position. Every model must score new requests again within 15 s of the
-    topics' return. (The worker does not always read the new log yet: see #25's note.)"""
+    0, below every consumer's position. Every model must score new requests again, and the worker answer them
+    by a model, within 15 s of the topics' return."""
     system = stack.system
     system.send([(f"old-{i}", {}) for i in range(200)], rate=100)  # positions well past what the new log will hold
     system.results_for([f"old-{i}" for i in range(200)], timeout=30)
@@ -134,12 +135,18 @@ def test_a_broker_that_lost_its_data_is_scored_again_by_every_model(stack: Stack
     stack.broker.start()
     ensure_topics(system.kafka, system.topics, system.partitions)  # as `up` does for the broker it runs
     returned = time.monotonic()
+    # The client's producer is made anew: an idempotent producer whose broker lost its data fails for good
+    # (UNKNOWN_PRODUCER_ID). One for all the probes, kept warm, so that each is sent as soon as it is made.
+    client = Producer(system.kafka.producer())
+
+    def probe(prefix: str) -> str:
+        rid = f"{prefix}-{time.monotonic_ns()}"
+        client.produce(system.topics.requests, encode(Request(rid, {})), rid.encode(), partition=0)
+        assert client.flush(10) == 0, "the test's client could not write a request"
+        return rid
 
     def scored_by_every_model() -> bool:
-        rid = f"new-{time.monotonic_ns()}"
-        # a producer of its own: the test's sender is a client, not a component under test, and an idempotent
-        # producer whose broker lost its data fails for good (UNKNOWN_PRODUCER_ID)
-        system.produce_raw(system.topics.requests, encode(Request(rid, {})), rid.encode(), 0)
+        rid = probe("new")
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:  # read afresh: every reader's offsets are past the new log's end
             if system.scored_by(rid) >= {"m1", "m2", "m3"}:
@@ -151,3 +158,19 @@ def test_a_broker_that_lost_its_data_is_scored_again_by_every_model(stack: Stack
     took_s = time.monotonic() - returned
     print(f"every model scored again {took_s:.1f} s after the topics were made again")
     assert took_s <= BACK_WITHIN_S, f"the models scored again only {took_s:.1f} s after the topics' return"
+
+    def answered_by_a_model() -> bool:
+        rid = probe("answer")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # read afresh, as above
+            results = [decode_result(m.value()) for m in system.read_topic(system.topics.results) if m.key() == rid.encode()]
+            if results:
+                return results[0].model is not None
+            time.sleep(0.2)  # bounded poll of a topic, not synchronisation
+        return False
+
+    wait_until(answered_by_a_model, "the worker answers by a model again after the broker lost its data", timeout=60,
+               every=0.1)
+    took_s = time.monotonic() - returned
+    print(f"the worker answered by a model again {took_s:.1f} s after the topics were made again")
+    assert took_s <= BACK_WITHIN_S, f"the worker answered by a model only {took_s:.1f} s after the topics' return"

@@ -277,6 +277,34 @@ def test_re_read_requests_wait_for_their_re_read_scores():
     assert [(r.request_id, r.model) for r in rig.results()] == [("r1", "m2")]
 
 
+def test_a_new_log_is_read_again_from_its_start():
+    """The broker lost its data: the group's committed offsets lie past the ends of the new log's partitions."""
+    rig = Rig()
+    broker, t = rig.broker, rig.topics
+    broker.append(t.requests, encode(Request("new", {"x": 1.0})), b"new", 0)
+    broker.commit(rig.settings.app_id, t.requests, 0, 51)
+    broker.commit(rig.settings.app_id, t.scores, 0, 40)
+    rewound = []
+
+    async def rewind(topic: str, partition: int, offset: int) -> None:
+        rewound.append((topic, partition, offset))
+
+    rig.worker.partitions.rewind = rewind
+    rig.worker.partitions.owned = set()
+
+    async def scenario() -> None:
+        assigning = asyncio.ensure_future(rig.worker._on_assigned(None, {TP(t.requests, 0)}))
+        await asyncio.sleep(0)
+        rig.worker.on_request_event(rig.event(t.requests, 0))  # delivered before the rewind: it comes again
+        await asyncio.wait_for(assigning, 10)
+
+    asyncio.run(scenario())
+    assert rewound == [(t.requests, 0, 0), (t.scores, 0, 0)]
+    assert rig.worker.router.pending_count == 0
+    rig.worker.on_request_event(rig.event(t.requests, 0))  # the rewound stream delivers it again: once
+    assert rig.worker.router.pending_count == 1 and rig.worker.router.stats.duplicate_requests == 0
+
+
 def test_metrics_are_served_before_the_consumer_starts(rig):
     rig.request("r1")
     rig.scores("m1", {"r1": 0.9})

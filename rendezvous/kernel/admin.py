@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from rendezvous.kernel.errors import TopicError
-from rendezvous.kernel.kafka import check_connection
+from rendezvous.kernel.kafka import check_connection, while_electing
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_RETENTION_MS, Topics, retention_config
 
@@ -95,19 +95,11 @@ def end_offsets(kafka: KafkaSettings, topic: str, partitions: int, timeout: floa
         consumer.close()
 
 
-#: What a partition answers while its leader is not serving yet (librdkafka does not mark them retriable here).
-_ELECTING = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "NOT_LEADER_OR_FOLLOWER"}
-
-
 def _high_watermark(consumer: Consumer, partition: TopicPartition, deadline: float) -> int:
     """Retried while the partition's leader is still being elected (a topic just created, a broker restarting)."""
-    while True:
-        try:
-            return int(consumer.get_watermark_offsets(partition, timeout=max(deadline - time.monotonic(), 0.1))[1])
-        except KafkaException as exc:
-            if exc.args[0].name() not in _ELECTING or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    return while_electing(lambda: int(consumer.get_watermark_offsets(partition, timeout=max(deadline - time.monotonic(),
+                                                                                           0.1))[1]),
+                          deadline - time.monotonic())
 
 
 def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: float = 15.0,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -32,10 +32,28 @@ from rendezvous.kernel.settings import KafkaSettings
 
 __all__ = [
     "KafkaClients", "ConfluentClients", "CONFLUENT", "poll_batch", "produce", "since_offsets", "read_range",
-    "check_connection", "DeliveryCallback",
+    "check_connection", "DeliveryCallback", "ELECTING", "while_electing",
 ]
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
+T = TypeVar("T")
+
+#: What a partition answers while its leader is not serving yet: a topic just made, a broker restarting
+#: (librdkafka does not mark these retriable here).
+ELECTING = frozenset({"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
+                      "NOT_LEADER_OR_FOLLOWER", "_UNKNOWN_PARTITION"})
+
+
+def while_electing(call: Callable[[], T], timeout: float) -> T:
+    """``call()``, tried again while a partition's leader is still being elected, for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if exc.args[0].name() not in ELECTING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class KafkaClients:

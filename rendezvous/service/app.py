@@ -19,6 +19,7 @@ import aiokafka
 import faust
 from aiohttp.web import SockSite
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from rendezvous.kernel.client_config import ClientConfig
@@ -61,6 +62,18 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def rewind(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` again from ``offset`` of a new log (the broker lost its data, or the topic was made again).
+
+        Faust drops records below the offset it last read and ignores acks below the one it last committed
+        (faust-streaming 0.15, pinned): both are forgotten, or the new log's records would be dropped and
+        never committed. ``seek`` sets the read offset.
+        """
+        self._committed_offset[tp] = None
+        for bookkeeping in (self._acked, self._acked_index, self._gap):
+            bookkeeping.pop(tp, None)
+        await self.seek(tp, offset)
 
 
 class _Transport(faust_aiokafka.Transport):

@@ -6,14 +6,16 @@ before that, so they wait here, in order, and are handled once recovery is done
 (or dropped if the partition is revoked meanwhile: its next owner re-reads them).
 A partition whose scores were not all read at takeover is *held* in the router
 until the scores consumer reaches the offset recovery noted (or a timeout), so
-re-read requests are decided with their re-read scores.
+re-read requests are decided with their re-read scores. A partition whose log is
+new (its committed offset is past its end) is read again from its start through
+``rewind``: what Faust delivered of it meanwhile comes again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rendezvous.kernel.clock import Clock
@@ -29,19 +31,21 @@ __all__ = ["Partitions"]
 log = logging.getLogger("rendezvous.service")
 
 Handler = Callable[[Any], None]
+Rewind = Callable[[str, int, int], Awaitable[None]]  # (topic, partition, offset): the stream reads it from there
 
 
 class Partitions:
     """Assignment, revocation and recovery of one worker's requests partitions.
 
     ``apply`` carries out what the router decided (the worker's ``_apply``);
-    ``call_later(delay_s, fn, *args)`` schedules on the worker's loop.
+    ``call_later(delay_s, fn, *args)`` schedules on the worker's loop; ``rewind`` moves
+    the worker's stream back to the start of a new log.
     """
 
     def __init__(self, settings: ServiceSettings, router: Router, control: ControlPlane,
                  apply: Callable[[Step], None], call_later: Callable[..., Any], clients: KafkaClients, clock: Clock,
-                 failover: Failover | None = None) -> None:
-        self.settings, self.router, self.control, self.failover = settings, router, control, failover
+                 failover: Failover | None = None, rewind: Rewind | None = None) -> None:
+        self.settings, self.router, self.control, self.failover, self.rewind = settings, router, control, failover, rewind
         self._apply, self._call_later, self.clients, self.clock = apply, call_later, clients, clock
         self.owned: set[int] = set()
         self.catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
@@ -70,6 +74,13 @@ class Partitions:
             None, lambda: recover_partitions(s.kafka, s.topics, s.app_id, new, s.recovery_lookback_ms,
                                              s.outcome_rebuild_s, clients=self.clients, clock=self.clock))
         for p, rec in recovered.items():
+            for topic, offset in rec.rewind.items():
+                log.warning("partition %d of %s: the group's offset is past its end, so the log is new (the broker "
+                            "lost its data, or the topic was made again): reading it again from offset %d", p, topic, offset)
+                if self.rewind is not None:
+                    await self.rewind(topic, p, offset)
+                if topic == s.topics.requests and p in self._recovering:
+                    self._recovering[p] = []  # they come again from the rewound stream
             self.router.mark_answered(rec.answered, self.clock())
             self.control.reindex(rec.results)
             if rec.needs_catch_up:

@@ -11,6 +11,12 @@ We also note how far the scores partition reaches, so that re-read requests are
 decided only once their re-read scores are in (see ``Router.hold``), and we
 re-index the results of the last ``rebuild_s`` seconds, so that outcomes for
 requests the previous owner answered can still credit their models.
+
+A committed offset past the end of its partition means the log is not the one it
+was committed in: the broker lost its data, or the topic was made again. Such a
+partition is read again from its start (``rewind``), as Kafka's
+``auto.offset.reset=earliest`` would, instead of waiting for offsets that the new
+log will reach only much later.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
 from rendezvous.kernel.clock import Clock, now_ms
-from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, read_range, since_offsets
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, read_range, since_offsets, while_electing
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Result, WireError, decode_result
@@ -38,10 +44,22 @@ class PartitionRecovery:
     results: list[Result] = field(default_factory=list)  # recent results, to re-index for outcomes
     scores_target: int = 0  # scores high watermark at takeover: held until consumed up to here
     scores_from: int = 0
+    rewind: dict[str, int] = field(default_factory=dict)  # topic -> offset to read again from (a new log)
 
     @property
     def needs_catch_up(self) -> bool:
         return self.scores_target > self.scores_from
+
+
+def _start(consumer: Consumer, topic: str, partition: int, rewind: dict[str, int], timeout: float) -> tuple[int, int]:
+    """Where the group reads ``partition`` of ``topic`` from, and its end; a committed offset past the end is a
+    new log's: the partition is then read from its start, noted in ``rewind``."""
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+    committed = _committed(consumer, topic, partition, timeout)
+    if committed is not None and committed > high:
+        rewind[topic] = low
+        committed = None
+    return (low if committed is None else max(committed, low)), high
 
 
 def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> int | None:
@@ -54,30 +72,31 @@ def recover_partitions(
     lookback_ms: int = 60_000, rebuild_s: float = 0.0, timeout: float = 30.0,
     clients: KafkaClients = CONFLUENT, clock: Clock = now_ms,
 ) -> dict[int, PartitionRecovery]:
-    """Blocking: run it in an executor. Reads offsets and results for ``partitions``."""
+    """Blocking: run it in an executor. Reads offsets and results for ``partitions``; a partition whose leader
+    is still being elected (a broker just back) is asked again, within ``timeout``."""
     rebuild_since = clock() - 1000 * rebuild_s if rebuild_s > 0 else None
     consumer: Consumer = clients.consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     try:
-        out = {}
-        for p in sorted(partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topics.requests, p), timeout=timeout)
-            start = _committed(consumer, topics.requests, p, timeout)
-            start = low if start is None else max(start, low)
-            s_low, s_high = consumer.get_watermark_offsets(TopicPartition(topics.scores, p), timeout=timeout)
-            s_start = _committed(consumer, topics.scores, p, timeout)
-            rec = PartitionRecovery(p, start, high, scores_target=s_high,
-                                    scores_from=s_low if s_start is None else max(s_start, s_low))
-            since = rebuild_since
-            if start < high:
-                first_ms = _timestamp_at(consumer, topics.requests, p, start, timeout)
-                if first_ms is not None:
-                    since = first_ms - lookback_ms if since is None else min(since, first_ms - lookback_ms)
-            if since is not None:
-                rec.answered, rec.results = _results_since(consumer, topics.results, p, since, rebuild_since, timeout)
-            out[p] = rec
-        return out
+        return {p: while_electing(lambda p=p: _recover(consumer, topics, p, lookback_ms, rebuild_since, timeout), timeout)
+                for p in sorted(partitions)}
     finally:
         consumer.close()
+
+
+def _recover(consumer: Consumer, topics: Topics, p: int, lookback_ms: int, rebuild_since: float | None,
+             timeout: float) -> PartitionRecovery:
+    rewind: dict[str, int] = {}
+    start, high = _start(consumer, topics.requests, p, rewind, timeout)
+    scores_from, scores_target = _start(consumer, topics.scores, p, rewind, timeout)
+    rec = PartitionRecovery(p, start, high, scores_target=scores_target, scores_from=scores_from, rewind=rewind)
+    since = rebuild_since
+    if start < high:
+        first_ms = _timestamp_at(consumer, topics.requests, p, start, timeout)
+        if first_ms is not None:
+            since = first_ms - lookback_ms if since is None else min(since, first_ms - lookback_ms)
+    if since is not None:
+        rec.answered, rec.results = _results_since(consumer, topics.results, p, since, rebuild_since, timeout)
+    return rec
 
 
 def _timestamp_at(consumer: Consumer, topic: str, partition: int, offset: int, timeout: float) -> int | None:

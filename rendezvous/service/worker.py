@@ -86,7 +86,7 @@ class RendezvousWorker:
                                  clients, clock, self.running_models.presence) if settings.standby else None
         self.partitions = Partitions(settings, self.router, self.control, self._apply,
                                      lambda delay_s, *args: self.app.loop.call_later(delay_s, *args), clients, clock,
-                                     self.failover)
+                                     self.failover, self._rewind)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.fatal_error: str | None = None
@@ -394,6 +394,9 @@ class RendezvousWorker:
         await self.partitions.assigned(partitions)
         self.ready = True
         log.info("worker %s owns partitions %s", self.settings.worker_id, sorted(partitions))
+
+    async def _rewind(self, topic: str, partition: int, offset: int) -> None:
+        await self.app.consumer.rewind(TP(topic, partition), offset)
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.topics.requests}
