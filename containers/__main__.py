@@ -16,7 +16,7 @@ import click
 from containers.runner import ModelRunner, RunnerError
 from containers.spec import load_model, load_spec
 from rendezvous.kernel.kafka import check_connection
-from rendezvous.kernel.lifecycle import StopDeadline, configure_logging, stop_on_signals
+from rendezvous.kernel.lifecycle import StopDeadline, configure_logging, run_off_the_main_thread, stop_on_signals
 from rendezvous.kernel.options import (
     RendezvousCommand,
     broker_option,
@@ -82,7 +82,7 @@ def main(spec_path: str, broker: str, topic_prefix: str, fetch_wait_ms: int, pro
 
     presence = Announcer(kafka, topics_for(topic_prefix), "model", identity.name, identity.instance, describe).start()
     try:
-        runner.run(stop)
+        run_off_the_main_thread(lambda: runner.run(stop), "runner-loop")  # the main thread takes SIGTERM
     except RunnerError as exc:
         logging.getLogger("rendezvous.runner").error("%s", exc)
         sys.exit(1)

@@ -10,7 +10,7 @@ import click
 from decoy.archive import DEFAULT_SEGMENT_BYTES, ArchiveWriter
 from decoy.service import Decoy
 from rendezvous.kernel.kafka import check_connection
-from rendezvous.kernel.lifecycle import StopDeadline, configure_logging, stop_on_signals
+from rendezvous.kernel.lifecycle import StopDeadline, configure_logging, run_off_the_main_thread, stop_on_signals
 from rendezvous.kernel.options import (
     RendezvousCommand,
     broker_option,
@@ -63,7 +63,7 @@ def main(archive: str, broker: str, topic_prefix: str, fetch_wait_ms: int, produ
 
     presence = Announcer(kafka, topics_for(topic_prefix), "decoy", group or "decoy", who(), describe).start()
     try:
-        decoy.run(stop)
+        run_off_the_main_thread(lambda: decoy.run(stop), "decoy-loop")  # the main thread takes SIGTERM
     finally:
         presence.stop()
         if status:

@@ -14,6 +14,7 @@ MODULES = [
     "rendezvous.kernel.client_config", "rendezvous.kernel.clock", "rendezvous.kernel.errors",
     "rendezvous.kernel.settings", "rendezvous.kernel.topics", "rendezvous.kernel.wire",
     "rendezvous.kernel.documents", "rendezvous.kernel.presence", "rendezvous.kernel.memory",
+    "rendezvous.kernel.lifecycle",
     "rendezvous.tools.summary", "rendezvous.tools.data", "rendezvous.tools.timeline",
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",

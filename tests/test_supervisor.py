@@ -8,6 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from rendezvous.operations.embedded import free_port
 from rendezvous.operations.supervisor import ChildSpec, Supervisor
 from tests.conftest import eventually
 
@@ -97,3 +98,36 @@ def test_a_child_on_port_0_binds_a_free_port_and_says_which_after_every_start(tm
         assert child.http_port == int(child.spec.port_file.read_text())
     finally:
         sup.stop_all(5)
+
+
+BLOCKED_IN_LIBRDKAFKA = """
+    from confluent_kafka import Consumer, TopicPartition
+    from rendezvous.kernel.lifecycle import StopDeadline, run_off_the_main_thread, stop_on_signals
+    stop_on_signals(StopDeadline(1.0, "a service"))
+    consumer = Consumer({{"bootstrap.servers": "127.0.0.1:{port}", "group.id": "g", "log_level": 0}})
+
+    def loop():
+        print("committing", flush=True)
+        # a synchronous commit to a broker that is not there: librdkafka holds the calling thread about 44 s
+        consumer.commit(offsets=[TopicPartition("t", 0, 5)], asynchronous=False)
+
+    {run}
+"""
+
+
+def test_a_service_blocked_in_a_librdkafka_call_still_ends_within_its_stop_grace(tmp_path):
+    """The decoy and the runner run their loop off the main thread, so that SIGTERM is taken at once and its
+    stop deadline armed, whatever call the loop is blocked in."""
+    code = BLOCKED_IN_LIBRDKAFKA.format(port=free_port(), run="run_off_the_main_thread(loop)")
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "committing\n"
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)  # its grace is 1 s; on the main thread the commit would hold it about 44 s
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still running 10 s after SIGTERM: the signal waited for librdkafka") from None
+        assert process.returncode == 1  # the stop deadline ended it
+    finally:
+        process.kill()
+        process.wait()

@@ -6,6 +6,12 @@ offsets. With the broker unreachable, that flush and the final commit can wait f
 so the stop signal also arms a :class:`StopDeadline`: if the process is still running
 ``grace_s`` later, it logs what it was doing and exits. Nothing acknowledged is lost by
 that: whatever the process had not committed is read again by whoever takes over.
+
+Python runs signal handlers on the main thread only, between bytecodes: a main thread
+blocked inside librdkafka (a synchronous commit to a broker that went away: measured
+44 s) would take SIGTERM only when the call returns, and nothing would arm the
+deadline. So a service runs its loop with :func:`run_off_the_main_thread`, which keeps
+the main thread free to take signals.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["DEFAULT_STOP_GRACE_S", "StopDeadline", "stop_on_signals", "configure_logging"]
+__all__ = ["DEFAULT_STOP_GRACE_S", "StopDeadline", "stop_on_signals", "run_off_the_main_thread", "configure_logging"]
 
 #: How long a service may take to stop after SIGTERM; Docker's own default grace is also 10 s.
 DEFAULT_STOP_GRACE_S = 10.0
 
 log = logging.getLogger("rendezvous")
+T = TypeVar("T")
 
 
 class StopDeadline:
@@ -65,6 +74,30 @@ def stop_on_signals(deadline: StopDeadline | None = None) -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+def run_off_the_main_thread(loop: Callable[[], T], name: str = "service-loop") -> T:
+    """Run ``loop()`` on a thread of its own while the main thread waits for it, free to take signals;
+    return its result or raise its exception (``SystemExit`` included) on the main thread.
+
+    >>> run_off_the_main_thread(lambda: threading.current_thread() is threading.main_thread())
+    False
+    """
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = loop()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread, which raises it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name=name, daemon=True)  # daemon: the stop deadline may end the process
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # a bounded wait: the main thread takes a signal at once, and its handler runs
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def configure_logging(level: str = "info") -> None:
