@@ -187,7 +187,7 @@ def test_a_requests_topic_made_again_is_archived_as_a_new_log_not_skipped_as_red
         system.wait_ready([decoy])
         produce(system, records(200))
         archived_to_the_end(system, archive, 200)
-        assert delete_topic(system.kafka, system.topics.requests)
+        assert delete_topic(system.kafka, system.topics.requests) is None
         wait_until(lambda: _made_again(system), "the requests topic made again", timeout=30)
         fresh = records(40, start=1000)  # fewer than before: every new offset is one the old log had
         produce(system, fresh)

@@ -19,7 +19,7 @@ MODULES = [
     "rendezvous.routing.bandit", "rendezvous.routing.outcomes", "rendezvous.routing.plan", "rendezvous.routing.quality",
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
     "rendezvous.routing.lateness", "rendezvous.routing.standby", "rendezvous.operations.base", "rendezvous.operations.broker",
-    "rendezvous.operations.kafka_broker", "rendezvous.operations.kafka_dist",
+    "rendezvous.operations.kafka_broker", "rendezvous.operations.kafka_dist", "rendezvous.operations.acls",
     "rendezvous.service.metrics", "rendezvous.service.running",
 ]
 

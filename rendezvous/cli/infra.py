@@ -21,6 +21,7 @@ from rendezvous.kernel.options import (
 )
 from rendezvous.kernel.settings import state_dir
 from rendezvous.kernel.topics import DEFAULT_PARTITIONS
+from rendezvous.operations.acls import apply_acls, bindings, parse_grant
 from rendezvous.operations.broker import (
     BrokerError,
     embedded_broker,
@@ -32,7 +33,7 @@ from rendezvous.operations.broker import (
 from rendezvous.operations.kafka_broker import DEFAULT_JVM_OPTS, JVM_OPTS_ENV
 from rendezvous.operations.kafka_dist import JARS_ENV, KAFKA_VERSION, fetch_jars, java_available
 
-__all__ = ["broker", "broker_fetch", "topics", "topics_create"]
+__all__ = ["broker", "broker_fetch", "topics", "topics_create", "topics_acls"]
 
 
 @click.group(invoke_without_command=True, cls=RendezvousGroup)
@@ -118,3 +119,23 @@ def topics_create(broker: str | None, topic_prefix: str, partitions: int) -> Non
     counts = ensure_topics(kafka_settings(resolve_broker(broker)), topics_for(topic_prefix), partitions)
     for name, count in counts.items():
         click.echo(f"{name}\t{count} partitions")
+
+
+@topics.command("acls")
+@broker_option()
+@topic_prefix_option
+@click.option("--grant", "grants", multiple=True, required=True, metavar="ROLE=PRINCIPAL",
+              help="A role and the principal that plays it, e.g. worker=User:rendezvous-worker; repeat it. Roles: "
+                   "operator, worker, model:NAME (model:* for every model), decoy, gateway, client.")
+@click.option("--app-id", envvar="RENDEZVOUS_APP_ID", show_envvar=True, default=None,
+              help="The workers' consumer group. Default: the topic prefix.")
+@click.option("--apply", "apply_", is_flag=True, help="Create them on the broker (it must run an authorizer); "
+                                                      "without it they are only printed.")
+def topics_acls(broker: str | None, topic_prefix: str, grants: tuple[str, ...], app_id: str | None, apply_: bool) -> None:
+    """The Kafka ACLs that let each role do only what it must (who may write the policies and the scores)."""
+    granted = bindings([parse_grant(g) for g in grants], topics_for(topic_prefix), app_id)
+    for principal, grant in granted:
+        click.echo(f"{principal}\tALLOW\t{grant}")
+    if apply_:
+        count = apply_acls(kafka_settings(resolve_broker(broker)), granted)
+        click.echo(f"applied {count} ACLs", err=True)

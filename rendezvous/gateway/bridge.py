@@ -103,7 +103,10 @@ class KafkaBridge:
         for thread in self._threads:
             thread.join(5)
         self._producer.flush(5)
-        delete_topic(self.kafka, self.reply_topic)  # best effort: a crashed gateway leaves an idle topic
+        refused = delete_topic(self.kafka, self.reply_topic)  # best effort: a crashed gateway leaves an idle topic
+        if refused is not None:
+            log.warning("could not delete the reply topic %s (%s); on a cluster with ACLs, grant the gateway's "
+                        "principal its role: rendezvous topics acls --grant gateway=PRINCIPAL", self.reply_topic, refused)
 
     def _run(self, target: Any, consumer: Consumer, serve_deliveries: bool) -> None:
         try:

@@ -87,7 +87,8 @@ def partition_count(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> 
 def end_offsets(kafka: KafkaSettings, topic: str, partitions: int, timeout: float = 10.0) -> list[int]:
     """The high watermark of each partition of ``topic``: a lower bound on Tansu 0.6, which reports the last
     record batch's base offset + 1 (see ``kernel.kafka.read_range``)."""
-    consumer = Consumer(kafka.consumer("rendezvous-admin-probe", **{"enable.auto.commit": False}))
+    # a group under the topic's own prefix: where the deployment's ACLs let its readers in
+    consumer = Consumer(kafka.consumer(f"{topic}.end-offsets", **{"enable.auto.commit": False}))
     deadline = time.monotonic() + timeout
     try:
         return [_high_watermark(consumer, TopicPartition(topic, p), deadline) for p in range(partitions)]
@@ -115,14 +116,14 @@ def create_topic(kafka: KafkaSettings, name: str, partitions: int, timeout: floa
     _await_leaders(admin, [name], timeout)
 
 
-def delete_topic(kafka: KafkaSettings, name: str, timeout: float = 10.0) -> bool:
-    """Delete one topic (e.g. a stopped gateway's replies); False if the broker would not."""
+def delete_topic(kafka: KafkaSettings, name: str, timeout: float = 10.0) -> str | None:
+    """Delete one topic (e.g. a stopped gateway's replies); None once deleted, else why the broker would not."""
     admin = AdminClient(kafka.admin())
     try:
         admin.delete_topics([name], operation_timeout=timeout)[name].result(timeout)
-        return True
-    except KafkaException:
-        return False
+        return None
+    except KafkaException as exc:
+        return f"{exc.args[0].name()}: {exc.args[0].str()}"
 
 
 def topic_id(admin: AdminClient, topic: str, timeout: float = 10.0) -> str | None:

@@ -26,7 +26,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -160,8 +159,7 @@ class Announcer:
 
 def read_presence(kafka: KafkaSettings, topics: Topics, timeout_s: float = 10.0) -> list[Presence]:
     """The latest record of every instance that has not deleted its own, by role and name."""
-    consumer = Consumer(kafka.consumer(f"rendezvous-presence-{os.getpid()}-{time.time_ns()}",
-                                       **{"enable.auto.commit": False}))
+    consumer = Consumer(kafka.consumer(topics.reader_group("presence"), **{"enable.auto.commit": False}))
     latest: dict[bytes, Presence | None] = {}
     try:
         ranges = since_offsets(consumer, topics.presence, None, timeout_s)

@@ -26,6 +26,8 @@ dead letters and the bandit's state a week, the policies for ever (compacted).
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, fields
 
 __all__ = [
@@ -79,6 +81,16 @@ class Topics:
     def group(self, role: str) -> str:
         """The consumer group of one role, e.g. ``rendezvous.model.boosted.1.0.0`` or ``rendezvous.decoy``."""
         return f"{self.namespace}.{role}"
+
+    def reader_group(self, kind: str) -> str:
+        """A group of its own for a reader that never commits (a client, ``explain``, a status probe): under
+        ``NAMESPACE.readers.``, so that one ACL on that prefix lets them in (librdkafka still asks the broker
+        for their group's coordinator).
+
+        >>> Topics.with_prefix("shop").reader_group("explain").startswith("shop.readers.explain-")
+        True
+        """
+        return f"{self.namespace}.readers.{kind}-{os.getpid()}-{time.time_ns()}"
 
     @property
     def copartitioned(self) -> tuple[str, ...]:

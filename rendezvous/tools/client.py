@@ -39,7 +39,7 @@ class ResultCollector:
     """Reads the results topic from its current end, on a background thread."""
 
     def __init__(self, kafka: KafkaSettings, topics: Topics, partitions: int) -> None:
-        self._consumer = Consumer(kafka.consumer(f"rendezvous-client-{id(self)}", **{"enable.auto.commit": False}))
+        self._consumer = Consumer(kafka.consumer(topics.reader_group("client"), **{"enable.auto.commit": False}))
         self._kafka, self._topic = kafka, topics.results
         ends = end_offsets(kafka, topics.results, partitions)
         self._consumer.assign([TopicPartition(topics.results, p, end) for p, end in enumerate(ends)])

@@ -73,7 +73,7 @@ def _warm_up(kafka: KafkaSettings, topics: Topics, sender: RequestSender, collec
     Also warms ``sender``: a new idempotent producer holds its first records until it
     has a producer id, and they would look late by that much.
     """
-    scores = Consumer(kafka.consumer(f"rendezvous-demo-warmup-{time.time_ns()}", **{"enable.auto.commit": False}))
+    scores = Consumer(kafka.consumer(topics.reader_group("demo-warm-up"), **{"enable.auto.commit": False}))
     scores.subscribe([topics.scores])
     features = phishing_rows()[0][0]
     scored: set[str] = set()

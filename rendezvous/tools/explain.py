@@ -47,7 +47,8 @@ class Story:
 
 
 def _scan(kafka: KafkaSettings, topic: str, since_ms: float, timeout: float = 30.0):  # noqa: ANN202
-    consumer = Consumer(kafka.consumer(f"explain-{time.time_ns()}", **{"enable.auto.commit": False}))
+    # a group under the topic's prefix (the topic is PREFIX.something): where the ACLs let readers in
+    consumer = Consumer(kafka.consumer(f"{topic}.readers.explain-{time.time_ns()}", **{"enable.auto.commit": False}))
     try:
         yield from read_range(consumer, topic, since_offsets(consumer, topic, since_ms, timeout), timeout)
     finally:
