@@ -10,7 +10,7 @@ import pytest
 MODULES = [
     "canary.cusum", "canary.drift", "canary.watch",
     "containers.spec", "containers.examples.synthetic", "containers.examples.phishing",
-    "decoy.archive", "policies",
+    "decoy.archive", "policies", "policies.record",
     "rendezvous.kernel.client_config", "rendezvous.kernel.clock", "rendezvous.kernel.errors",
     "rendezvous.kernel.settings", "rendezvous.kernel.topics", "rendezvous.kernel.wire",
     "rendezvous.kernel.documents", "rendezvous.kernel.presence", "rendezvous.kernel.memory",

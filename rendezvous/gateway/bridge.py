@@ -24,16 +24,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from policies.record import decode_policy_record
+from policies.record import RefusedPolicyRecord, read_policy_record
 from policies.schema import Policy
 from rendezvous.kernel.admin import create_topic, delete_topic
 from rendezvous.kernel.clock import now_ms
-from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.kafka import poll_batch, produce
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import BACKGROUND_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.topics import PROBE, REPLY_TO, Topics
-from rendezvous.kernel.trust import signature_of, verify
+from rendezvous.kernel.trust import signature_of
 from rendezvous.kernel.wire import Outcome, Result, WireError, decode_result, encode
 
 __all__ = ["KafkaBridge", "Reply"]
@@ -122,13 +121,10 @@ class KafkaBridge:
     # ------------------------------------------------------------------ policies
 
     def _follow_policies(self, message: Message) -> None:
-        if self.policy_key is not None and not verify(self.policy_key, message.value(), signature_of(message.headers())):
-            log.warning("ignored a policy record not signed with the policy key")
-            return
         try:
-            doc = parse_document(decode_policy_record(message.value() or b"").policy, Policy, "policy record")
-        except (DocumentError, ValueError, RecursionError) as exc:  # msgspec's DecodeError is a ValueError
-            log.warning("ignored an invalid policy record: %s", exc)
+            doc, _ = read_policy_record(message.value(), signature_of(message.headers()), self.policy_key)
+        except RefusedPolicyRecord as exc:
+            log.warning("ignored a policy record: %s", exc)
             return
         if self.policy is None or doc.version > self.policy.version:
             self.policy = doc

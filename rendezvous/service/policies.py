@@ -17,17 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
 from confluent_kafka import Producer
 
-from policies.record import POLICY_KEY, PolicyRecord, decode_policy_record
+from policies.record import POLICY_KEY, PolicyRecord, RefusedPolicyRecord, read_policy_record
 from policies.schema import ModelEntry, Policy
 from rendezvous.kernel.clock import now_ms
-from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.errors import BrokerUnavailable
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.trust import StackSecret, signed_headers, verify
+from rendezvous.kernel.trust import StackSecret, signed_headers
 from rendezvous.kernel.wire import encode
 from rendezvous.routing.bandit import Learner
 from rendezvous.routing.policy import (
@@ -136,19 +134,14 @@ class PolicyStore:
         With ``running`` (the models known to run, or None while that is not known), a newer policy that names
         a model nobody runs is refused, as ``policy apply`` refuses it, unless it was applied with
         ``--allow-missing``: otherwise any holder of the key could route every request to the default."""
-        if self.policy_key is not None and not verify(self.policy_key, value, signature):
-            self.refused += 1
-            log.error("refused a policy record that is %s, keeping v%s in force: only a holder of the stack's "
-                      "secret may change the policy (rendezvous policy apply --secret-file)",
-                      "not signed" if not signature else "signed with another key",
-                      self.doc.version if self.doc else "-")
-            return None
         try:
-            record = decode_policy_record(value)
-            doc = parse_document(record.policy, Policy, source=f"policy record of {record.by or 'unknown'}")
-        except (msgspec.DecodeError, DocumentError, RecursionError, ValueError) as exc:  # any bytes: see wire._decode
+            doc, record = read_policy_record(value, signature, self.policy_key)
+        except RefusedPolicyRecord as exc:
             self.refused += 1
-            log.error("refused a policy record, keeping v%s in force: %s", self.doc.version if self.doc else "-", exc)
+            unsigned = self.policy_key is not None and "policy key" in str(exc)
+            log.error("refused a policy record, keeping v%s in force: %s%s", self.doc.version if self.doc else "-", exc,
+                      ": only a holder of the stack's secret may change the policy (rendezvous policy apply "
+                      "--secret-file)" if unsigned else "")
             return None
         if self.doc is not None and doc.version <= self.doc.version:
             if doc.version < self.doc.version or doc != self.doc:

@@ -15,14 +15,13 @@ from collections import defaultdict
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from policies.record import PolicyRecord, decode_policy_record
+from policies.record import PolicyRecord, RefusedPolicyRecord, read_policy_record
 from policies.schema import Policy
-from rendezvous.kernel.documents import parse_document
 from rendezvous.kernel.kafka import read_range, since_offsets
 from rendezvous.kernel.presence import read_presence
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
-from rendezvous.kernel.trust import StackSecret, verify
+from rendezvous.kernel.trust import StackSecret
 from rendezvous.kernel.wire import WireError, decode_score_batch
 from rendezvous.service.control import ControlFeed
 
@@ -74,12 +73,9 @@ def policy_history(kafka: KafkaSettings, topics: Topics,
         feed.stop()
     out: list[tuple[Policy, PolicyRecord]] = []
     for value, _, signature in drained.policies:
-        if secret is not None and not verify(secret.policy_key, value, signature):
-            continue
         try:
-            record = decode_policy_record(value)
-            doc = parse_document(record.policy, Policy, "record")
-        except Exception:  # noqa: BLE001 - invalid records are refused by workers too
+            doc, record = read_policy_record(value, signature, secret.policy_key if secret is not None else None)
+        except RefusedPolicyRecord:  # workers refuse it too: it never took effect
             continue
         if not out or doc.version > out[-1][0].version:
             out.append((doc, record))
