@@ -19,6 +19,7 @@ from rendezvous.kernel.topics import Topics
 from rendezvous.operations import embedded
 from rendezvous.operations.broker import KafkaBroker, TansuBroker, resolve_engine
 from rendezvous.operations.kafka_dist import kafka_available
+from rendezvous.service.recovery import recover_partitions
 from tests.conftest import CHAIN_POLICY, System, settings_for, wait_until, write_policy
 from tests.rule import Chain, check
 
@@ -153,6 +154,25 @@ def test_the_pipeline_still_runs_on_tansu(tmp_path: Path):
         assert all(len(r) == 1 for r in results.values())
         for [result] in results.values():
             check(result, CHAIN)
+
+        # Tansu reports a partition's end as its last batch's first offset + 1, below the offsets the group
+        # commits once a burst came in one batch: a new owner must not take that for a new log (a broker that
+        # lost its data) and read the partition again from its start
+        burst = [f"burst-{i}" for i in range(200)]
+        system.send([(rid, {}) for rid in burst])
+        system.results_for(burst)
+        consumer = Consumer(system.kafka.consumer(system.topics.namespace, **{"enable.auto.commit": False}))
+        try:
+            def committed_past_the_reported_end() -> bool:
+                tps = [TopicPartition(system.topics.requests, p) for p in range(system.partitions)]
+                committed = consumer.committed(tps, timeout=10)
+                ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+                return any(c.offset > end for c, end in zip(committed, ends, strict=True))
+            wait_until(committed_past_the_reported_end, "a committed offset past the end Tansu reports", timeout=15)
+        finally:
+            consumer.close()
+        recovered = recover_partitions(system.kafka, system.topics, system.topics.namespace, set(range(system.partitions)))
+        assert not [p for p, rec in recovered.items() if rec.rewind], "an intact log taken for a new one"
     finally:
         if system is not None:
             system.close()

@@ -144,7 +144,7 @@ class MemoryBroker(KafkaClients):
         return MemoryProducer(self)
 
     def consumer(self, config: dict[str, Any]) -> MemoryConsumer:
-        return MemoryConsumer(self, config.get("group.id", ""))
+        return MemoryConsumer(self, config.get("group.id", ""), config.get("auto.offset.reset", "earliest"))
 
     # ------------------------------------------------------------------ topics
 
@@ -267,8 +267,8 @@ class _Metadata:
 class MemoryConsumer:
     """confluent-kafka's ``Consumer`` surface for assigned (not subscribed) reading."""
 
-    def __init__(self, broker: MemoryBroker, group: str) -> None:
-        self.broker, self.group = broker, group
+    def __init__(self, broker: MemoryBroker, group: str, offset_reset: str = "earliest") -> None:
+        self.broker, self.group, self.offset_reset = broker, group, offset_reset
         self._positions: dict[tuple[str, int], int] = {}
         self.closed = False
 
@@ -294,6 +294,11 @@ class MemoryConsumer:
         return out
 
     def poll(self, timeout: float = -1) -> MemoryMessage | None:
+        for (topic, partition), position in sorted(self._positions.items()):
+            if self.offset_reset == "error" and position > self.broker.end_offset(topic, partition):
+                # as librdkafka reports a position past the log's end with auto.offset.reset=error
+                return MemoryMessage(topic, partition, position, None, None, None, 0,
+                                     KafkaError(KafkaError._AUTO_OFFSET_RESET, "Offset out of range"))
         taken = self.consume(1)
         return taken[0] if taken else None
 

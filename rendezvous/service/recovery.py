@@ -16,12 +16,16 @@ A committed offset past the end of its partition means the log is not the one it
 was committed in: the broker lost its data, or the topic was made again. Such a
 partition is read again from its start (``rewind``), as Kafka's
 ``auto.offset.reset=earliest`` would, instead of waiting for offsets that the new
-log will reach only much later.
+log will reach only much later. The end a broker reports can be too low (Tansu 0.6
+reports its last record batch's first offset + 1: 15 records in one batch, an end
+of 1), so the last committed record is looked for first: if it is there, the log
+is the old one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
@@ -51,15 +55,29 @@ class PartitionRecovery:
         return self.scores_target > self.scores_from
 
 
-def _start(consumer: Consumer, topic: str, partition: int, rewind: dict[str, int], timeout: float) -> tuple[int, int]:
+def _start(consumer: Consumer, probe: Callable[[], Consumer], topic: str, partition: int, rewind: dict[str, int],
+           timeout: float) -> tuple[int, int]:
     """Where the group reads ``partition`` of ``topic`` from, and its end; a committed offset past the end is a
-    new log's: the partition is then read from its start, noted in ``rewind``."""
+    new log's (unless its last committed record is there): the partition is then read from its start, noted in
+    ``rewind``."""
     low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
     committed = _committed(consumer, topic, partition, timeout)
-    if committed is not None and committed > high:
+    if committed is not None and committed > high and not _holds(probe(), topic, partition, committed - 1):
         rewind[topic] = low
         committed = None
     return (low if committed is None else max(committed, low)), high
+
+
+def _holds(consumer: Consumer, topic: str, partition: int, offset: int, bound_s: float = 2.0) -> bool:
+    """Whether the partition holds a record at ``offset`` (``consumer`` resets no offset: past the end, Kafka
+    says so at once; a broker that says nothing for ``bound_s`` holds none there either)."""
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.1)
+        if message is not None:
+            return message.error() is None and message.offset() == offset
+    return False
 
 
 def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> int | None:
@@ -76,18 +94,28 @@ def recover_partitions(
     is still being elected (a broker just back) is asked again, within ``timeout``."""
     rebuild_since = clock() - 1000 * rebuild_s if rebuild_s > 0 else None
     consumer: Consumer = clients.consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
+    probes: list[Consumer] = []
+
+    def probe() -> Consumer:  # made only for a committed offset past a partition's end
+        if not probes:
+            probes.append(clients.consumer(kafka.consumer(group, **{
+                "enable.auto.commit": False, "fetch.wait.max.ms": 10, "auto.offset.reset": "error"})))
+        return probes[0]
+
     try:
-        return {p: while_electing(lambda p=p: _recover(consumer, topics, p, lookback_ms, rebuild_since, timeout), timeout)
+        return {p: while_electing(lambda p=p: _recover(consumer, probe, topics, p, lookback_ms, rebuild_since, timeout),
+                                  timeout)
                 for p in sorted(partitions)}
     finally:
-        consumer.close()
+        for c in (consumer, *probes):
+            c.close()
 
 
-def _recover(consumer: Consumer, topics: Topics, p: int, lookback_ms: int, rebuild_since: float | None,
-             timeout: float) -> PartitionRecovery:
+def _recover(consumer: Consumer, probe: Callable[[], Consumer], topics: Topics, p: int, lookback_ms: int,
+             rebuild_since: float | None, timeout: float) -> PartitionRecovery:
     rewind: dict[str, int] = {}
-    start, high = _start(consumer, topics.requests, p, rewind, timeout)
-    scores_from, scores_target = _start(consumer, topics.scores, p, rewind, timeout)
+    start, high = _start(consumer, probe, topics.requests, p, rewind, timeout)
+    scores_from, scores_target = _start(consumer, probe, topics.scores, p, rewind, timeout)
     rec = PartitionRecovery(p, start, high, scores_target=scores_target, scores_from=scores_from, rewind=rewind)
     since = rebuild_since
     if start < high:
