@@ -15,7 +15,7 @@ policy key (when there is one) that decode and validate, the highest version.
 >>> read_policy_record(raw, signature=None, policy_key=b"k" * 32)
 Traceback (most recent call last):
 ...
-policies.record.RefusedPolicyRecord: not signed with the stack's policy key
+policies.record.UnsignedPolicyRecord: not signed with the stack's policy key
 >>> read_policy_record(b'{"policy": {"name": "p"}, "applied_ms": 1}')  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -32,7 +32,8 @@ from policies.schema import Policy
 from rendezvous.kernel.documents import DocumentError, parse_document
 from rendezvous.kernel.trust import verify
 
-__all__ = ["POLICY_KEY", "PolicyRecord", "RefusedPolicyRecord", "decode_policy_record", "read_policy_record"]
+__all__ = ["POLICY_KEY", "PolicyRecord", "RefusedPolicyRecord", "UnsignedPolicyRecord", "decode_policy_record",
+           "read_policy_record"]
 
 POLICY_KEY = b"policy"
 
@@ -53,6 +54,10 @@ class RefusedPolicyRecord(ValueError):
     """A policies-topic record that puts no policy in force; the message says why."""
 
 
+class UnsignedPolicyRecord(RefusedPolicyRecord):
+    """Refused for its signature: not signed with the stack's policy key."""
+
+
 def decode_policy_record(data: bytes) -> PolicyRecord:
     """Raises :class:`msgspec.DecodeError` (or ``ValueError``/``RecursionError`` for hostile bytes)."""
     return _policy_decoder.decode(data)
@@ -63,8 +68,8 @@ def read_policy_record(value: bytes | None, signature: bytes | None = None,
     """The policy a record puts in force, and the record: signed with ``policy_key`` (when there is one),
     decoded and valid, or :class:`RefusedPolicyRecord` saying which of these it is not."""
     if policy_key is not None and not verify(policy_key, value, signature):
-        raise RefusedPolicyRecord("not signed with the stack's policy key" if not signature
-                                  else "signed with another key than the stack's policy key")
+        raise UnsignedPolicyRecord("not signed with the stack's policy key" if not signature
+                                   else "signed with another key than the stack's policy key")
     try:
         record = decode_policy_record(value or b"")
         doc = parse_document(record.policy, Policy, source=f"policy record of {record.by or 'unknown'}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = [
     "DEFAULT_PREFIX", "REPLY_TO", "PROBE", "DEFAULT_PARTITIONS", "DEFAULT_RETENTION_MS", "CONTROL_RETENTION_MS",
@@ -117,6 +118,23 @@ class Topics:
     def replies(self, gateway: str) -> str:
         """The topic one gateway instance reads its callers' results from (see REPLY_TO)."""
         return f"{self.namespace}.replies.{gateway}"
+
+    def reply_route(self, headers: Any) -> tuple[str | None, str | None, bool]:
+        """From a request's headers (pairs or a dict): the reply topic a gateway named if it is one of ours,
+        the one named if it is not (to be ignored), and whether the request is a probe.
+
+        >>> t = Topics.with_prefix("shop")
+        >>> t.reply_route([(REPLY_TO, b"shop.replies.gw1")]), t.reply_route({REPLY_TO: b"elsewhere", PROBE: b""})
+        (('shop.replies.gw1', None, False), (None, 'elsewhere', True))
+        """
+        topic, foreign, probe = None, None, False
+        for key, value in (headers.items() if isinstance(headers, dict) else headers or ()):
+            if key == PROBE:
+                probe = True
+            elif key == REPLY_TO and value:
+                named = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+                topic, foreign = (named, None) if self.is_reply_topic(named) else (None, named)
+        return topic, foreign, probe
 
     def is_reply_topic(self, topic: str) -> bool:
         return topic.startswith(f"{self.namespace}.replies.") and len(topic) > len(self.namespace) + 9

@@ -38,8 +38,8 @@ from pathlib import Path
 from rendezvous.kernel.errors import ConfigError
 from rendezvous.kernel.settings import state_dir
 
-__all__ = ["SIGNATURE_HEADER", "StackSecret", "sign", "signed_headers", "verify", "signature_of", "load_key", "write_key",
-           "remember_secret", "remembered_secret"]
+__all__ = ["SIGNATURE_HEADER", "StackSecret", "sign", "signed_headers", "verify", "score_refusal", "signature_of",
+           "load_key", "write_key", "remember_secret", "remembered_secret"]
 
 #: The header holding the hex HMAC-SHA256 of a record's value.
 SIGNATURE_HEADER = "rendezvous.signature"
@@ -62,6 +62,19 @@ def verify(key: bytes, value: bytes | None, signature: bytes | None) -> bool:
     if value is None or not signature:
         return False
     return hmac.compare_digest(sign(key, value), signature)
+
+
+def score_refusal(secret: StackSecret | None, model: str, value: bytes | None,
+                  headers: Iterable[tuple[str, bytes]] | dict[str, bytes] | None) -> str | None:
+    """Why a score record is refused as not ``model``'s own (with a secret only), or None."""
+    if secret is None:
+        return None
+    signature = signature_of(headers)
+    if verify(secret.model_key(model), value, signature):
+        return None
+    if not signature:
+        return f"score record of {model!r} is not signed: a runner of {model!r} signs with its key (--score-key-file)"
+    return f"score record of {model!r} is not signed with {model!r}'s key: forged, or a runner given another key"
 
 
 def signature_of(headers: Iterable[tuple[str, bytes]] | dict[str, bytes] | None) -> bytes | None:

@@ -28,8 +28,7 @@ from typing import Any
 from rendezvous.kernel.clock import Clock
 from rendezvous.kernel.kafka import KafkaClients
 from rendezvous.kernel.presence import Presence, decode_presence, read_presence, service_url
-from rendezvous.kernel.topics import PROBE, REPLY_TO
-from rendezvous.kernel.trust import signature_of, verify
+from rendezvous.kernel.trust import score_refusal
 from rendezvous.kernel.wire import WireError, decode_request_head, decode_score_batch
 from rendezvous.routing.router import Decision, Router
 from rendezvous.routing.standby import Standby
@@ -112,7 +111,7 @@ class Failover:
             standby.answered([m.key().decode(errors="replace") for m in records.results if m.key()], now)
         out: list[Decision] = []
         for m in records.requests:
-            reply_to, probe = _headers(m, self.settings)
+            reply_to, _, probe = self.settings.topics.reply_route(m.headers())
             if probe:
                 continue  # a gateway asking whether a worker answers: the owner says so
             try:
@@ -126,8 +125,7 @@ class Failover:
                 batch = decode_score_batch(m.value())
             except WireError:
                 continue
-            secret = self.settings.secret
-            if secret is not None and not verify(secret.model_key(batch.model), m.value(), signature_of(m.headers())):
+            if score_refusal(self.settings.secret, batch.model, m.value(), m.headers()) is not None:
                 continue  # forged: its owner dead-letters it
             out += standby.on_scores(batch.model, batch.model_version, batch.scores, now)
         out += standby.on_tick(now)
@@ -221,14 +219,3 @@ def _presence(value: bytes) -> Presence | None:
     except Exception:  # noqa: BLE001 - a stranger's record on the presence topic
         return None
 
-
-def _headers(message: Any, settings: ServiceSettings) -> tuple[str | None, bool]:
-    """The reply topic a gateway named (if it is one of ours), and whether the request is a probe."""
-    topic, probe = None, False
-    for key, value in message.headers() or ():
-        if key == PROBE:
-            probe = True
-        elif key == REPLY_TO and value:
-            named = value.decode(errors="replace")
-            topic = named if settings.topics.is_reply_topic(named) else None
-    return topic, probe

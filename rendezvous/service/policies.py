@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
-from policies.record import POLICY_KEY, PolicyRecord, RefusedPolicyRecord, read_policy_record
+from policies.record import POLICY_KEY, PolicyRecord, RefusedPolicyRecord, UnsignedPolicyRecord, read_policy_record
 from policies.schema import ModelEntry, Policy
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.errors import BrokerUnavailable
@@ -138,10 +138,9 @@ class PolicyStore:
             doc, record = read_policy_record(value, signature, self.policy_key)
         except RefusedPolicyRecord as exc:
             self.refused += 1
-            unsigned = self.policy_key is not None and "policy key" in str(exc)
             log.error("refused a policy record, keeping v%s in force: %s%s", self.doc.version if self.doc else "-", exc,
                       ": only a holder of the stack's secret may change the policy (rendezvous policy apply "
-                      "--secret-file)" if unsigned else "")
+                      "--secret-file)" if isinstance(exc, UnsignedPolicyRecord) else "")
             return None
         if self.doc is not None and doc.version <= self.doc.version:
             if doc.version < self.doc.version or doc != self.doc:

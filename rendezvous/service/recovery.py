@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
 
 from rendezvous.kernel.clock import Clock, now_ms
 from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, read_range, since_offsets, while_electing
@@ -71,13 +71,20 @@ def _start(consumer: Consumer, probe: Callable[[], Consumer], topic: str, partit
 def _holds(consumer: Consumer, topic: str, partition: int, offset: int, bound_s: float = 2.0) -> bool:
     """Whether the partition holds a record at ``offset`` (``consumer`` resets no offset: past the end, Kafka
     says so at once; a broker that says nothing for ``bound_s`` holds none there either)."""
+    message = _first_at(consumer, topic, partition, offset, bound_s, errors_too=True)
+    return message is not None and message.error() is None and message.offset() == offset
+
+
+def _first_at(consumer: Consumer, topic: str, partition: int, offset: int, bound_s: float,
+              errors_too: bool = False) -> Message | None:
+    """The first record read from ``offset`` within ``bound_s`` (or the first error, with ``errors_too``)."""
     consumer.assign([TopicPartition(topic, partition, offset)])
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         message = consumer.poll(0.1)
-        if message is not None:
-            return message.error() is None and message.offset() == offset
-    return False
+        if message is not None and (errors_too or not message.error()):
+            return message
+    return None
 
 
 def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> int | None:
@@ -128,13 +135,8 @@ def _recover(consumer: Consumer, probe: Callable[[], Consumer], topics: Topics, 
 
 
 def _timestamp_at(consumer: Consumer, topic: str, partition: int, offset: int, timeout: float) -> int | None:
-    consumer.assign([TopicPartition(topic, partition, offset)])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.1)
-        if message is not None and not message.error():
-            return message.timestamp()[1]
-    return None
+    message = _first_at(consumer, topic, partition, offset, timeout)
+    return message.timestamp()[1] if message is not None else None
 
 
 def _results_since(consumer: Consumer, topic: str, partition: int, since_ms: float, decode_since: float | None,

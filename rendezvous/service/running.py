@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from rendezvous.kernel.clock import Clock, now_ms
-from rendezvous.kernel.presence import Presence
+from rendezvous.kernel.presence import MISSED_BEATS, Presence
 
 __all__ = ["RunningModels"]
 
@@ -44,7 +44,7 @@ class RunningModels:
     def presence(self, present: Iterable[Presence]) -> None:
         for p in present:
             if p.role == "model":
-                self.announced(p.name, p.at_ms + 3 * p.every_ms)
+                self.announced(p.name, p.at_ms + MISSED_BEATS * p.every_ms)  # as long as Presence.alive says
 
     def names(self) -> set[str] | None:
         """The models known to run now; None if this worker has seen no model at all (it cannot tell)."""

@@ -28,8 +28,7 @@ from rendezvous.kernel.kafka import CONFLUENT, KafkaClients
 from rendezvous.kernel.lifecycle import StopDeadline
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.presence import service_url
-from rendezvous.kernel.topics import PROBE, REPLY_TO
-from rendezvous.kernel.trust import signature_of, verify
+from rendezvous.kernel.trust import score_refusal
 from rendezvous.kernel.wire import (
     RecordTooLarge,
     WireError,
@@ -254,23 +253,12 @@ class RendezvousWorker:
 
     def _reply_to(self, message: Any) -> tuple[str | None, bool]:
         """The reply topic a gateway named in the request's headers, if it is one of ours; whether it is a probe."""
-        headers = message.headers
-        if not headers:
-            return None, False
-        topic, probe = None, False
-        items = headers.items() if isinstance(headers, dict) else headers
-        for key, value in items:
-            if key == PROBE:
-                probe = True
-            elif key == REPLY_TO and value:
-                topic = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-                if self.topics.is_reply_topic(topic):
-                    continue
-                self.ignored_reply_to += 1  # counted, logged once: a client must not be able to flood the log
-                if self.ignored_reply_to == 1:
-                    log.warning("ignored reply-to %r: not a replies topic of %s (counted in /stats from now on)",
-                                topic, self.topics.namespace)
-                topic = None
+        topic, foreign, probe = self.topics.reply_route(message.headers)
+        if foreign is not None:
+            self.ignored_reply_to += 1  # counted, logged once: a client must not be able to flood the log
+            if self.ignored_reply_to == 1:
+                log.warning("ignored reply-to %r: not a replies topic of %s (counted in /stats from now on)",
+                            foreign, self.topics.namespace)
         return topic, probe
 
     def on_score_event(self, event: Any) -> None:
@@ -308,16 +296,10 @@ class RendezvousWorker:
 
     def _unauthentic(self, model: str, message: Any) -> str | None:
         """Why a score record is refused as not the model's own (with a secret only), or None."""
-        secret = self.settings.secret
-        if secret is None:
-            return None
-        signature = signature_of(message.headers)
-        if verify(secret.model_key(model), message.value, signature):
-            return None
-        self.forged_scores += 1
-        if not signature:
-            return f"score record of {model!r} is not signed: a runner of {model!r} signs with its key (--score-key-file)"
-        return f"score record of {model!r} is not signed with {model!r}'s key: forged, or a runner given another key"
+        refusal = score_refusal(self.settings.secret, model, message.value, message.headers)
+        if refusal is not None:
+            self.forged_scores += 1
+        return refusal
 
     def _apply(self, step: Step) -> None:
         for decision in step.decisions:
