@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -164,8 +165,11 @@ def test_a_ramped_model_that_holds_its_share_within_its_limits_is_promoted_by_it
                          "every_s: 1, min_outcomes: 20, max_worse_than_champion: {accuracy: 0.1}")
     wait_until(lambda: system.stats(worker)["policy"]["version"] == 2, "the ramp promoted (v2)", timeout=30)
     [reason] = system.stats(worker)["promotions"]
-    assert reason.startswith("v2: n: held 50% of requests within its limits; on 40 outcomes not worse than "
-                             "champion a (accuracy 1.000 vs 1.000"), reason
+    # judged on at least min_outcomes of the 40 sent back: how many had arrived by the step that promoted it
+    # is the machine's timing (a fresh-clone run promoted on 32), not the guarantee
+    judged = re.fullmatch(r"v2: n: held 50% of requests within its limits; on (\d+) outcomes not worse than "
+                          r"champion a \(accuracy 1\.000 vs 1\.000.*", reason)
+    assert judged is not None and 20 <= int(judged.group(1)) <= 40, reason
     shown = json.loads(cli(system, "policy", "show", "--json").stdout)
     assert shown["models"]["n"]["role"] == "active" and [e["model"] for e in shown["routing"]["chain"]] == ["n", "a"]
     assert "automatic promotion" in cli(system, "policy", "show", "--history").stdout
