@@ -35,7 +35,7 @@ from rendezvous.operations.base import RuntimeUnavailable
 from rendezvous.operations.docker import CLIENT_MOUNT, DockerRuntime, connect
 from rendezvous.operations.images import ImageError, ensure_runner_image
 from rendezvous.operations.kafka_dist import kafka_available
-from tests.conftest import REPO, System, cli, eventually, scripted_spec, wait_until, write_policy
+from tests.conftest import REPO, System, cli, eventually, late_intake, scripted_spec, wait_until, write_policy
 from tests.rule import Chain, check
 from tests.tls import KEY_PASSWORD, TlsBroker, make_pki
 
@@ -322,7 +322,7 @@ def _answer(system: System):  # noqa: ANN202
     if not system.collector.wait_for([rid], 5):
         return None
     result = system.collector.results[rid][0].result
-    return None if (result.detail or "").startswith("late intake") else result
+    return None if late_intake(result) else result
 
 
 @pytest.fixture(scope="module")
