@@ -26,6 +26,7 @@ from rendezvous.kernel.trust import StackSecret, signed_headers
 from rendezvous.kernel.wire import DLQ_REASON, Request, Score, ScoreBatch, decode_result, encode
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.policies import PolicyStore, policy_record
+from rendezvous.service.recovery import log_stamp
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.worker import RendezvousWorker
 from tests.conftest import wait_until
@@ -303,6 +304,51 @@ def test_a_new_log_is_read_again_from_its_start():
     assert rig.worker.router.pending_count == 0
     rig.worker.on_request_event(rig.event(t.requests, 0))  # the rewound stream delivers it again: once
     assert rig.worker.router.pending_count == 1 and rig.worker.router.stats.duplicate_requests == 0
+
+
+def test_a_log_made_again_is_read_again_even_where_it_has_grown_past_the_committed_offset():
+    """A worker that still held the old log's offsets committed them after the topic was made again, and the new
+    log has grown past them: offsets alone cannot tell, the commit's stamp (the old topic id) does."""
+    rig = Rig()
+    broker, t, group = rig.broker, rig.topics, rig.settings.app_id
+    for topic in (t.requests, t.scores):
+        broker.append(topic, b"old", b"old", 0)
+        old_id = broker.topic_ids(rig.settings.kafka, [topic])[topic]
+        new_id = broker.make_again(topic)
+        assert new_id != old_id
+        broker.commit(group, topic, 0, 2, log_stamp(old_id))  # the stale commit, stamped with the old log's id
+    for i in range(5):  # the new log, grown past offset 2 (the requests below it would be skipped)
+        broker.append(t.requests, encode(Request(f"new-{i}", {"x": 1.0})), f"new-{i}".encode(), 0)
+    rewound = []
+
+    async def rewind(topic: str, partition: int, offset: int) -> None:
+        assert rig.worker.app.log_ids.get(topic) != new_ids[topic], "stamped with the new id before the rewind"
+        rewound.append((topic, partition, offset))
+
+    new_ids = broker.topic_ids(rig.settings.kafka, [t.requests, t.scores])
+    rig.worker.partitions.rewind = rewind
+    rig.worker.partitions.owned = set()
+    asyncio.run(asyncio.wait_for(rig.worker._on_assigned(None, {TP(t.requests, 0)}), 10))
+    assert rewound == [(t.requests, 0, 0), (t.scores, 0, 0)]
+    assert rig.worker.app.log_ids == new_ids  # what its commits carry from now on
+
+
+def test_a_commit_stamped_with_the_topics_own_id_is_trusted():
+    rig = Rig()
+    broker, t, group = rig.broker, rig.topics, rig.settings.app_id
+    for i in range(5):
+        broker.append(t.requests, encode(Request(f"r-{i}", {"x": 1.0})), f"r-{i}".encode(), 0)
+    ids = broker.topic_ids(rig.settings.kafka, [t.requests])
+    broker.commit(group, t.requests, 0, 3, log_stamp(ids[t.requests]))
+    rewound = []
+
+    async def rewind(topic: str, partition: int, offset: int) -> None:
+        rewound.append((topic, partition, offset))
+
+    rig.worker.partitions.rewind = rewind
+    rig.worker.partitions.owned = set()
+    asyncio.run(asyncio.wait_for(rig.worker._on_assigned(None, {TP(t.requests, 0)}), 10))
+    assert rewound == []
 
 
 def test_metrics_are_served_before_the_consumer_starts(rig):

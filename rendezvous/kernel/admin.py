@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from rendezvous.kernel.errors import TopicError
-from rendezvous.kernel.kafka import check_connection, while_electing
+from rendezvous.kernel.kafka import check_connection, topic_id, while_electing
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import DEFAULT_RETENTION_MS, Topics, retention_config
 
@@ -124,14 +124,3 @@ def delete_topic(kafka: KafkaSettings, name: str, timeout: float = 10.0) -> str 
         return None
     except KafkaException as exc:
         return f"{exc.args[0].name()}: {exc.args[0].str()}"
-
-
-def topic_id(admin: AdminClient, topic: str, timeout: float = 10.0) -> str | None:
-    """The topic's id, which a topic made again (or a broker that lost its data) changes; None where the broker
-    gives none (Tansu gives the null id) or cannot be asked now."""
-    try:
-        description = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout)
-    except Exception:  # noqa: BLE001 - no ids on this broker, or not reachable now
-        return None
-    found = str(description.topic_id) if description.topic_id is not None else ""
-    return None if not found or set(found) <= {"0", "-", "A"} else found  # none, or the null id

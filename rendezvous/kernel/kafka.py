@@ -23,6 +23,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -32,7 +33,7 @@ from rendezvous.kernel.settings import KafkaSettings
 
 __all__ = [
     "KafkaClients", "ConfluentClients", "CONFLUENT", "poll_batch", "produce", "since_offsets", "read_range",
-    "check_connection", "DeliveryCallback", "ELECTING", "while_electing",
+    "check_connection", "DeliveryCallback", "ELECTING", "while_electing", "topic_id",
 ]
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
@@ -66,6 +67,11 @@ class KafkaClients:
     def consumer(self, config: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    def topic_ids(self, kafka: KafkaSettings, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        """The broker's id of each of ``topics`` that has one: a topic made again, or made on a broker that lost
+        its data, has a new one. Missing where the broker gives none or cannot be asked now."""
+        raise NotImplementedError
+
 
 class ConfluentClients(KafkaClients):
     """The real clients (the default everywhere)."""
@@ -75,6 +81,10 @@ class ConfluentClients(KafkaClients):
 
     def consumer(self, config: dict[str, Any]) -> Any:
         return Consumer(config)
+
+    def topic_ids(self, kafka: KafkaSettings, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        admin = AdminClient(kafka.admin())
+        return {topic: found for topic in topics if (found := topic_id(admin, topic, timeout)) is not None}
 
 
 CONFLUENT = ConfluentClients()
@@ -212,3 +222,14 @@ def check_connection(kafka: KafkaSettings, timeout: float = 15.0) -> None:
             seen = f": {errors[-1]}" if errors else ""
             raise BrokerUnavailable(f"cannot reach the broker at {kafka.bootstrap} within {timeout:.0f}s{seen}",
                                     hint="check --broker (RENDEZVOUS_BROKER) and the Kafka client settings")
+
+
+def topic_id(admin: AdminClient, topic: str, timeout: float = 10.0) -> str | None:
+    """The topic's id, which a topic made again (or a broker that lost its data) changes; None where the broker
+    gives none (Tansu gives the null id) or cannot be asked now."""
+    try:
+        description = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout)
+    except Exception:  # noqa: BLE001 - no ids on this broker, or not reachable now
+        return None
+    found = str(description.topic_id) if description.topic_id is not None else ""
+    return None if not found or set(found) <= {"0", "-", "A"} else found  # none, or the null id

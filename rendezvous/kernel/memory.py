@@ -122,18 +122,21 @@ class MemoryEvent:
 class _Group:
     acked: dict[tuple[str, int], set[int]] = field(default_factory=dict)
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    metadata: dict[tuple[str, int], str] = field(default_factory=dict)  # what the last commit carried
 
 
 class MemoryBroker(KafkaClients):
     """Topics (created on first use, ``partitions`` each), consumer groups' commits, and clients.
 
     ``refuse(topic, error_code)`` makes the next delivery to ``topic`` fail with that error;
-    ``max_message_bytes`` makes a larger record refused when produced, as librdkafka does.
+    ``max_message_bytes`` makes a larger record refused when produced, as librdkafka does;
+    ``make_again(topic)`` gives a topic a new, empty log and a new id, as a broker that lost its data does.
     """
 
     def __init__(self, clock: Clock = now_ms, partitions: int = 1, max_message_bytes: int = 1_000_000) -> None:
         self.clock, self.partitions, self.max_message_bytes = clock, partitions, max_message_bytes
         self._logs: dict[str, list[list[MemoryMessage]]] = {}
+        self._ids: dict[str, str] = {}  # topic -> its id, new each time it is made
         self._groups: dict[str, _Group] = {}
         self._refusals: dict[str, list[int]] = {}
         self._lock = threading.RLock()
@@ -152,7 +155,21 @@ class MemoryBroker(KafkaClients):
         with self._lock:
             if topic not in self._logs:
                 self._logs[topic] = [[] for _ in range(self.partitions)]
+                self._ids.setdefault(topic, f"{topic}#1")
             return self._logs[topic]
+
+    def make_again(self, topic: str) -> str:
+        """``topic`` with a new, empty log and a new id, which it returns; consumer groups keep their commits
+        (as one written after the topic was made again, from a consumer that still held the old offsets)."""
+        with self._lock:
+            generation = int(self._ids[topic].rsplit("#", 1)[1]) + 1 if topic in self._ids else 1
+            self._logs[topic] = [[] for _ in range(self.partitions)]
+            self._ids[topic] = f"{topic}#{generation}"
+            return self._ids[topic]
+
+    def topic_ids(self, kafka: Any, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        with self._lock:
+            return {topic: self._ids[topic] for topic in topics if topic in self._ids}
 
     def append(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
                headers: Headers | None = None, timestamp_ms: int = 0) -> MemoryMessage:
@@ -207,14 +224,20 @@ class MemoryBroker(KafkaClients):
             if nxt > start:
                 g.committed[tp] = nxt
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
+    def commit(self, group: str, topic: str, partition: int, offset: int, metadata: str = "") -> None:
         with self._lock:
-            self._groups.setdefault(group, _Group()).committed[(topic, partition)] = offset
+            g = self._groups.setdefault(group, _Group())
+            g.committed[(topic, partition)], g.metadata[(topic, partition)] = offset, metadata
 
     def committed_offset(self, group: str, topic: str, partition: int) -> int | None:
         with self._lock:
             g = self._groups.get(group)
             return None if g is None else g.committed.get((topic, partition))
+
+    def committed_metadata(self, group: str, topic: str, partition: int) -> str:
+        with self._lock:
+            g = self._groups.get(group)
+            return "" if g is None else g.metadata.get((topic, partition), "")
 
 
 class MemoryProducer:
@@ -309,7 +332,8 @@ class MemoryConsumer:
         out = []
         for tp in partitions:
             offset = self.broker.committed_offset(self.group, tp.topic, tp.partition)
-            out.append(TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if offset is None else offset))
+            metadata = self.broker.committed_metadata(self.group, tp.topic, tp.partition).split("\x00", 1)[0]  # as read
+            out.append(TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if offset is None else offset, metadata=metadata))
         return out
 
     def offsets_for_times(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:

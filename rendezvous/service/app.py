@@ -4,6 +4,11 @@ Faust builds its aiokafka consumer with a fixed ``fetch_max_wait_ms=1500``. On a
 broker that holds an empty fetch for its full wait (Tansu does), that is up to
 1.5 s per hop at low load, so :class:`RendezvousApp` builds its consumer with the
 configured wait instead.
+
+Faust commits offsets with empty metadata; this consumer stamps each commit with the
+id of the topic it read (``RendezvousApp.log_ids``, set at every takeover), so that a
+later owner can tell a new log from the one the offset was committed in
+(:mod:`rendezvous.service.recovery`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import aiokafka
 import faust
 from aiohttp.web import SockSite
+from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.web.drivers import aiohttp as faust_aiohttp
@@ -26,6 +32,7 @@ from rendezvous.kernel.client_config import ClientConfig
 from rendezvous.kernel.logs import quiet_repeats
 from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.status import announce_port
+from rendezvous.service.recovery import log_stamp
 
 __all__ = ["FAUST_VARIABLES", "ambient_faust_variables", "RendezvousApp", "broker_credentials", "create_app"]
 
@@ -56,6 +63,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher (aiokafka 0.14, pinned).
         consumer._fetch_max_wait_ms = self.app.fetch_wait_ms
         consumer._fetch_min_bytes = self.app.fetch_min_bytes
+        commit, log_ids = consumer.commit, self.app.log_ids
+
+        async def commit_stamped(offsets: Mapping[Any, Any] | None = None) -> None:
+            # Faust's commit passes {tp: OffsetAndMetadata(offset, "")} (faust-streaming 0.15, pinned)
+            if offsets:
+                offsets = {tp: OffsetAndMetadata(o.offset, log_stamp(log_ids[tp.topic]))
+                           if tp.topic in log_ids and isinstance(o, OffsetAndMetadata) else o
+                           for tp, o in offsets.items()}
+            await commit(offsets)
+
+        consumer.commit = commit_stamped  # type: ignore[method-assign]
         return consumer
 
 
@@ -106,11 +124,13 @@ class RendezvousApp(faust.App):
 
     fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS
     fetch_min_bytes: int = 1
+    log_ids: dict[str, str]  # topic -> the id of the log read from it, stamped on every commit
 
     def __init__(self, *args: Any, fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS, fetch_min_bytes: int = 1,
                  listen_port: int = 6066, **kwargs: Any) -> None:
         self.fetch_wait_ms, self.fetch_min_bytes = fetch_wait_ms, fetch_min_bytes
         self.listen_port = listen_port  # of the web server; 0: a free one (the bound port replaces it)
+        self.log_ids = {}
         self.rebalance_start_callbacks: list[Callable[[], None]] = []
         self.before_stop_callbacks: list[Callable[[], Awaitable[None]]] = []
         super().__init__(*args, **kwargs)

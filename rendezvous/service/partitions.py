@@ -7,8 +7,10 @@ before that, so they wait here, in order, and are handled once recovery is done
 A partition whose scores were not all read at takeover is *held* in the router
 until the scores consumer reaches the offset recovery noted (or a timeout), so
 re-read requests are decided with their re-read scores. A partition whose log is
-new (its committed offset is past its end) is read again from its start through
-``rewind``: what Faust delivered of it meanwhile comes again.
+new (its committed offset is past its end, or its commit names another topic id)
+is read again from its start through ``rewind``: what Faust delivered of it
+meanwhile comes again. Then the topic ids found at takeover are handed to
+``logs_read``, for the worker's commits to carry.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger("rendezvous.service")
 
 Handler = Callable[[Any], None]
 Rewind = Callable[[str, int, int], Awaitable[None]]  # (topic, partition, offset): the stream reads it from there
+LogsRead = Callable[[dict[str, str]], None]  # topic -> the id of the log now read from it
 
 
 class Partitions:
@@ -39,13 +42,15 @@ class Partitions:
 
     ``apply`` carries out what the router decided (the worker's ``_apply``);
     ``call_later(delay_s, fn, *args)`` schedules on the worker's loop; ``rewind`` moves
-    the worker's stream back to the start of a new log.
+    the worker's stream back to the start of a new log; ``logs_read`` learns the topic
+    ids the worker's commits must carry.
     """
 
     def __init__(self, settings: ServiceSettings, router: Router, control: ControlPlane,
                  apply: Callable[[Step], None], call_later: Callable[..., Any], clients: KafkaClients, clock: Clock,
-                 failover: Failover | None = None, rewind: Rewind | None = None) -> None:
+                 failover: Failover | None = None, rewind: Rewind | None = None, logs_read: LogsRead | None = None) -> None:
         self.settings, self.router, self.control, self.failover, self.rewind = settings, router, control, failover, rewind
+        self.logs_read = logs_read
         self._apply, self._call_later, self.clients, self.clock = apply, call_later, clients, clock
         self.owned: set[int] = set()
         self.catch_up: dict[int, int] = {}  # held partition -> scores offset to reach
@@ -75,12 +80,15 @@ class Partitions:
                                              s.outcome_rebuild_s, clients=self.clients, clock=self.clock))
         for p, rec in recovered.items():
             for topic, offset in rec.rewind.items():
-                log.warning("partition %d of %s: the group's offset is past its end, so the log is new (the broker "
-                            "lost its data, or the topic was made again): reading it again from offset %d", p, topic, offset)
+                log.warning("partition %d of %s: the log is new (the broker lost its data, or the topic was made "
+                            "again), not the one the group's offset was committed in: reading it again from offset %d",
+                            p, topic, offset)
                 if self.rewind is not None:
                     await self.rewind(topic, p, offset)
                 if topic == s.topics.requests and p in self._recovering:
                     self._recovering[p] = []  # they come again from the rewound stream
+            if self.logs_read is not None:  # after the rewind: no offset of the old log is committed as the new one's
+                self.logs_read(rec.log_ids)
             self.router.mark_answered(rec.answered, self.clock())
             self.control.reindex(rec.results)
             if rec.needs_catch_up:

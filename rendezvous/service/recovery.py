@@ -20,10 +20,19 @@ log will reach only much later. The end a broker reports can be too low (Tansu 0
 reports its last record batch's first offset + 1: 15 records in one batch, an end
 of 1), so the last committed record is looked for first: if it is there, the log
 is the old one.
+
+Offsets alone miss a new log that has already grown past the committed offset (a
+worker that still held the old log's offsets committed them after the broker came
+back, and traffic went on): the records below that offset would be skipped. So
+every commit the worker makes carries the id of the topic it read (``log_stamp``,
+in the commit's metadata, where Kafka keeps it with the offset), and a commit
+stamped with another id than the topic's own is a new log's too. A broker that
+gives no topic ids (Tansu) leaves only the offsets check.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +45,29 @@ from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Result, WireError, decode_result
 
-__all__ = ["PartitionRecovery", "recover_partitions"]
+__all__ = ["PartitionRecovery", "recover_partitions", "log_stamp", "stamped_log"]
+
+LOG_STAMP = re.compile(r"log=([^;\x00]+);")
+
+
+def log_stamp(topic_id: str) -> str:
+    """What a commit of offsets read from the topic with ``topic_id`` carries as its metadata.
+
+    It ends with ``;`` and a NUL: confluent-kafka 2.16 reads a commit's metadata up to a NUL (it writes one
+    itself), so without it a reader may get the bytes that follow in memory too (measured: 170 of 800 reads).
+
+    >>> log_stamp("q3Yb")
+    'log=q3Yb;\\x00'
+    >>> stamped_log("log=q3Yb;"), stamped_log('log=q3Yb;J"V'), stamped_log(""), stamped_log(None)
+    ('q3Yb', 'q3Yb', None, None)
+    """
+    return f"log={topic_id};\x00"
+
+
+def stamped_log(metadata: str | None) -> str | None:
+    """The topic id a commit's metadata names, if it names one (commits by other clients carry none)."""
+    found = LOG_STAMP.match(metadata or "")
+    return found.group(1) if found else None
 
 
 @dataclass
@@ -49,20 +80,23 @@ class PartitionRecovery:
     scores_target: int = 0  # scores high watermark at takeover: held until consumed up to here
     scores_from: int = 0
     rewind: dict[str, int] = field(default_factory=dict)  # topic -> offset to read again from (a new log)
+    log_ids: dict[str, str] = field(default_factory=dict)  # topic -> its id at takeover, for the commits to carry
 
     @property
     def needs_catch_up(self) -> bool:
         return self.scores_target > self.scores_from
 
 
-def _start(consumer: Consumer, probe: Callable[[], Consumer], topic: str, partition: int, rewind: dict[str, int],
-           timeout: float) -> tuple[int, int]:
-    """Where the group reads ``partition`` of ``topic`` from, and its end; a committed offset past the end is a
-    new log's (unless its last committed record is there): the partition is then read from its start, noted in
-    ``rewind``."""
+def _start(consumer: Consumer, probe: Callable[[], Consumer], topic: str, partition: int, log_id: str | None,
+           rewind: dict[str, int], timeout: float) -> tuple[int, int]:
+    """Where the group reads ``partition`` of ``topic`` from, and its end. A commit made in another log than the
+    topic's own (``log_id``) is a new log's, and so is a committed offset past the end, unless its last committed
+    record is there: the partition is then read from its start, noted in ``rewind``."""
     low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-    committed = _committed(consumer, topic, partition, timeout)
-    if committed is not None and committed > high and not _holds(probe(), topic, partition, committed - 1):
+    committed, stamp = _committed(consumer, topic, partition, timeout)
+    if committed is not None and (
+            (log_id is not None and stamp is not None and stamp != log_id)
+            or (committed > high and not _holds(probe(), topic, partition, committed - 1))):
         rewind[topic] = low
         committed = None
     return (low if committed is None else max(committed, low)), high
@@ -87,9 +121,15 @@ def _first_at(consumer: Consumer, topic: str, partition: int, offset: int, bound
     return None
 
 
-def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> int | None:
-    committed = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
-    return None if committed == OFFSET_INVALID or committed < 0 else committed
+def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> tuple[int | None, str | None]:
+    """The group's committed offset, and the topic id its commit was stamped with."""
+    [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)
+    offset = None if committed.offset == OFFSET_INVALID or committed.offset < 0 else committed.offset
+    try:
+        metadata = committed.metadata
+    except UnicodeDecodeError:  # another client's metadata, read past its end (see log_stamp): not a stamp
+        return offset, None
+    return offset, stamped_log(metadata)
 
 
 def recover_partitions(
@@ -100,6 +140,7 @@ def recover_partitions(
     """Blocking: run it in an executor. Reads offsets and results for ``partitions``; a partition whose leader
     is still being elected (a broker just back) is asked again, within ``timeout``."""
     rebuild_since = clock() - 1000 * rebuild_s if rebuild_s > 0 else None
+    log_ids = clients.topic_ids(kafka, [topics.requests, topics.scores], timeout=min(timeout, 5.0))
     consumer: Consumer = clients.consumer(kafka.consumer(group, **{"enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     probes: list[Consumer] = []
 
@@ -110,20 +151,21 @@ def recover_partitions(
         return probes[0]
 
     try:
-        return {p: while_electing(lambda p=p: _recover(consumer, probe, topics, p, lookback_ms, rebuild_since, timeout),
-                                  timeout)
+        return {p: while_electing(lambda p=p: _recover(consumer, probe, topics, p, log_ids, lookback_ms, rebuild_since,
+                                                       timeout), timeout)
                 for p in sorted(partitions)}
     finally:
         for c in (consumer, *probes):
             c.close()
 
 
-def _recover(consumer: Consumer, probe: Callable[[], Consumer], topics: Topics, p: int, lookback_ms: int,
-             rebuild_since: float | None, timeout: float) -> PartitionRecovery:
+def _recover(consumer: Consumer, probe: Callable[[], Consumer], topics: Topics, p: int, log_ids: dict[str, str],
+             lookback_ms: int, rebuild_since: float | None, timeout: float) -> PartitionRecovery:
     rewind: dict[str, int] = {}
-    start, high = _start(consumer, probe, topics.requests, p, rewind, timeout)
-    scores_from, scores_target = _start(consumer, probe, topics.scores, p, rewind, timeout)
-    rec = PartitionRecovery(p, start, high, scores_target=scores_target, scores_from=scores_from, rewind=rewind)
+    start, high = _start(consumer, probe, topics.requests, p, log_ids.get(topics.requests), rewind, timeout)
+    scores_from, scores_target = _start(consumer, probe, topics.scores, p, log_ids.get(topics.scores), rewind, timeout)
+    rec = PartitionRecovery(p, start, high, scores_target=scores_target, scores_from=scores_from, rewind=rewind,
+                            log_ids=log_ids)
     since = rebuild_since
     if start < high:
         first_ms = _timestamp_at(consumer, topics.requests, p, start, timeout)

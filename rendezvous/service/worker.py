@@ -85,7 +85,7 @@ class RendezvousWorker:
                                  clients, clock, self.running_models.presence) if settings.standby else None
         self.partitions = Partitions(settings, self.router, self.control, self._apply,
                                      lambda delay_s, *args: self.app.loop.call_later(delay_s, *args), clients, clock,
-                                     self.failover, self._rewind)
+                                     self.failover, self._rewind, self.app.log_ids.update)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.fatal_error: str | None = None
