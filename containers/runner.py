@@ -10,6 +10,11 @@ rendezvous pays one Faust event per batch instead of one per score.
 A request's offset is stored for commit only once its scores are durably in the
 scores topic, so a runner that dies loses nothing: its successor re-scores the
 uncommitted requests (and the rendezvous counts the repeats as duplicates).
+
+Each stored offset carries the requests topic's id (``log_stamp``). A partition
+assigned with a commit stamped with another id than the topic's own belongs to a
+new log (the topic was made again, or the broker lost its data) and is read from
+its start, even where the new log has already grown past the committed offset.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections import defaultdict
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -28,13 +34,14 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from containers.spec import Model, ModelIdentity
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.errors import OperationsError
-from rendezvous.kernel.kafka import poll_batch, produce
+from rendezvous.kernel.kafka import commit_stamp, log_stamp, poll_batch, produce, topic_id
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import PROBE, Topics
@@ -118,6 +125,8 @@ class ModelRunner:
         self._predict_many = getattr(model, "predict_many", None)
         self._consumer = Consumer(kafka.consumer(group or group_for(identity, topics)))
         self._producer = Producer(kafka.producer())
+        self._admin = AdminClient(kafka.admin())  # the requests topic's id, at each assignment
+        self._log_stamp: str | None = None  # what stored offsets carry: the id of the log they were read from
         self.link = BrokerLink(kafka)
         self._score_key = score_key  # signs every score record: the worker refuses unsigned ones if it holds keys
         self._assigned: set[int] | None = None  # None until the group first assigns us
@@ -188,6 +197,28 @@ class ModelRunner:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = (self._assigned or set()) | {tp.partition for tp in partitions}
         log.info("assigned partitions %s", sorted(self._assigned))
+        new = self._new_logs(consumer, partitions)
+        if new:
+            log.warning("partitions %s of %s: the log is new (the broker lost its data, or the topic was made again), "
+                        "not the one the group's offsets were committed in: reading them from their start",
+                        sorted(new), self.topics.requests)
+            for tp in partitions:
+                if tp.partition in new:
+                    tp.offset = OFFSET_BEGINNING
+            consumer.assign(partitions)
+
+    def _new_logs(self, consumer: Consumer, partitions: list[TopicPartition]) -> set[int]:
+        """The partitions whose committed offset was stamped with another id than the requests topic's own."""
+        found = topic_id(self._admin, self.topics.requests, timeout=5)
+        self._log_stamp = log_stamp(found) if found is not None else None
+        if found is None:  # no ids on this broker (Tansu), or it does not answer now
+            return set()
+        try:
+            committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read the group's committed offsets (%s): taking them as they are", exc)
+            return set()
+        return {tp.partition for tp in committed if (stamp := commit_stamp(tp)) is not None and stamp != found}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Write what we owe before the partitions go, so their offsets are stored and committed.
@@ -299,6 +330,7 @@ class ModelRunner:
 
     def _store(self, partition: int, offset: int) -> None:
         try:
-            self._consumer.store_offsets(offsets=[TopicPartition(self.topics.requests, partition, offset + 1)])
+            stamp = {} if self._log_stamp is None else {"metadata": self._log_stamp}
+            self._consumer.store_offsets(offsets=[TopicPartition(self.topics.requests, partition, offset + 1, **stamp)])
         except KafkaException:
             pass  # the partition was revoked meanwhile; its new owner re-scores from the last commit

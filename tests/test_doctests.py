@@ -20,7 +20,7 @@ MODULES = [
     "rendezvous.routing.policy", "rendezvous.routing.ramp", "rendezvous.routing.router",
     "rendezvous.routing.lateness", "rendezvous.routing.standby", "rendezvous.operations.base", "rendezvous.operations.broker",
     "rendezvous.operations.kafka_broker", "rendezvous.operations.kafka_dist", "rendezvous.operations.acls",
-    "rendezvous.service.metrics", "rendezvous.service.running", "rendezvous.service.recovery",
+    "rendezvous.service.metrics", "rendezvous.service.running", "rendezvous.kernel.kafka",
 ]
 
 

@@ -12,9 +12,9 @@ from confluent_kafka.admin import AdminClient
 
 from rendezvous.kernel.admin import create_topic, delete_topic, end_offsets, topic_id
 from rendezvous.kernel.errors import TopicError
+from rendezvous.kernel.kafka import commit_stamp
 from rendezvous.kernel.settings import DEFAULT_SESSION_TIMEOUT_MS
-from rendezvous.kernel.wire import Request, encode
-from rendezvous.service.recovery import stamped_log
+from rendezvous.kernel.wire import Request, decode_score_batch, encode
 from tests.conftest import CHAIN_POLICY, System, scripted_spec, wait_until, write_policy
 from tests.rule import Chain, check
 
@@ -154,46 +154,64 @@ def test_a_killed_worker_is_covered_by_its_peer_long_before_the_group_notices(sy
 
 
 def test_a_topic_made_again_is_read_from_its_start_even_where_it_has_grown_past_a_stale_commit(system: System, broker):
-    """The worker's commits carry the id of the topic they were read from. The requests topic is made again and a
-    stale commit of the old log's offsets lands after that (a worker that still held them); the new log grows
-    past those offsets before a worker takes over. Offsets alone cannot tell; the stamp can: every request of
-    the new log is answered, exactly once."""
+    """The worker's and the models' commits carry the id of the topic they were read from. The requests topic is
+    made again and a stale commit of the old log's offsets lands after that (a reader that still held them); the
+    new log grows past those offsets before the worker and the model take over. Offsets alone cannot tell; the
+    stamp can: every request of the new log is scored, and answered exactly once."""
     if broker.engine == "tansu":
         pytest.skip("Tansu 0.6 gives every topic the null id: only a committed offset past the end tells a new log")
-    system.policy_path = write_policy(system.directory, CHAIN_POLICY)  # no model runs: every answer is the default
+    spec = scripted_spec(system.directory, "m1", 0.1)
+    [model] = system.start_models(spec)
+    system.policy_path = write_policy(system.directory, CHAIN_POLICY)  # m1 alone: its stage, or the default
     [worker] = system.start_workers(system.policy_path)
-    system.wait_ready([worker])
+    system.wait_ready([model, worker])
     before = [f"before-{i}" for i in range(40)]
     system.send([(rid, {}) for rid in before])
     assert_exactly_once(system, before)
-    system.runtime.stop([worker], timeout=30)  # SIGTERM: it commits what it answered
-    group, requests = system.topics.namespace, system.topics.requests
-    tps = [TopicPartition(requests, p) for p in range(system.partitions)]
-    reader = Consumer(system.kafka.consumer(group, **{"enable.auto.commit": False}))
-    try:
-        stale = reader.committed(tps, timeout=10)
-        old_id = topic_id(AdminClient(system.kafka.admin()), requests)
-        assert old_id is not None and all(tp.offset > 0 for tp in stale), stale
-        assert {stamped_log(tp.metadata) for tp in stale} == {old_id}, "the worker's commits do not name the log"
-
-        assert delete_topic(system.kafka, requests) is None
-
-        def made_again() -> bool:  # Kafka deletes a topic in the background: made again once it is gone
-            try:
-                create_topic(system.kafka, requests, system.partitions)
-            except TopicError:
-                return False
-            return topic_id(AdminClient(system.kafka.admin()), requests) not in (None, old_id)
-        wait_until(made_again, "the requests topic made again", timeout=30, every=0.5)
-        reader.commit(offsets=stale, asynchronous=False)  # the stale commit, stamped with the old log's id
-    finally:
+    wait_until(lambda: _scored_by(system, "m1", before) == set(before), "m1 scored every request")
+    system.runtime.stop([worker, model], timeout=30)  # SIGTERM: each commits what it finished
+    requests = system.topics.requests
+    groups = {"the worker": system.topics.namespace, "the model": system.topics.group("model.m1.1")}
+    stale, old_id = {}, topic_id(AdminClient(system.kafka.admin()), requests)
+    assert old_id is not None
+    for who, group in groups.items():
+        reader = Consumer(system.kafka.consumer(group, **{"enable.auto.commit": False}))
+        stale[who] = reader.committed([TopicPartition(requests, p) for p in range(system.partitions)], timeout=10)
         reader.close()
+        assert all(tp.offset > 0 for tp in stale[who]), f"{who}: {stale[who]}"
+        assert {commit_stamp(tp) for tp in stale[who]} == {old_id}, f"{who}'s commits do not name the log they read"
+
+    assert delete_topic(system.kafka, requests) is None
+
+    def made_again() -> bool:  # Kafka deletes a topic in the background: made again once it is gone
+        try:
+            create_topic(system.kafka, requests, system.partitions)
+        except TopicError:
+            return False
+        return topic_id(AdminClient(system.kafka.admin()), requests) not in (None, old_id)
+    wait_until(made_again, "the requests topic made again", timeout=30, every=0.5)
+    for who, group in groups.items():  # the stale commits, stamped with the old log's id
+        writer = Consumer(system.kafka.consumer(group, **{"enable.auto.commit": False}))
+        writer.commit(offsets=stale[who], asynchronous=False)
+        writer.close()
     after = [f"after-{i}" for i in range(200)]
     client = Producer(system.kafka.producer())  # one made for the new topic
     for rid in after:
         client.produce(requests, encode(Request(rid, {})), rid.encode())
     assert client.flush(15) == 0
     ends = end_offsets(system.kafka, requests, system.partitions)
-    assert all(ends[tp.partition] > tp.offset for tp in stale), f"the new log must outgrow {stale}: {ends}"
+    assert all(ends[tp.partition] > tp.offset for tps in stale.values() for tp in tps), f"must outgrow {stale}: {ends}"
+    system.start_models(spec)
     system.start_workers(system.policy_path)
     assert_exactly_once(system, after, timeout=30)
+    wait_until(lambda: _scored_by(system, "m1", after) == set(after), "m1 scored every request of the new log",
+               timeout=30, every=1)
+
+
+def _scored_by(system: System, model: str, ids: list[str]) -> set[str]:
+    wanted, scored = set(ids), set()
+    for message in system.read_topic(system.topics.scores):
+        batch = decode_score_batch(message.value())
+        if batch.model == model:
+            scored |= {s.request_id for s in batch.scores} & wanted
+    return scored

@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from policies import load_policy_text
 from policies.record import POLICY_KEY
 from rendezvous.kernel.clock import FixedClock
+from rendezvous.kernel.kafka import log_stamp
 from rendezvous.kernel.memory import MemoryBroker, MemoryEvent
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import PROBE, REPLY_TO
@@ -26,7 +27,6 @@ from rendezvous.kernel.trust import StackSecret, signed_headers
 from rendezvous.kernel.wire import DLQ_REASON, Request, Score, ScoreBatch, decode_result, encode
 from rendezvous.service.control import ControlFeed
 from rendezvous.service.policies import PolicyStore, policy_record
-from rendezvous.service.recovery import log_stamp
 from rendezvous.service.settings import ServiceSettings
 from rendezvous.service.worker import RendezvousWorker
 from tests.conftest import wait_until

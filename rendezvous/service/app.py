@@ -29,10 +29,10 @@ from faust.types import TP
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from rendezvous.kernel.client_config import ClientConfig
+from rendezvous.kernel.kafka import log_stamp
 from rendezvous.kernel.logs import quiet_repeats
 from rendezvous.kernel.settings import DEFAULT_FETCH_WAIT_MS, KafkaSettings
 from rendezvous.kernel.status import announce_port
-from rendezvous.service.recovery import log_stamp
 
 __all__ = ["FAUST_VARIABLES", "ambient_faust_variables", "RendezvousApp", "broker_credentials", "create_app"]
 
@@ -66,9 +66,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         commit, log_ids = consumer.commit, self.app.log_ids
 
         async def commit_stamped(offsets: Mapping[Any, Any] | None = None) -> None:
-            # Faust's commit passes {tp: OffsetAndMetadata(offset, "")} (faust-streaming 0.15, pinned)
+            # Faust's commit passes {tp: OffsetAndMetadata(offset, "")} (faust-streaming 0.15, pinned). aiokafka
+            # writes the string as it is; confluent-kafka reads up to a NUL, so one ends it (see commit_stamp).
             if offsets:
-                offsets = {tp: OffsetAndMetadata(o.offset, log_stamp(log_ids[tp.topic]))
+                offsets = {tp: OffsetAndMetadata(o.offset, log_stamp(log_ids[tp.topic]) + "\x00")
                            if tp.topic in log_ids and isinstance(o, OffsetAndMetadata) else o
                            for tp, o in offsets.items()}
             await commit(offsets)

@@ -24,15 +24,15 @@ is the old one.
 Offsets alone miss a new log that has already grown past the committed offset (a
 worker that still held the old log's offsets committed them after the broker came
 back, and traffic went on): the records below that offset would be skipped. So
-every commit the worker makes carries the id of the topic it read (``log_stamp``,
-in the commit's metadata, where Kafka keeps it with the offset), and a commit
+every commit the worker makes carries the id of the topic it read
+(:func:`~rendezvous.kernel.kafka.log_stamp`, in the commit's metadata, where Kafka
+keeps it with the offset), and a commit
 stamped with another id than the topic's own is a new log's too. A broker that
 gives no topic ids (Tansu) leaves only the offsets check.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,34 +40,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
 
 from rendezvous.kernel.clock import Clock, now_ms
-from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, read_range, since_offsets, while_electing
+from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, commit_stamp, read_range, since_offsets, while_electing
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Result, WireError, decode_result
 
-__all__ = ["PartitionRecovery", "recover_partitions", "log_stamp", "stamped_log"]
-
-LOG_STAMP = re.compile(r"log=([^;\x00]+);")
-
-
-def log_stamp(topic_id: str) -> str:
-    """What a commit of offsets read from the topic with ``topic_id`` carries as its metadata.
-
-    It ends with ``;`` and a NUL: confluent-kafka 2.16 reads a commit's metadata up to a NUL (it writes one
-    itself), so without it a reader may get the bytes that follow in memory too (measured: 170 of 800 reads).
-
-    >>> log_stamp("q3Yb")
-    'log=q3Yb;\\x00'
-    >>> stamped_log("log=q3Yb;"), stamped_log('log=q3Yb;J"V'), stamped_log(""), stamped_log(None)
-    ('q3Yb', 'q3Yb', None, None)
-    """
-    return f"log={topic_id};\x00"
-
-
-def stamped_log(metadata: str | None) -> str | None:
-    """The topic id a commit's metadata names, if it names one (commits by other clients carry none)."""
-    found = LOG_STAMP.match(metadata or "")
-    return found.group(1) if found else None
+__all__ = ["PartitionRecovery", "recover_partitions"]
 
 
 @dataclass
@@ -125,11 +103,7 @@ def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -
     """The group's committed offset, and the topic id its commit was stamped with."""
     [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)
     offset = None if committed.offset == OFFSET_INVALID or committed.offset < 0 else committed.offset
-    try:
-        metadata = committed.metadata
-    except UnicodeDecodeError:  # another client's metadata, read past its end (see log_stamp): not a stamp
-        return offset, None
-    return offset, stamped_log(metadata)
+    return offset, commit_stamp(committed)
 
 
 def recover_partitions(
