@@ -41,7 +41,7 @@ from containers.spec import Model, ModelIdentity
 from rendezvous.kernel.client_config import describe
 from rendezvous.kernel.clock import now_ms
 from rendezvous.kernel.errors import OperationsError
-from rendezvous.kernel.kafka import commit_stamp, log_stamp, poll_batch, produce, topic_id
+from rendezvous.kernel.kafka import committed_in_another_log, log_stamp, poll_batch, produce, topic_id
 from rendezvous.kernel.link import BrokerLink
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import PROBE, Topics
@@ -218,7 +218,7 @@ class ModelRunner:
         except KafkaException as exc:
             log.warning("could not read the group's committed offsets (%s): taking them as they are", exc)
             return set()
-        return {tp.partition for tp in committed if (stamp := commit_stamp(tp)) is not None and stamp != found}
+        return {tp.partition for tp in committed if committed_in_another_log(tp, found)}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Write what we owe before the partitions go, so their offsets are stored and committed.

@@ -35,7 +35,7 @@ from rendezvous.kernel.settings import KafkaSettings
 __all__ = [
     "KafkaClients", "ConfluentClients", "CONFLUENT", "poll_batch", "produce", "since_offsets", "read_range",
     "check_connection", "DeliveryCallback", "ELECTING", "while_electing", "topic_id", "log_stamp", "stamped_log",
-    "commit_stamp",
+    "commit_stamp", "committed_in_another_log",
 ]
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
@@ -272,3 +272,18 @@ def commit_stamp(committed: TopicPartition) -> str | None:
         return stamped_log(committed.metadata)
     except UnicodeDecodeError:
         return None
+
+
+def committed_in_another_log(committed: TopicPartition, topic_id: str | None) -> bool:
+    """Whether a committed offset was read from another log than the topic's now (``topic_id``): it names
+    another id. Unknown (no id, or an unstamped commit) is not another.
+
+    >>> committed_in_another_log(TopicPartition("requests", 0, 12, metadata=log_stamp("old")), "new")
+    True
+    >>> committed_in_another_log(TopicPartition("requests", 0, 12, metadata=log_stamp("new")), "new")
+    False
+    >>> committed_in_another_log(TopicPartition("requests", 0, 12), "new")
+    False
+    """
+    stamp = commit_stamp(committed)
+    return topic_id is not None and stamp is not None and stamp != topic_id

@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
 
 from rendezvous.kernel.clock import Clock, now_ms
-from rendezvous.kernel.kafka import CONFLUENT, KafkaClients, commit_stamp, read_range, since_offsets, while_electing
+from rendezvous.kernel.kafka import (
+    CONFLUENT,
+    KafkaClients,
+    committed_in_another_log,
+    read_range,
+    since_offsets,
+    while_electing,
+)
 from rendezvous.kernel.settings import KafkaSettings
 from rendezvous.kernel.topics import Topics
 from rendezvous.kernel.wire import Result, WireError, decode_result
@@ -71,10 +78,10 @@ def _start(consumer: Consumer, probe: Callable[[], Consumer], topic: str, partit
     topic's own (``log_id``) is a new log's, and so is a committed offset past the end, unless its last committed
     record is there: the partition is then read from its start, noted in ``rewind``."""
     low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-    committed, stamp = _committed(consumer, topic, partition, timeout)
-    if committed is not None and (
-            (log_id is not None and stamp is not None and stamp != log_id)
-            or (committed > high and not _holds(probe(), topic, partition, committed - 1))):
+    [found] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)
+    committed = None if found.offset == OFFSET_INVALID or found.offset < 0 else found.offset
+    if committed is not None and (committed_in_another_log(found, log_id)
+                                  or (committed > high and not _holds(probe(), topic, partition, committed - 1))):
         rewind[topic] = low
         committed = None
     return (low if committed is None else max(committed, low)), high
@@ -97,13 +104,6 @@ def _first_at(consumer: Consumer, topic: str, partition: int, offset: int, bound
         if message is not None and (errors_too or not message.error()):
             return message
     return None
-
-
-def _committed(consumer: Consumer, topic: str, partition: int, timeout: float) -> tuple[int | None, str | None]:
-    """The group's committed offset, and the topic id its commit was stamped with."""
-    [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)
-    offset = None if committed.offset == OFFSET_INVALID or committed.offset < 0 else committed.offset
-    return offset, commit_stamp(committed)
 
 
 def recover_partitions(
